@@ -28,6 +28,7 @@ class Stream:
     SAMPLE = 3
     CLIENT = 4
     PLUGIN = 5
+    SERVER = 6
     USER = 100
 
 

