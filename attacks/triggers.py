@@ -103,6 +103,9 @@ class PixelTrigger:
 class TextTrigger:
     """Insert ``token`` at a random word position (``position="random"``) or at the start.
 
+    ``max_position`` bounds the random position to the first words (a trigger inserted
+    past the model's truncation length would be cut off); None allows any position.
+
     Examples
     --------
     >>> TextTrigger(token="cf", position="start").apply(["hello world"], generator=None)
@@ -111,12 +114,15 @@ class TextTrigger:
 
     token: str = "cf"
     position: str = "random"
+    max_position: int | None = None
 
     def __post_init__(self) -> None:
         if not self.token.strip():
             raise ConfigError("text trigger token must be a non-empty word")
         if self.position not in ("random", "start"):
             raise ConfigError(f"text trigger position must be 'random' or 'start', got {self.position!r}")
+        if self.max_position is not None and self.max_position < 0:
+            raise ConfigError(f"text trigger max_position must be >= 0 or None, got {self.max_position}")
 
     def apply(self, texts: list[str], *, generator: torch.Generator | None) -> list[str]:
         out = []
@@ -125,6 +131,7 @@ class TextTrigger:
             if self.position == "start" or generator is None:
                 pos = 0
             else:
-                pos = int(torch.randint(0, len(words) + 1, (1,), generator=generator))
+                hi = len(words) if self.max_position is None else min(len(words), self.max_position)
+                pos = int(torch.randint(0, hi + 1, (1,), generator=generator))
             out.append(" ".join([*words[:pos], self.token, *words[pos:]]))
         return out
