@@ -43,7 +43,12 @@ def _bench_modules() -> list:
     import importlib
 
     found = []
-    for name in ("benchmarks.bench_robust", "benchmarks.bench_secagg", "benchmarks.bench_crypto"):
+    for name in (
+        "benchmarks.bench_robust",
+        "benchmarks.bench_secagg",
+        "benchmarks.bench_crypto",
+        "benchmarks.bench_fm",
+    ):
         try:
             found.append(importlib.import_module(name))
         except ModuleNotFoundError as exc:

@@ -30,6 +30,10 @@ def registries() -> dict[str, dict[str, str]]:
     from attacks.reconstruction import reconstruction_attack_descriptions
 
     out["attacks: data reconstruction"] = reconstruction_attack_descriptions()
+    from benchmarks.fm.spec import DESCRIPTIONS
+
+    out['FM suite (kind = "fm"): attacks'] = DESCRIPTIONS["attacks"]
+    out['FM suite (kind = "fm"): defenses'] = DESCRIPTIONS["defenses"]
     return out
 
 

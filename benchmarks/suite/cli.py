@@ -7,6 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from benchmarks.fm.cli import run_fm_command
+from benchmarks.fm.report import render_fm_report
+from benchmarks.fm.spec import is_fm_suite
 from benchmarks.suite.report import render_report
 from benchmarks.suite.runner import run_suite
 from benchmarks.suite.spec import BUILTIN_DIR, load_suite
@@ -32,7 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+def _suite_file(name: str | Path) -> Path:
+    p = Path(name)
+    return p if p.is_file() else BUILTIN_DIR / f"{name}.toml"
+
+
 def _run(args: argparse.Namespace) -> int:
+    file = _suite_file(args.suite)
+    if file.is_file() and is_fm_suite(file.read_text()):
+        return run_fm_command(file, out=args.out, report=args.report)
     console = Console(stderr=True)
     spec = load_suite(args.suite)  # fully validated before any work
     out = args.out or Path("runs") / spec.name
@@ -53,7 +64,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    path = render_report(args.out)
+    marker = Path(args.out) / "suite.toml"
+    fm = marker.is_file() and is_fm_suite(marker.read_text())
+    path = render_fm_report(args.out) if fm else render_report(args.out)
     Console().print(f"report written to {path} (with PNG heatmaps and accuracy curves beside it)")
     print(path.read_text())
     return 0

@@ -1,0 +1,114 @@
+"""Report of an FM suite: clean accuracy and attack success per attack x defense, and the verdict.
+
+A defense *works* against an attack here when it brings the final attack success rate
+(ASR) below 20% at a cost of at most 5 points of clean accuracy, the cost being the
+larger of two drops: against the undefended run under the same attack, and against
+the undefended run with the clean FM (what the defense costs when nothing is wrong).
+
+Examples
+--------
+>>> verdict(asr=0.1, cost=0.03)
+'works'
+>>> verdict(asr=0.1, cost=0.08)
+'too costly'
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.suite.report import fmt_cell
+from benchmarks.suite.store import ResultStore
+
+__all__ = ["ASR_GOAL", "MAX_COST", "render_fm_report", "verdict"]
+
+ASR_GOAL = 0.20
+MAX_COST = 0.05
+
+
+def verdict(*, asr: float, cost: float) -> str:
+    """``works`` (ASR < 20% at <= 5 points), ``too costly``, or ``fails``."""
+    if asr >= ASR_GOAL:
+        return "fails"
+    return "works" if cost <= MAX_COST else "too costly"
+
+
+def _grid(results: list[dict[str, Any]], key: str):
+    attacks: list[str] = []
+    defenses: list[str] = []
+    vals: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in sorted(results, key=lambda r: tuple(r["order"])):
+        a, d = r["attack"]["label"], r["defense"]["label"]
+        attacks += [a] if a not in attacks else []
+        defenses += [d] if d not in defenses else []
+        vals[(a, d)].append(float(r["summary"][key]))
+    return attacks, defenses, vals
+
+
+def _table(title: str, attacks, defenses, vals) -> list[str]:
+    lines = [
+        f"### {title}",
+        "",
+        "| attack \\ defense | " + " | ".join(defenses) + " |",
+        "|---|" + "---|" * len(defenses),
+    ]
+    for a in attacks:
+        lines.append(f"| {a} | " + " | ".join(fmt_cell(vals.get((a, d), [])) for d in defenses) + " |")
+    return [*lines, ""]
+
+
+def render_fm_report(out: str | Path) -> Path:
+    """Write ``report.md`` for the FM suite results in ``out``; return its path."""
+    out = Path(out)
+    results = ResultStore(out).load_all()
+    if not results:
+        raise FileNotFoundError(f"{out}/cells holds no finished cell")
+    attacks, defenses, acc = _grid(results, "final_accuracy")
+    _, _, asr = _grid(results, "final_asr")
+    s = results[0]["setting"]
+    lines = [
+        f"# FM suite `{results[0]['suite']}`",
+        "",
+        f"MiniLM (all-MiniLM-L6-v2) + linear head on BBC News, {s['clients']} clients Dirichlet({s['alpha']}), "
+        f"{s['rounds']} rounds, fine-tuning `{s['mode']}` of the top {s['trainable_layers']} layers, "
+        f"{s['max_length']} tokens; trigger `{s['trigger']}`, target class {s['target']}. "
+        f"{len(results)} cells. Final figures (after post-training defenses).",
+        "",
+        *_table("Clean test accuracy", attacks, defenses, acc),
+        *_table(
+            "Attack success rate (triggered non-target test texts classified as the target)", attacks, defenses, asr
+        ),
+    ]
+    mean = {k: float(np.mean(v)) for k, v in acc.items()}
+    base = mean.get(("none", "none"))
+    if base is not None and "none" in defenses:
+        lines += [
+            f"### Verdict: ASR < {ASR_GOAL:.0%} at <= {MAX_COST * 100:.0f} points of clean accuracy",
+            "",
+            "| attack | defense | ASR | accuracy | cost vs undefended | cost on the clean FM | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        works = []
+        for a in attacks:
+            if a == "none" or (a, "none") not in mean:
+                continue
+            for d in defenses:
+                if d == "none" or (a, d) not in mean or ("none", d) not in mean:
+                    continue
+                r_asr = float(np.mean(asr[(a, d)]))
+                c1, c2 = mean[(a, "none")] - mean[(a, d)], base - mean[("none", d)]
+                v = verdict(asr=r_asr, cost=max(c1, c2))
+                works += [f"{d} vs {a}"] if v == "works" else []
+                lines.append(f"| {a} | {d} | {r_asr:.3f} | {mean[(a, d)]:.3f} | {c1:+.3f} | {c2:+.3f} | {v} |")
+        lines += ["", "Defenses that work: " + (", ".join(works) if works else "none") + ".", ""]
+    lines += ["### Per-cell details", ""]
+    for r in sorted(results, key=lambda r: tuple(r["order"])):
+        info = {k: v for k, v in r["info"].items() if k not in ("base_fm", "data_fm")}
+        lines.append(f"- `{r['cell_id']}` ({r['seconds']:.0f} s): max ASR {r['summary']['max_asr']:.3f}; {info}")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

