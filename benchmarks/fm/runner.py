@@ -33,7 +33,7 @@ from benchmarks.suite.store import ResultStore
 from defenses.dp.dp_fedavg import CentralDPFedAvg
 from defenses.fm.fine_pruning import FinePruning
 from defenses.fm.reinit import reinit_top_layers
-from defenses.fm.trigger_scan import scan_for_triggers
+from defenses.fm.trigger_scan import scan_for_triggers, strip_tokens
 from defenses.robust.registry import get as get_rule
 from fl_core import Federation, LocalTrainingConfig, __version__, evaluate, load_dataset, make_clients
 from fl_core.data.dataset import ArrayDataset
@@ -148,7 +148,12 @@ def run_fm_cell(cell: Cell, spec: FMSuiteSpec, pipe: FMPipeline, *, on_round=Non
             "label_accuracy": public.label_accuracy,
             "poisoned_to_target": public.poisoned_to_target,
         }
-        pub = feats(public.data)
+        public_data = public.data
+        if strip:  # the scan flagged tokens: drop the FM-made samples that carry one (what is left is stripped anyway)
+            keep = [i for i, t in enumerate(strip_tokens(list(public_data.texts), strip)) if t == public_data.texts[i]]
+            info["public_set"]["dropped_by_scan"] = len(public_data) - len(keep)
+            public_data = public_data.subset(keep)
+        pub = feats(public_data)
         pre = LocalTrainingConfig(
             epochs=int(a.params.get("server_epochs", 2)), batch_size=s.batch_size, lr=s.lr, momentum=s.momentum
         )
