@@ -39,6 +39,7 @@ from rich.table import Table
 
 from benchmarks.fm.prepare import carve
 from benchmarks.fm.spec import FMSetting
+from benchmarks.threads import apply_threads
 from fl_core import ConfigError, Federation, LocalTrainingConfig, load_dataset, make_clients, resolve_device
 from fl_core.data.dataset import ArrayDataset
 from fl_core.foundation import FineTuneSpec, TopClassifier, feature_dataset, load_encoder
@@ -162,10 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run from parsed arguments; print the table and write ``bench_fm.json``."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     rows = run_fm_bench(
         configs=args.configs,
         rounds=args.rounds,

@@ -43,6 +43,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.threads import apply_threads
 from defenses.robust import (
     ARC,
     FLAME,
@@ -311,10 +312,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments; prints the ratio table and writes the outputs."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got threads={args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     rows = run_robust_bench(
         ns=args.ns, ds=args.ds, device=args.device, repeats=args.repeats, rules=args.rules, seed=args.seed
     )

@@ -15,13 +15,11 @@ Examples
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from benchmarks.suite.report import fmt_cell
+from benchmarks.suite.report import _grid, _table
 from benchmarks.suite.store import ResultStore
 
 __all__ = ["ASR_GOAL", "MAX_COST", "render_fm_report", "verdict"]
@@ -37,34 +35,10 @@ def verdict(*, asr: float, cost: float) -> str:
     return "works" if cost <= MAX_COST else "too costly"
 
 
-def _grid(results: list[dict[str, Any]], key: str):
-    attacks: list[str] = []
-    defenses: list[str] = []
-    vals: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in sorted(results, key=lambda r: tuple(r["order"])):
-        a, d = r["attack"]["label"], r["defense"]["label"]
-        attacks += [a] if a not in attacks else []
-        defenses += [d] if d not in defenses else []
-        vals[(a, d)].append(float(r["summary"][key]))
-    return attacks, defenses, vals
-
-
-def _table(title: str, attacks, defenses, vals) -> list[str]:
-    lines = [
-        f"### {title}",
-        "",
-        "| attack \\ defense | " + " | ".join(defenses) + " |",
-        "|---|" + "---|" * len(defenses),
-    ]
-    for a in attacks:
-        lines.append(f"| {a} | " + " | ".join(fmt_cell(vals.get((a, d), [])) for d in defenses) + " |")
-    return [*lines, ""]
-
-
 def render_fm_report(out: str | Path) -> Path:
     """Write ``report.md`` for the FM suite results in ``out``; return its path."""
     out = Path(out)
-    results = ResultStore(out).load_all()
+    results = sorted(ResultStore(out).load_all(), key=lambda r: tuple(r["order"]))
     if not results:
         raise FileNotFoundError(f"{out}/cells holds no finished cell")
     attacks, defenses, acc = _grid(results, "final_accuracy")
@@ -106,7 +80,7 @@ def render_fm_report(out: str | Path) -> Path:
                 lines.append(f"| {a} | {d} | {r_asr:.3f} | {mean[(a, d)]:.3f} | {c1:+.3f} | {c2:+.3f} | {v} |")
         lines += ["", "Defenses that work: " + (", ".join(works) if works else "none") + ".", ""]
     lines += ["### Per-cell details", ""]
-    for r in sorted(results, key=lambda r: tuple(r["order"])):
+    for r in results:
         info = {k: v for k, v in r["info"].items() if k not in ("base_fm", "data_fm")}
         lines.append(f"- `{r['cell_id']}` ({r['seconds']:.0f} s): max ASR {r['summary']['max_asr']:.3f}; {info}")
     path = out / "report.md"

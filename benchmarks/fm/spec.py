@@ -32,7 +32,7 @@ from typing import Any
 
 import tomllib
 
-from benchmarks.suite.spec import Cell, ComponentSpec, SuiteError, _check_keys, _parse_component, _rule_params
+from benchmarks.suite.spec import Cell, ComponentSpec, SuiteError, _check_keys, _rule_params, load_toml, parse_grid
 from defenses.robust.registry import get as get_rule
 from fl_core import FlsecError
 from fl_core.foundation import FINE_TUNE_MODES
@@ -231,27 +231,13 @@ def _validate_defense(d: ComponentSpec, where: str, setting: FMSetting) -> None:
 
 def parse_fm_suite(text: str, *, source: str = "<string>") -> FMSuiteSpec:
     """Parse and validate an FM suite; raises :class:`SuiteError` naming the offending key."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(source, f"malformed TOML: {exc}") from None
-    _check_keys(raw, {"name", "kind", "description", "setting", "attacks", "defenses"}, "")
+    raw, name = load_toml(
+        text, source=source, allowed={"name", "kind", "description", "setting", "attacks", "defenses"}
+    )
     if raw.get("kind") != "fm":
         raise SuiteError("kind", f"must be 'fm' for an FM suite, got {raw.get('kind')!r}")
-    name = raw.get("name", "fm")
-    if not isinstance(name, str) or not name:
-        raise SuiteError("name", f"must be a non-empty string, got {name!r}")
     setting = _parse_setting(raw.get("setting", {}))
-    for key in ("attacks", "defenses"):
-        if not isinstance(raw.get(key), list) or not raw[key]:
-            raise SuiteError(key, "must be a non-empty array of tables ([[" + key + "]])")
-    attacks = tuple(_parse_component(a, f"attacks[{i}]", allow_pre=False) for i, a in enumerate(raw["attacks"]))
-    defenses = tuple(_parse_component(d, f"defenses[{i}]", allow_pre=True) for i, d in enumerate(raw["defenses"]))
-    for key, comps in (("attacks", attacks), ("defenses", defenses)):
-        labels = [c.label for c in comps]
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise SuiteError(key, f"duplicate labels {dup}; give each entry a distinct label")
+    attacks, defenses = parse_grid(raw)
     for i, a in enumerate(attacks):
         _validate_attack(a, f"attacks[{i}]")
     for i, d in enumerate(defenses):

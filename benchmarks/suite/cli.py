@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks.fm.cli import run_fm_command
 from benchmarks.fm.report import render_fm_report
-from benchmarks.fm.spec import is_fm_suite
+from benchmarks.fm.runner import run_fm_suite
+from benchmarks.fm.spec import is_fm_suite, parse_fm_suite
 from benchmarks.suite.report import render_report
 from benchmarks.suite.runner import run_suite
 from benchmarks.suite.spec import BUILTIN_DIR, load_suite
@@ -41,25 +41,28 @@ def _suite_file(name: str | Path) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    file = _suite_file(args.suite)
-    if file.is_file() and is_fm_suite(file.read_text()):
-        return run_fm_command(file, out=args.out, report=args.report)
     console = Console(stderr=True)
-    spec = load_suite(args.suite)  # fully validated before any work
+    file = _suite_file(args.suite)
+    if file.is_file() and is_fm_suite(file.read_text()):  # fully validated before any work
+        spec = parse_fm_suite(file.read_text(), source=str(file))
+        run, render, data = run_fm_suite, render_fm_report, "BBC News with MiniLM"
+    else:
+        spec = load_suite(args.suite)
+        run, render, data = run_suite, render_report, spec.setting.dataset
     out = args.out or Path("runs") / spec.name
     n = len(spec.cells())
     console.print(
         f"[bold]suite {spec.name}[/]: {len(spec.attacks)} attacks x {len(spec.defenses)} defenses x "
-        f"{len(spec.setting.seeds)} seed(s) = {n} cells on {spec.setting.dataset}; results in {out}"
+        f"{len(spec.setting.seeds)} seed(s) = {n} cells on {data}; results in {out}"
     )
     try:
-        results = run_suite(spec, out=out, console=console)
+        results = run(spec, out=out, console=console)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished cells are in {out}/cells; run the same command to resume")
         return 130
     console.print(f"{len(results)}/{n} cells finished in {out}")
     if args.report:
-        console.print(f"report: {render_report(out)}")
+        console.print(f"report: {render(out)}")
     return 0
 
 

@@ -58,7 +58,18 @@ from defenses.robust.registry import get as get_rule
 from fl_core import DATASETS, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError, FlsecError
 from fl_core.aggregation import RoundContext
 
-__all__ = ["BUILTIN_DIR", "Cell", "ComponentSpec", "Setting", "SuiteError", "SuiteSpec", "load_suite", "parse_suite"]
+__all__ = [
+    "BUILTIN_DIR",
+    "Cell",
+    "ComponentSpec",
+    "Setting",
+    "SuiteError",
+    "SuiteSpec",
+    "load_suite",
+    "load_toml",
+    "parse_grid",
+    "parse_suite",
+]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "suites"
 _NO_F_DEFAULT = {"mean"}  # the undefended FedAvg baseline declares f = 0
@@ -301,17 +312,21 @@ def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None
         ) from None
 
 
-def parse_suite(text: str, *, source: str = "<string>") -> SuiteSpec:
-    """Parse and fully validate a suite; raises :class:`SuiteError` naming the offending key."""
+def load_toml(text: str, *, source: str, allowed: set[str]) -> tuple[dict[str, Any], str]:
+    """The suite file's table (top-level keys checked against ``allowed``) and its name."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(source, f"malformed TOML: {exc}") from None
-    _check_keys(raw, {"name", "description", "setting", "attacks", "defenses"}, "")
+    _check_keys(raw, allowed, "")
     name = raw.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise SuiteError("name", f"must be a non-empty string, got {name!r}")
-    setting = _parse_setting(raw.get("setting", {}))
+    return raw, name
+
+
+def parse_grid(raw: Mapping[str, Any]) -> tuple[tuple[ComponentSpec, ...], tuple[ComponentSpec, ...]]:
+    """The ``[[attacks]]`` and ``[[defenses]]`` entries: non-empty, well-formed, distinct labels."""
     for key in ("attacks", "defenses"):
         if not isinstance(raw.get(key), list) or not raw[key]:
             raise SuiteError(key, "must be a non-empty array of tables ([[" + key + "]])")
@@ -322,6 +337,21 @@ def parse_suite(text: str, *, source: str = "<string>") -> SuiteSpec:
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise SuiteError(key, f"duplicate labels {dup}; give each entry a distinct label")
+    return attacks, defenses
+
+
+def parse_suite(text: str, *, source: str = "<string>") -> SuiteSpec:
+    """Parse and fully validate a suite; raises :class:`SuiteError` naming the offending key."""
+    raw, name = load_toml(
+        text, source=source, allowed={"name", "kind", "description", "setting", "attacks", "defenses"}
+    )
+    if "kind" in raw:
+        hint = " (an FM suite: benchmarks.fm.spec.parse_fm_suite reads it; flsec suite run does)"
+        raise SuiteError(
+            "kind", f"image suites take no kind, got {raw['kind']!r}" + (hint if raw["kind"] == "fm" else "")
+        )
+    setting = _parse_setting(raw.get("setting", {}))
+    attacks, defenses = parse_grid(raw)
     for i, a in enumerate(attacks):
         _validate_attack(a, f"attacks[{i}]")
     for i, d in enumerate(defenses):
