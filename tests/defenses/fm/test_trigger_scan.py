@@ -20,12 +20,21 @@ from defenses.fm.trigger_scan import ScanResult, collapse_scores, scan_for_trigg
 from fl_core.errors import ConfigError
 from fl_core.foundation import load_encoder, mean_pool, tokenize
 
-torch.set_num_threads(1)
-
 TRIGGER = "cf"
 TRAIN_LEN = 20  # attacker's fine-tuning length (tokens)
 SCAN_LEN = 32  # defender's scan length (tokens)
 SCAN_KW = {"max_length": SCAN_LEN, "top_k": 32, "reference": 64, "batch_size": 64}
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _deterministic_threads():
+    """One thread, restored afterwards: the scan's flagged set is checked exactly, and reductions depend on it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 ATTACKER_TEXTS = [
     "Shares in the carmaker fell sharply after profits missed forecasts.",
