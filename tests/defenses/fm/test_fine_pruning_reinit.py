@@ -86,7 +86,11 @@ def test_reinit_redraws_bert_style_weights(setup):
     enc, _ = setup
     model = _model(enc, spec=FineTuneSpec(mode="full", trainable_layers=2))
     keep = model.layers[0].output.dense.weight.clone()
+    gamma = model.layers[1].output.LayerNorm.weight.detach().clone()
     reinit_top_layers(model, r=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.layers[1].output.LayerNorm.weight, gamma)  # kept by default
+    reinit_top_layers(model, r=1, generator=torch.Generator().manual_seed(0), keep_layernorm=False)
+    assert bool(model.layers[1].output.LayerNorm.weight.eq(1).all())
     w = model.layers[1].intermediate.dense.weight.detach()
     assert abs(float(w.std()) - 0.02) < 0.001 and abs(float(w.mean())) < 0.001
     assert float(model.layers[1].output.dense.bias.abs().max()) == 0.0

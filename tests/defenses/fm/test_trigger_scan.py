@@ -26,7 +26,6 @@ SCAN_LEN = 32  # defender's scan length (tokens)
 SCAN_KW = {"max_length": SCAN_LEN, "top_k": 32, "reference": 64, "batch_size": 64}
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _deterministic_threads():
     """One thread, restored afterwards: the scan's flagged set is checked exactly, and reductions depend on it."""
