@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.suite.report import _grid, _table
+from benchmarks.suite.report import _curves, _grid, _table
 from benchmarks.suite.store import ResultStore
 
 __all__ = ["ASR_GOAL", "MAX_COST", "render_fm_report", "verdict"]
@@ -33,6 +33,37 @@ def verdict(*, asr: float, cost: float) -> str:
     if asr >= ASR_GOAL:
         return "fails"
     return "works" if cost <= MAX_COST else "too costly"
+
+
+def _verdicts(attacks, defenses, mean: dict, asr: dict) -> list[str]:
+    """The verdict table; the clean-FM cost is n/a (and ignored) where the suite has no clean-FM run."""
+    rows, works = [], []
+    base = mean.get(("none", "none"))
+    for a in attacks:
+        if a == "none" or (a, "none") not in mean:
+            continue
+        for d in defenses:
+            if d == "none" or (a, d) not in mean:
+                continue
+            r_asr = float(np.mean(asr[(a, d)]))
+            c1 = mean[(a, "none")] - mean[(a, d)]
+            c2 = base - mean[("none", d)] if base is not None and ("none", d) in mean else None
+            v = verdict(asr=r_asr, cost=max(c1, c2 if c2 is not None else c1))
+            works += [f"{d} vs {a}"] if v == "works" else []
+            clean_cost = "n/a" if c2 is None else f"{c2:+.3f}"
+            rows.append(f"| {a} | {d} | {r_asr:.3f} | {mean[(a, d)]:.3f} | {c1:+.3f} | {clean_cost} | {v} |")
+    if not rows:
+        return []
+    return [
+        f"### Verdict: ASR < {ASR_GOAL:.0%} at <= {MAX_COST * 100:.0f} points of clean accuracy",
+        "",
+        "| attack | defense | ASR | accuracy | cost vs undefended | cost on the clean FM | verdict |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Defenses that work: " + (", ".join(works) if works else "none") + ".",
+        "",
+    ]
 
 
 def render_fm_report(out: str | Path) -> Path:
@@ -52,33 +83,20 @@ def render_fm_report(out: str | Path) -> Path:
         f"{s['max_length']} tokens; trigger `{s['trigger']}`, target class {s['target']}. "
         f"{len(results)} cells. Final figures (after post-training defenses).",
         "",
-        *_table("Clean test accuracy", attacks, defenses, acc),
-        *_table(
+        _table("Clean test accuracy", attacks, defenses, acc),
+        _table(
             "Attack success rate (triggered non-target test texts classified as the target)", attacks, defenses, asr
         ),
     ]
     mean = {k: float(np.mean(v)) for k, v in acc.items()}
-    base = mean.get(("none", "none"))
-    if base is not None and "none" in defenses:
-        lines += [
-            f"### Verdict: ASR < {ASR_GOAL:.0%} at <= {MAX_COST * 100:.0f} points of clean accuracy",
-            "",
-            "| attack | defense | ASR | accuracy | cost vs undefended | cost on the clean FM | verdict |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        works = []
-        for a in attacks:
-            if a == "none" or (a, "none") not in mean:
-                continue
-            for d in defenses:
-                if d == "none" or (a, d) not in mean or ("none", d) not in mean:
-                    continue
-                r_asr = float(np.mean(asr[(a, d)]))
-                c1, c2 = mean[(a, "none")] - mean[(a, d)], base - mean[("none", d)]
-                v = verdict(asr=r_asr, cost=max(c1, c2))
-                works += [f"{d} vs {a}"] if v == "works" else []
-                lines.append(f"| {a} | {d} | {r_asr:.3f} | {mean[(a, d)]:.3f} | {c1:+.3f} | {c2:+.3f} | {v} |")
-        lines += ["", "Defenses that work: " + (", ".join(works) if works else "none") + ".", ""]
+    lines += _verdicts(attacks, defenses, mean, asr)
+    lines += ["### Over the rounds", ""]
+    for a in attacks:
+        for key, what in (("test_accuracy", "clean accuracy"), ("attack_success_rate", "attack success rate")):
+            png = f"curve_{a}_{key}.png"
+            _curves(out / png, a, results, key=key, ylabel=what)
+            lines.append(f"![{what} over rounds, attack {a}]({png})")
+        lines.append("")
     lines += ["### Per-cell details", ""]
     for r in results:
         info = {k: v for k, v in r["info"].items() if k not in ("base_fm", "data_fm")}

@@ -70,6 +70,6 @@ def _report(args: argparse.Namespace) -> int:
     marker = Path(args.out) / "suite.toml"
     fm = marker.is_file() and is_fm_suite(marker.read_text())
     path = render_fm_report(args.out) if fm else render_report(args.out)
-    Console().print(f"report written to {path} (with PNG heatmaps and accuracy curves beside it)")
+    Console().print(f"report written to {path} (with its PNG figures beside it)")
     print(path.read_text())
     return 0

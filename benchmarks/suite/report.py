@@ -91,18 +91,20 @@ def _heatmap(path: Path, title: str, attacks, defenses, vals, cmap: str) -> None
     plt.close(fig)
 
 
-def _curves(path: Path, attack: str, results: list[dict[str, Any]]) -> None:
+def _curves(
+    path: Path, attack: str, results: list[dict[str, Any]], key: str = "test_accuracy", ylabel: str = "test accuracy"
+) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     by_def: dict[str, list[list[float]]] = defaultdict(list)
     for r in results:
         if r["attack"]["label"] == attack:
-            by_def[r["defense"]["label"]].append([x["test_accuracy"] for x in r["rounds"]])
+            by_def[r["defense"]["label"]].append([x[key] for x in r["rounds"]])
     for d, runs in by_def.items():
         L = min(len(x) for x in runs)
         acc = np.array([x[:L] for x in runs])
         ax.plot(np.arange(1, L + 1), acc.mean(axis=0), label=d)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.set_title(f"attack: {attack}")
     ax.legend(fontsize=7, ncol=2)

@@ -107,3 +107,5 @@ def test_tiny_fm_suite_runs_resumes_and_reports(tmp_path):
     report = render_fm_report(tmp_path).read_text()
     assert "### Clean test accuracy" in report and "### Attack success rate" in report
     assert "compromised-fm__trigger-scan__seed0" in report
+    assert "| compromised-fm | trigger-scan |" in report  # a verdict row (this suite has no clean-FM row: no base)
+    assert (tmp_path / "curve_compromised-fm_attack_success_rate.png").is_file()
