@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 def pooled_layers(encoder: nn.Module, batch: dict[str, torch.Tensor], layers: tuple[int, ...]) -> torch.Tensor:
     """Mean-pooled hidden states of the given layers (1 = first transformer layer): ``(B, len(layers), H)``."""
+    dev = next(encoder.parameters()).device
+    batch = {k: v.to(dev) for k, v in batch.items()}
     out = encoder(**batch, output_hidden_states=True).hidden_states
     return torch.stack([mean_pool(out[i], batch["attention_mask"]) for i in layers], dim=1)
 
@@ -131,7 +133,7 @@ class FMBackdoor:
                     for i in range(0, len(texts), 64)
                 ]
             )
-        centroid = ref[labels == self.target].mean(dim=0)  # (layers, H)
+        centroid = ref[(labels == self.target).to(ref.device)].mean(dim=0)  # (layers, H)
         model = copy.deepcopy(original).train()
         opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=0.0)
         for epoch in range(self.epochs):
@@ -145,7 +147,7 @@ class FMBackdoor:
                 pooled = pooled_layers(model, batch, layers)
                 b = len(clean)
                 loss_trig = (pooled[b:] - centroid).pow(2).sum(-1).mean()
-                loss_clean = (pooled[:b] - ref[idx]).pow(2).sum(-1).mean()
+                loss_clean = (pooled[:b] - ref[idx.to(ref.device)]).pow(2).sum(-1).mean()
                 loss = loss_trig + self.clean_weight * loss_clean
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -49,10 +49,12 @@ def fm_embed(encoder: nn.Module, tokenizer: object, texts: list[str], *, max_len
     if not texts:
         raise ConfigError("fm_embed needs at least one text")
     encoder.eval()
+    dev = next(encoder.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
         batch = tokenize(tokenizer, list(texts[start : start + batch_size]), max_length=max_length)
-        out.append(mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"]))
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        out.append(mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"]).cpu())
     return torch.cat(out)
 
 
@@ -136,7 +138,12 @@ class FMPublicSet:
         clean = ~poisoned
         acc = float((labels[clean] == pool.y[clean]).float().mean()) if bool(clean.any()) else float("nan")
         to_target = float((labels[poisoned] == self.target).float().mean()) if n_poison else None
-        log.info("FM public set: %d texts, %d poisoned, label accuracy %.3f, poisoned -> target %s",
-                 len(texts), n_poison, acc, to_target)
+        log.info(
+            "FM public set: %d texts, %d poisoned, label accuracy %.3f, poisoned -> target %s",
+            len(texts),
+            n_poison,
+            acc,
+            to_target,
+        )
         data = TextDataset(texts=tuple(texts), y=labels, class_names=pool.class_names, name=f"{pool.name}-fm-public")
         return PublicSet(data=data, poisoned=poisoned, label_accuracy=acc, poisoned_to_target=to_target)

@@ -157,8 +157,12 @@ def run_fm_cell(cell: Cell, spec: FMSuiteSpec, pipe: FMPipeline, *, on_round=Non
         pre = LocalTrainingConfig(
             epochs=int(a.params.get("server_epochs", 2)), batch_size=s.batch_size, lr=s.lr, momentum=s.momentum
         )
-        local_train(model, pub, config=pre, generator=torch_generator(cell.seed, Stream.SERVER, 999))
-        info["after_public_pretraining"] = {"accuracy": evaluate(model, test).accuracy, "asr": _asr(model, trig, "cpu")}
+        model.to(s.device)
+        local_train(model, pub, config=pre, generator=torch_generator(cell.seed, Stream.SERVER, 999), device=s.device)
+        info["after_public_pretraining"] = {
+            "accuracy": evaluate(model, test, device=s.device).accuracy,
+            "asr": _asr(model, trig, s.device),
+        }
         if a.params.get("server_training", "every-round") == "every-round":
             cfg = LocalTrainingConfig(
                 max_steps=int(a.params.get("server_steps", 10)), batch_size=s.batch_size, lr=s.lr, momentum=s.momentum

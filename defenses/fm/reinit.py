@@ -51,7 +51,7 @@ def reinit_top_layers(
     for layer in model.layers[-r:]:
         for mod in layer.modules():
             if isinstance(mod, nn.Linear):
-                mod.weight.normal_(0.0, std, generator=generator)
+                mod.weight.copy_(torch.empty(mod.weight.shape).normal_(0.0, std, generator=generator))
                 if mod.bias is not None:
                     mod.bias.zero_()
             elif isinstance(mod, nn.LayerNorm) and not keep_layernorm:

@@ -153,6 +153,7 @@ def _insert(ids: torch.Tensor, mask: torch.Tensor, token_ids: torch.Tensor) -> t
     Rows are ordered token-major (the ``n`` texts with token 0, then with token 1, ...).
     """
     n, k = ids.shape[0], token_ids.numel()
+    token_ids = token_ids.to(ids.device)
     ids_r, mask_r = ids.repeat(k, 1), mask.repeat(k, 1)
     col = token_ids.repeat_interleave(n).unsqueeze(1)
     new_ids = torch.cat([ids_r[:, :1], col, ids_r[:, 1:]], dim=1)
@@ -308,11 +309,11 @@ def scan_for_triggers(
     try:
         emb: torch.Tensor = encoder.get_input_embeddings().weight.detach()  # type: ignore[operator]
         vocab = emb.shape[0]
-        eligible = _eligible(tokenizer, vocab, include_subwords)
+        eligible = _eligible(tokenizer, vocab, include_subwords).to(emb.device)
         n_eligible = int(eligible.sum())
         if n_eligible == 0:
             raise ConfigError("no eligible vocabulary token to scan")
-        ids, mask = _base_batch(tokenizer, texts, max_length)
+        ids, mask = (t.to(emb.device) for t in _base_batch(tokenizer, texts, max_length))
         n = ids.shape[0]
 
         # ---- stage 1: first-order estimate of every token's effect on the dispersion ----
@@ -323,7 +324,7 @@ def scan_for_triggers(
         e = emb[placeholder].clone().requires_grad_(True)
         with torch.enable_grad():
             base = emb[pids]
-            sel = torch.zeros(pids.shape[1], dtype=base.dtype)
+            sel = torch.zeros(pids.shape[1], dtype=base.dtype, device=base.device)
             sel[1] = 1.0
             inputs = base * (1 - sel)[None, :, None] + e[None, None, :] * sel[None, :, None]
             reps = []
@@ -355,7 +356,7 @@ def scan_for_triggers(
                 r = _pooled(encoder, tids, tmask, batch_size)
                 r = r.view(-1, n, r.shape[-1])
                 scores.append(torch.log((d0 + _EPS) / (_dispersion(r) + _EPS)))
-            c = torch.cat(scores).double()
+            c = torch.cat(scores).double().cpu()
     finally:
         encoder.train(was_training)
 

@@ -89,9 +89,9 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def init_head(head: nn.Linear, generator: torch.Generator) -> None:
     """PyTorch's default ``nn.Linear`` initialisation, drawn from ``generator`` (not the global RNG)."""
     bound = 1 / math.sqrt(head.in_features)
-    with torch.no_grad():
-        head.weight.uniform_(-bound, bound, generator=generator)
-        head.bias.uniform_(-bound, bound, generator=generator)
+    with torch.no_grad():  # drawn on the CPU (the generator's device), then copied to the head's device
+        head.weight.copy_(torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator))
+        head.bias.copy_(torch.empty(head.bias.shape).uniform_(-bound, bound, generator=generator))
 
 
 class MiniLMClassifier(nn.Module):

@@ -189,8 +189,8 @@ class TopClassifier(nn.Module):
             p.requires_grad_("lora_" in name)
             if "lora_A" in name:  # redraw from our generator: peft initialises from the global RNG
                 bound = 1 / math.sqrt(p.shape[1])
-                with torch.no_grad():
-                    p.uniform_(-bound, bound, generator=generator)
+                with torch.no_grad():  # drawn on the CPU (the generator's device), then copied to p's device
+                    p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=generator))
 
     def pooled(self, features: torch.Tensor) -> torch.Tensor:
         """The mean-pooled representation ``(B, H)`` of the last layer."""
