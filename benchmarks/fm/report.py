@@ -4,6 +4,8 @@ A defense *works* against an attack here when it brings the final attack success
 (ASR) below 20% at a cost of at most 5 points of clean accuracy, the cost being the
 larger of two drops: against the undefended run under the same attack, and against
 the undefended run with the clean FM (what the defense costs when nothing is wrong).
+Attacks whose undefended ASR is already below 20% (baselines such as a clean FM's
+public data) are listed but not judged.
 
 Examples
 --------
@@ -39,8 +41,12 @@ def _verdicts(attacks, defenses, mean: dict, asr: dict) -> list[str]:
     """The verdict table; the clean-FM cost is n/a (and ignored) where the suite has no clean-FM run."""
     rows, works = [], []
     base = mean.get(("none", "none"))
+    quiet = []
     for a in attacks:
         if a == "none" or (a, "none") not in mean:
+            continue
+        if float(np.mean(asr[(a, "none")])) < ASR_GOAL:  # the undefended attack already fails: nothing to judge
+            quiet.append(a)
             continue
         for d in defenses:
             if d == "none" or (a, d) not in mean:
@@ -52,8 +58,9 @@ def _verdicts(attacks, defenses, mean: dict, asr: dict) -> list[str]:
             works += [f"{d} vs {a}"] if v == "works" else []
             clean_cost = "n/a" if c2 is None else f"{c2:+.3f}"
             rows.append(f"| {a} | {d} | {r_asr:.3f} | {mean[(a, d)]:.3f} | {c1:+.3f} | {clean_cost} | {v} |")
+    note = [f"Not judged (undefended ASR already below {ASR_GOAL:.0%}): {', '.join(quiet)}.", ""] if quiet else []
     if not rows:
-        return []
+        return note
     return [
         f"### Verdict: ASR < {ASR_GOAL:.0%} at <= {MAX_COST * 100:.0f} points of clean accuracy",
         "",
@@ -63,6 +70,7 @@ def _verdicts(attacks, defenses, mean: dict, asr: dict) -> list[str]:
         "",
         "Defenses that work: " + (", ".join(works) if works else "none") + ".",
         "",
+        *note,
     ]
 
 

@@ -109,3 +109,21 @@ def test_tiny_fm_suite_runs_resumes_and_reports(tmp_path):
     assert "compromised-fm__trigger-scan__seed0" in report
     assert "| compromised-fm | trigger-scan |" in report  # a verdict row (this suite has no clean-FM row: no base)
     assert (tmp_path / "curve_compromised-fm_attack_success_rate.png").is_file()
+
+
+def test_verdicts_judge_only_attacks_that_succeed_undefended():
+    from benchmarks.fm.report import _verdicts
+
+    mean = {
+        ("none", "none"): 0.95,
+        ("none", "scan"): 0.94,
+        ("a", "none"): 0.9,
+        ("a", "scan"): 0.88,
+        ("b", "none"): 0.9,
+        ("b", "scan"): 0.9,
+    }
+    asr = {("a", "none"): [0.9], ("a", "scan"): [0.1], ("b", "none"): [0.05], ("b", "scan"): [0.05]}
+    lines = _verdicts(["none", "a", "b"], ["none", "scan"], mean, asr)
+    rows = [line for line in lines if line.startswith("| a ") or line.startswith("| b ")]
+    assert rows == ["| a | scan | 0.100 | 0.880 | +0.020 | +0.010 | works |"]
+    assert "Not judged (undefended ASR already below 20%): b." in lines
