@@ -107,7 +107,13 @@ def test_tiny_fm_suite_runs_resumes_and_reports(tmp_path):
     report = render_fm_report(tmp_path).read_text()
     assert "### Clean test accuracy" in report and "### Attack success rate" in report
     assert "compromised-fm__trigger-scan__seed0" in report
-    assert "| compromised-fm | trigger-scan |" in report  # a verdict row (this suite has no clean-FM row: no base)
+    # the verdict follows the data: judged only where the undefended attack succeeds (this tiny backdoor is weak)
+    judged = by["compromised-fm__none__seed0"]["summary"]["final_asr"] >= 0.2
+    assert ("| compromised-fm | trigger-scan |" in report) == judged
+    assert ("Not judged (undefended ASR already below 20%): " in report) == (
+        not judged
+        or not all(by[f"{a}__none__seed0"]["summary"]["final_asr"] >= 0.2 for a in ("compromised-fm", "fm-public-data"))
+    )
     assert (tmp_path / "curve_compromised-fm_attack_success_rate.png").is_file()
 
 
