@@ -77,11 +77,8 @@ def _cohort(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ref(X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return (
-        (w.astype(np.float64) @ X.astype(np.float64)) / float(w.sum())
-        if X.shape[1] <= 10**5
-        else sum(float(wi) * X[i].astype(np.float64) for i, wi in enumerate(w)) / float(w.sum())
-    )
+    return (w.astype(np.float64) @ X.astype(np.float64)) / float(w.sum()) if X.shape[1] <= 10**5 else sum(
+        float(wi) * X[i].astype(np.float64) for i, wi in enumerate(w)) / float(w.sum())
 
 
 def _src(n: int, k: int) -> np.ndarray:
@@ -95,21 +92,9 @@ def _rel(mean: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def _row(method: str, n: int, d: int, **kw: object) -> dict[str, object]:
-    row: dict[str, object] = {
-        "method": method,
-        "n": n,
-        "d": d,
-        "params": "",
-        "client_s": math.nan,
-        "client_measured": 0,
-        "server_s": math.nan,
-        "up_B": math.nan,
-        "down_B": math.nan,
-        "up_x_f32": math.nan,
-        "abs_err": math.nan,
-        "rel_err": math.nan,
-        "note": "",
-    }
+    row: dict[str, object] = {"method": method, "n": n, "d": d, "params": "", "client_s": math.nan,
+                              "client_measured": 0, "server_s": math.nan, "up_B": math.nan, "down_B": math.nan,
+                              "up_x_f32": math.nan, "abs_err": math.nan, "rel_err": math.nan, "note": ""}
     row.update(kw)
     if isinstance(row["up_B"], int | float) and not math.isnan(float(row["up_B"])):
         row["up_x_f32"] = float(row["up_B"]) / (4.0 * d)
@@ -123,19 +108,8 @@ def _plain(X: np.ndarray, w: np.ndarray) -> dict[str, object]:
     s = (w.astype(np.float32)[:, None] * X32).sum(axis=0)
     server_s = time.perf_counter() - t0
     err, rel = _rel(s.astype(np.float64) / w.sum(), _ref(X, w))
-    return _row(
-        "plain",
-        n,
-        d,
-        client_s=0.0,
-        client_measured=n,
-        server_s=server_s,
-        up_B=4 * d,
-        down_B=4 * d,
-        abs_err=err,
-        rel_err=rel,
-        params="float32",
-    )
+    return _row("plain", n, d, client_s=0.0, client_measured=n, server_s=server_s, up_B=4 * d, down_B=4 * d,
+                abs_err=err, rel_err=rel, params="float32")
 
 
 def _secagg(method: str, X: np.ndarray, w: np.ndarray, budget: float, seed: int) -> dict[str, object]:
@@ -163,20 +137,9 @@ def _secagg(method: str, X: np.ndarray, w: np.ndarray, budget: float, seed: int)
     res = run_secagg(inputs, params=SecAggParams(round_id=0, t=t, d=d + 1), graph=graph)
     mean, _ = enc.decode_mean(res.sum)
     err, rel = _rel(mean, _ref(X, w))
-    return _row(
-        method,
-        n,
-        d,
-        params=desc,
-        client_s=float(np.mean(list(res.client_seconds.values()))) + encode_s,
-        client_measured=n,
-        server_s=res.server_seconds,
-        up_B=res.total_bytes(Direction.UP) / n,
-        down_B=res.total_bytes(Direction.DOWN) / n,
-        abs_err=err,
-        rel_err=rel,
-        note=note,
-    )
+    return _row(method, n, d, params=desc, client_s=float(np.mean(list(res.client_seconds.values()))) + encode_s,
+                client_measured=n, server_s=res.server_seconds, up_B=res.total_bytes(Direction.UP) / n,
+                down_B=res.total_bytes(Direction.DOWN) / n, abs_err=err, rel_err=rel, note=note)
 
 
 def _relabel(data: bytes, sender: int) -> bytes:
@@ -192,15 +155,13 @@ def _he(method: str, params: HEParams, kh: KeyHolder, X: np.ndarray, w: np.ndarr
     msgs, enc_s = [], []
     for u in range(1, k + 1):
         t0 = time.perf_counter()
-        c = HEClient(
-            u, X[u - 1], weight=int(w[u - 1]), params=params, context=secret, round_id=0, public_context=public
-        )
+        c = HEClient(u, X[u - 1], weight=int(w[u - 1]), params=params, context=secret, round_id=0,
+                     public_context=public)
         msgs.append(c.encrypt_input())
         enc_s.append(time.perf_counter() - t0)
     server = HEServer(params=params, round_id=0, client_ids=range(1, n + 1))
-    setup = PublicContext(
-        round_id=0, sender=KEY_HOLDER_ID, receiver=0, scheme=params.scheme, key_id=kh.key_id, context=public
-    ).to_bytes()
+    setup = PublicContext(round_id=0, sender=KEY_HOLDER_ID, receiver=0, scheme=params.scheme, key_id=kh.key_id,
+                          context=public).to_bytes()
     server_s = 0.0
     t0 = time.perf_counter()
     server.receive(KEY_HOLDER_ID, setup)
@@ -221,27 +182,13 @@ def _he(method: str, params: HEParams, kh: KeyHolder, X: np.ndarray, w: np.ndarr
     dec_s = time.perf_counter() - t0
     counts = np.bincount(_src(n, k), minlength=k)  # the cohort actually summed: input j appears counts[j] times
     err, rel = _rel(res.mean, _ref(X[:k], counts * w[:k]))
-    desc = (
-        f"N={params.poly_modulus_degree} q={list(params.coeff_mod_bit_sizes)} "
-        + (f"t={params.plain_modulus.bit_length()}b" if params.scheme == "bfv" else f"scale=2^{params.scale_bits}")
-        + f" {params.security_bits}-bit"
-    )
-    return _row(
-        method,
-        n,
-        d,
-        params=desc,
-        client_s=float(np.mean(enc_s)) + dec_s,
-        client_measured=k,
-        server_s=server_s,
-        up_B=float(np.mean([len(m) for m in msgs])),
-        down_B=len(agg),
-        abs_err=err,
-        rel_err=rel,
-        encrypt_s=float(np.mean(enc_s)),
-        decrypt_s=dec_s,
-        note="" if k == n else f"client cost measured on {k} clients; {n - k} inputs re-use their ciphertexts",
-    )
+    desc = (f"N={params.poly_modulus_degree} q={list(params.coeff_mod_bit_sizes)} "
+            + (f"t={params.plain_modulus.bit_length()}b" if params.scheme == "bfv" else f"scale=2^{params.scale_bits}")
+            + f" {params.security_bits}-bit")
+    return _row(method, n, d, params=desc, client_s=float(np.mean(enc_s)) + dec_s, client_measured=k,
+                server_s=server_s, up_B=float(np.mean([len(m) for m in msgs])), down_B=len(agg), abs_err=err,
+                rel_err=rel, encrypt_s=float(np.mean(enc_s)), decrypt_s=dec_s,
+                note="" if k == n else f"client cost measured on {k} clients; {n - k} inputs re-use their ciphertexts")
 
 
 def _he_params(method: str, n: int, d: int, w: np.ndarray, precision_bits: int, k: int) -> HEParams:
@@ -297,18 +244,11 @@ def ratios(rows: list[dict[str, object]]) -> list[dict[str, object]]:
         a = by.get(("anchor", n, d))
         if a is None or m not in ("ckks", "bfv"):
             continue
-        out.append(
-            {
-                "method": m,
-                "n": n,
-                "d": d,
-                "upload_x_smaller": float(a["up_B"]) / float(r["up_B"]),
-                "client_x_faster": float(a["client_s"]) / float(r["client_s"]),
-                "server_x_faster": float(a["server_s"]) / float(r["server_s"]),
-                "up_x_f32": r["up_x_f32"],
-                "rel_err": r["rel_err"],
-            }
-        )
+        out.append({"method": m, "n": n, "d": d,
+                    "upload_x_smaller": float(a["up_B"]) / float(r["up_B"]),
+                    "client_x_faster": float(a["client_s"]) / float(r["client_s"]),
+                    "server_x_faster": float(a["server_s"]) / float(r["server_s"]),
+                    "up_x_f32": r["up_x_f32"], "rel_err": r["rel_err"]})
     return out
 
 
@@ -317,20 +257,9 @@ def _print_table(rows: list[dict[str, object]]) -> None:
     from rich.table import Table
 
     table = Table(title="crypto aggregation cost (per client: client_s, up_B, down_B)")
-    cols = [
-        ("method", "{}"),
-        ("n", "{}"),
-        ("d", "{:.0e}"),
-        ("params", "{}"),
-        ("client_s", "{:.4f}"),
-        ("client_measured", "{}"),
-        ("server_s", "{:.4f}"),
-        ("up_B", "{:.4g}"),
-        ("down_B", "{:.4g}"),
-        ("up_x_f32", "{:.2f}"),
-        ("rel_err", "{:.2e}"),
-        ("note", "{}"),
-    ]
+    cols = [("method", "{}"), ("n", "{}"), ("d", "{:.0e}"), ("params", "{}"), ("client_s", "{:.4f}"),
+            ("client_measured", "{}"), ("server_s", "{:.4f}"), ("up_B", "{:.4g}"), ("down_B", "{:.4g}"),
+            ("up_x_f32", "{:.2f}"), ("rel_err", "{:.2e}"), ("note", "{}")]
     for name, _ in cols:
         table.add_column(name, justify="right", overflow="fold")
     for r in rows:
@@ -341,28 +270,13 @@ def _print_table(rows: list[dict[str, object]]) -> None:
     rt = ratios(rows)
     if rt:
         t2 = Table(title="vs the NVFlare anchor (CKKS N=8192 [60,40,40] 2^40): higher is better")
-        for name in (
-            "method",
-            "n",
-            "d",
-            "upload_x_smaller",
-            "client_x_faster",
-            "server_x_faster",
-            "up_x_f32",
-            "rel_err",
-        ):
+        for name in ("method", "n", "d", "upload_x_smaller", "client_x_faster", "server_x_faster", "up_x_f32",
+                     "rel_err"):
             t2.add_column(name, justify="right")
         for r in rt:
-            t2.add_row(
-                str(r["method"]),
-                str(r["n"]),
-                f"{r['d']:.0e}",
-                f"{r['upload_x_smaller']:.2f}",
-                f"{r['client_x_faster']:.2f}",
-                f"{r['server_x_faster']:.2f}",
-                f"{r['up_x_f32']:.2f}",
-                f"{r['rel_err']:.1e}",
-            )
+            t2.add_row(str(r["method"]), str(r["n"]), f"{r['d']:.0e}", f"{r['upload_x_smaller']:.2f}",
+                       f"{r['client_x_faster']:.2f}", f"{r['server_x_faster']:.2f}", f"{r['up_x_f32']:.2f}",
+                       f"{r['rel_err']:.1e}")
         console.print(t2)
 
 
@@ -392,9 +306,8 @@ def _plot(rows: list[dict[str, object]], path: Path) -> None:
             ax_b.plot(*zip(*by_d, strict=True), "o-", label=f"{m} up/client")
     ax_n.set(xlabel="clients n", ylabel="seconds", title=f"time vs n (d={d_max:.0e})", yscale="log")
     ax_d.set(xlabel="model size d", ylabel="seconds", title=f"time vs d (n={n_max})", xscale="log", yscale="log")
-    ax_b.set(
-        xlabel="model size d", ylabel="bytes", title=f"upload per client vs d (n={n_max})", xscale="log", yscale="log"
-    )
+    ax_b.set(xlabel="model size d", ylabel="bytes", title=f"upload per client vs d (n={n_max})", xscale="log",
+             yscale="log")
     for ax in (ax_n, ax_d, ax_b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -406,11 +319,8 @@ def _plot(rows: list[dict[str, object]], path: Path) -> None:
 def write_outputs(rows: list[dict[str, object]], out_dir: Path) -> list[Path]:
     """Write CSV, JSON (rows and ratios against the anchor) and the scaling PNG into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path, png_path = (
-        out_dir / "crypto_bench.csv",
-        out_dir / "crypto_bench.json",
-        out_dir / "crypto_scaling.png",
-    )
+    csv_path, json_path, png_path = (out_dir / "crypto_bench.csv", out_dir / "crypto_bench.json",
+                                     out_dir / "crypto_scaling.png")
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -418,16 +328,8 @@ def write_outputs(rows: list[dict[str, object]], out_dir: Path) -> list[Path]:
         wr = csv.DictWriter(f, fieldnames=fields)
         wr.writeheader()
         wr.writerows(rows)
-    json_path.write_text(
-        json.dumps(
-            {
-                "anchor": {k: list(v) if isinstance(v, tuple) else v for k, v in ANCHOR.items()},
-                "rows": rows,
-                "ratios_vs_anchor": ratios(rows),
-            },
-            indent=2,
-        )
-    )
+    json_path.write_text(json.dumps({"anchor": {k: list(v) if isinstance(v, tuple) else v for k, v in ANCHOR.items()},
+                                     "rows": rows, "ratios_vs_anchor": ratios(rows)}, indent=2))
     _plot(rows, png_path)
     return [csv_path, json_path, png_path]
 
@@ -466,15 +368,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments; prints the tables and writes the outputs."""
     ns, ds = (args.ns, args.ds) if not args.quick else ([4, 8], [1_000, 5_000])
-    rows = run_crypto_bench(
-        ns=ns,
-        ds=ds,
-        methods=args.methods,
-        sample_clients=args.sample_clients,
-        precision_bits=args.precision_bits,
-        secagg_budget=args.secagg_budget,
-        seed=args.seed,
-    )
+    rows = run_crypto_bench(ns=ns, ds=ds, methods=args.methods, sample_clients=args.sample_clients,
+                            precision_bits=args.precision_bits, secagg_budget=args.secagg_budget, seed=args.seed)
     _print_table(rows)
     for path in write_outputs(rows, args.out):
         logger.info("wrote %s", path)

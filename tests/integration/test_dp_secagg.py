@@ -32,9 +32,8 @@ def _federation(aggregator, ddg: DistributedDiscreteGaussian) -> Federation:
 
 
 def _ddg() -> DistributedDiscreteGaussian:
-    return DistributedDiscreteGaussian(
-        clip_norm=1.0, noise_multiplier=0.5, expected_clients=4, bits=20, sample_rate=0.5, delta=1e-5, seed=11
-    )
+    return DistributedDiscreteGaussian(clip_norm=1.0, noise_multiplier=0.5, expected_clients=4, bits=20,
+                                       sample_rate=0.5, delta=1e-5, seed=11)
 
 
 def test_distributed_dp_through_secagg_plus_equals_the_plain_modular_sum():

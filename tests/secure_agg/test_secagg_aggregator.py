@@ -56,13 +56,17 @@ def test_dropouts_give_the_mean_of_the_survivors() -> None:
     res = agg.aggregate(U, w, ctx=_ctx(n, 2))
     assert int((~res.kept).sum()) == 2 and res.metrics["n_survivors"] == 18
     ref = WeightedMean().aggregate(U[res.kept].double(), w[res.kept].double()).aggregate
-    assert (res.aggregate.double() - ref).abs().max().item() <= res.metrics["quantization_error_bound"] + 1e-6
+    assert (res.aggregate.double() - ref).abs().max().item() <= res.metrics[
+        "quantization_error_bound"
+    ] + 1e-6
 
 
 def test_late_dropouts_stay_in_the_sum() -> None:
     n = 10
     U = torch.linspace(-1, 1, n * 3).reshape(n, 3)
-    res = SecAggPlusAggregator(clip=1.0, dropout_rate=0.1, dropout_stage=Stage.UNMASKING).aggregate(U, ctx=_ctx(n, 0))
+    res = SecAggPlusAggregator(clip=1.0, dropout_rate=0.1, dropout_stage=Stage.UNMASKING).aggregate(
+        U, ctx=_ctx(n, 0)
+    )
     assert res.kept.all()
     assert torch.allclose(res.aggregate, U.mean(0), atol=1e-6)
 

@@ -89,7 +89,9 @@ def test_from_bytes_checks_the_type() -> None:
 def test_round_trip_property(round_id: int, ids: list[int], y: list[int]) -> None:
     m1 = SurvivorList(round_id=round_id, sender=0, receiver=1, survivors=tuple(ids))
     assert decode_message(m1.to_bytes()) == m1
-    m2 = MaskedInput(round_id=round_id, sender=1, receiver=0, ring_bits=16, y=np.array(y, np.uint16))
+    m2 = MaskedInput(
+        round_id=round_id, sender=1, receiver=0, ring_bits=16, y=np.array(y, np.uint16)
+    )
     assert decode_message(m2.to_bytes()) == m2
 
 

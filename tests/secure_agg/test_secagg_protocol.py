@@ -50,7 +50,9 @@ def _plain_sum(xs: dict[int, np.ndarray], ids, bits: int) -> np.ndarray:
     return acc & acc.dtype.type((1 << bits) - 1) if bits < 8 * acc.dtype.itemsize else acc
 
 
-def _params(t: int, d: int, bits: int = 32, active: bool = False, round_id: int = 7) -> SecAggParams:
+def _params(
+    t: int, d: int, bits: int = 32, active: bool = False, round_id: int = 7
+) -> SecAggParams:
     return SecAggParams(round_id=round_id, t=t, d=d, ring_bits=bits, active=active)
 
 
@@ -87,7 +89,9 @@ def test_secure_sum_equals_plain_sum_under_dropouts(
             alive = [sum(1 for u in ids if drops.get(u, Stage.UNMASKING + 1) > s) for s in stages]
             assert min(alive) < t
         return
-    expected_survivors = tuple(u for u in ids if drops.get(u, Stage.UNMASKING + 1) > Stage.MASKED_INPUT)
+    expected_survivors = tuple(
+        u for u in ids if drops.get(u, Stage.UNMASKING + 1) > Stage.MASKED_INPUT
+    )
     assert res.survivors == expected_survivors
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, bits))
     assert not res.rejected and not res.client_aborts
@@ -111,7 +115,9 @@ def test_secagg_plus_n30_with_late_and_early_dropouts() -> None:
 
 def test_fewer_than_t_masked_inputs_aborts_with_reason() -> None:
     xs = _inputs(5, 4, 32, 0)
-    with pytest.raises(ProtocolAbortError, match=r"only 3 clients completed COLLECT_INPUTS \(threshold t=4\)"):
+    with pytest.raises(
+        ProtocolAbortError, match=r"only 3 clients completed COLLECT_INPUTS \(threshold t=4\)"
+    ):
         run_secagg(
             xs,
             params=_params(4, 4),
@@ -203,7 +209,9 @@ def test_client_refuses_a_second_unmasking_request() -> None:
             return [data, forged.to_bytes()]  # claims client 3 dropped, after the honest list
         return [data]
 
-    res = run_secagg(xs, params=_params(3, 3), graph=CommunicationGraph.complete(xs), intercept=hook)
+    res = run_secagg(
+        xs, params=_params(3, 3), graph=CommunicationGraph.complete(xs), intercept=hook
+    )
     assert "refusing a message after the round ended" in res.client_aborts[1]
     assert [u for u, _ in uploads].count(1) == 1
     shares_of_3 = {k for _, data in uploads for o, k, _ in decode_message(data).shares if o == 3}
@@ -240,8 +248,12 @@ def test_active_consistency_check_stops_an_equivocating_server() -> None:
         reply = decode_message(clients[u].handle(msg.to_bytes()))
         assert isinstance(reply, ConsistencySignature)
         sigs[u] = reply.signature
-    bcast = SignatureBroadcast(round_id=p.round_id, sender=0, receiver=1, signatures=((2, sigs[2]),))
-    with pytest.raises(ProtocolAbortError, match="invalid signature on survivor list signed by client 2"):
+    bcast = SignatureBroadcast(
+        round_id=p.round_id, sender=0, receiver=1, signatures=((2, sigs[2]),)
+    )
+    with pytest.raises(
+        ProtocolAbortError, match="invalid signature on survivor list signed by client 2"
+    ):
         clients[1].handle(bcast.to_bytes())
     assert clients[1].revealed == {}
 
@@ -318,14 +330,18 @@ def test_replay_from_an_earlier_round_is_rejected() -> None:
     old: list = []
     _run_with_hook(_capture(old, Stage.MASKED_INPUT, Direction.UP), round_id=6)
     replay = dict(old)[3]
-    xs, res = _run_with_hook(_edit(Stage.MASKED_INPUT, Direction.UP, 3, lambda b: [replay]), round_id=7)
+    xs, res = _run_with_hook(
+        _edit(Stage.MASKED_INPUT, Direction.UP, 3, lambda b: [replay]), round_id=7
+    )
     assert "round 6" in res.rejected[3]
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
 
 def test_out_of_order_client_message_is_rejected() -> None:
     stale = AdvertiseKeys(round_id=7, sender=3, receiver=0, c_pk=b"\1" * 32, s_pk=b"\2" * 32)
-    xs, res = _run_with_hook(_edit(Stage.MASKED_INPUT, Direction.UP, 3, lambda b: [stale.to_bytes()]))
+    xs, res = _run_with_hook(
+        _edit(Stage.MASKED_INPUT, Direction.UP, 3, lambda b: [stale.to_bytes()])
+    )
     assert "out-of-order AdvertiseKeys" in res.rejected[3]
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
@@ -393,7 +409,9 @@ def test_wrong_share_kind_is_rejected() -> None:
 def test_share_relay_from_a_stranger_aborts_client() -> None:
     def stranger(data: bytes) -> list[bytes]:
         msg = decode_message(data)
-        return [dataclasses.replace(msg, ciphertexts=(*msg.ciphertexts, (99, b"\0" * 40))).to_bytes()]
+        return [
+            dataclasses.replace(msg, ciphertexts=(*msg.ciphertexts, (99, b"\0" * 40))).to_bytes()
+        ]
 
     xs, res = _run_with_hook(_edit(Stage.SHARE_KEYS, Direction.DOWN, 5, stranger))
     assert "not a neighbour" in res.client_aborts[5]

@@ -13,13 +13,8 @@ from secure_agg.he.errors import HEConfigError
 
 
 def _ctx(n: int, seed: int) -> RoundContext:
-    return RoundContext(
-        round_idx=0,
-        client_ids=tuple(range(n)),
-        weights=torch.ones(n),
-        global_params=torch.zeros(1),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return RoundContext(round_idx=0, client_ids=tuple(range(n)), weights=torch.ones(n),
+                        global_params=torch.zeros(1), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("cls", [BFVAggregator, CKKSAggregator])
@@ -70,17 +65,11 @@ class _Compare(Aggregator):
 
 def _fed(agg: Aggregator) -> Federation:
     split = load_dataset("digits")
-    parts = partition(split.train.labels, scheme="dirichlet", alpha=0.5, n_clients=6, generator=numpy_generator(0, 1))
-    return Federation(
-        model_name="mlp",
-        clients=make_clients(split.train, parts),
-        test_data=split.test,
-        clients_per_round=5,
-        seed=0,
-        aggregator=agg,
-        eval_every=2,
-        local=LocalTrainingConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9, max_steps=8),
-    )
+    parts = partition(split.train.labels, scheme="dirichlet", alpha=0.5, n_clients=6,
+                      generator=numpy_generator(0, 1))
+    return Federation(model_name="mlp", clients=make_clients(split.train, parts), test_data=split.test,
+                      clients_per_round=5, seed=0, aggregator=agg, eval_every=2,
+                      local=LocalTrainingConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9, max_steps=8))
 
 
 @pytest.fixture(scope="module")

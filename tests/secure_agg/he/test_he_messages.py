@@ -19,29 +19,12 @@ from secure_agg.messages import SurvivorList, decode_message
 
 _MSGS = [
     PublicContext(round_id=7, sender=KEY_HOLDER_ID, receiver=0, scheme="ckks", key_id=b"k" * 32, context=b"ctx"),
-    EncryptedInput(
-        round_id=2**63, sender=5, receiver=0, scheme="bfv", key_id=b"a" * 32, n_values=9, ciphertexts=(b"x" * 10, b"y")
-    ),
-    EncryptedInput(
-        round_id=1,
-        sender=5,
-        receiver=0,
-        scheme="bfv",
-        key_id=b"a" * 32,
-        n_values=9,
-        ciphertexts=(b"x",),
-        auth=b"s" * 64,
-    ),
-    EncryptedAggregate(
-        round_id=3,
-        sender=0,
-        receiver=BROADCAST_ID,
-        scheme="ckks",
-        key_id=b"b" * 32,
-        n_values=4,
-        contributors=(1, 4, 9),
-        ciphertexts=(b"zz",),
-    ),
+    EncryptedInput(round_id=2**63, sender=5, receiver=0, scheme="bfv", key_id=b"a" * 32, n_values=9,
+                   ciphertexts=(b"x" * 10, b"y")),
+    EncryptedInput(round_id=1, sender=5, receiver=0, scheme="bfv", key_id=b"a" * 32, n_values=9,
+                   ciphertexts=(b"x",), auth=b"s" * 64),
+    EncryptedAggregate(round_id=3, sender=0, receiver=BROADCAST_ID, scheme="ckks", key_id=b"b" * 32, n_values=4,
+                       contributors=(1, 4, 9), ciphertexts=(b"zz",)),
 ]
 
 
@@ -78,22 +61,14 @@ def test_families_do_not_mix() -> None:
 
 def test_bad_fields_are_rejected() -> None:
     with pytest.raises(WireFormatError, match="key_id"):
-        EncryptedInput(round_id=0, sender=1, receiver=0, scheme="bfv", key_id=b"short", n_values=1, ciphertexts=(b"x",))
+        EncryptedInput(round_id=0, sender=1, receiver=0, scheme="bfv", key_id=b"short", n_values=1,
+                       ciphertexts=(b"x",))
     with pytest.raises(WireFormatError, match="n_values"):
-        EncryptedInput(
-            round_id=0, sender=1, receiver=0, scheme="bfv", key_id=b"a" * 32, n_values=1, ciphertexts=(b"x", b"y")
-        )
+        EncryptedInput(round_id=0, sender=1, receiver=0, scheme="bfv", key_id=b"a" * 32, n_values=1,
+                       ciphertexts=(b"x", b"y"))
     with pytest.raises(WireFormatError, match="duplicate"):
-        EncryptedAggregate(
-            round_id=0,
-            sender=0,
-            receiver=1,
-            scheme="bfv",
-            key_id=b"a" * 32,
-            n_values=1,
-            contributors=(2, 2),
-            ciphertexts=(b"x",),
-        )
+        EncryptedAggregate(round_id=0, sender=0, receiver=1, scheme="bfv", key_id=b"a" * 32, n_values=1,
+                           contributors=(2, 2), ciphertexts=(b"x",))
     data = bytearray(_MSGS[1].to_bytes())
     data[24] = 9  # scheme code
     with pytest.raises(WireFormatError, match="scheme"):

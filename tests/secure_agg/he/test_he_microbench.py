@@ -15,16 +15,8 @@ from secure_agg.he.params import HEParams, select_params
 pytestmark = [pytest.mark.slow, pytest.mark.benchmark(group="he")]
 
 _CHOSEN = select_params(d=1_000_000, n=100, clip=1.0, weight_bound=5000, precision_bits=24)
-_ANCHOR = HEParams(
-    scheme="ckks",
-    poly_modulus_degree=8192,
-    coeff_mod_bit_sizes=(60, 40, 40),
-    scale_bits=40,
-    d=1_000_000,
-    n_max=100,
-    clip=1.0,
-    weight_bound=5000,
-)
+_ANCHOR = HEParams(scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40), scale_bits=40,
+                   d=1_000_000, n_max=100, clip=1.0, weight_bound=5000)
 
 
 @pytest.mark.parametrize("params", [_CHOSEN, _ANCHOR], ids=["bfv-chosen", "ckks-nvflare"])

@@ -16,16 +16,8 @@ def test_security_table_matches_the_standard() -> None:
 
 
 def test_parameters_below_128_bits_are_refused_unless_allowed() -> None:
-    kw = {
-        "scheme": "ckks",
-        "poly_modulus_degree": 2048,
-        "coeff_mod_bit_sizes": (40, 30),
-        "scale_bits": 20,
-        "d": 10,
-        "n_max": 2,
-        "clip": 1.0,
-        "weight_bound": 2,
-    }
+    kw = {"scheme": "ckks", "poly_modulus_degree": 2048, "coeff_mod_bit_sizes": (40, 30), "scale_bits": 20,
+          "d": 10, "n_max": 2, "clip": 1.0, "weight_bound": 2}
     with pytest.raises(InsecureParametersError, match="below 128-bit"):
         HEParams(**kw)
     p = HEParams(**kw, allow_insecure=True)
@@ -52,35 +44,17 @@ def test_selection_is_secure_and_meets_the_target(n: int) -> None:
 def test_bfv_overflow_bound_checked_against_n() -> None:
     p = select_params(d=10, n=4, clip=1.0, weight_bound=8, precision_bits=12)
     with pytest.raises(HEOverflowError, match=r"noise|hold"):
-        HEParams(
-            scheme="bfv",
-            poly_modulus_degree=p.poly_modulus_degree,
-            coeff_mod_bit_sizes=p.coeff_mod_bit_sizes,
-            plain_modulus=p.plain_modulus,
-            d=10,
-            n_max=p.plain_modulus,
-            clip=1.0,
-            weight_bound=8,
-        )
+        HEParams(scheme="bfv", poly_modulus_degree=p.poly_modulus_degree, coeff_mod_bit_sizes=p.coeff_mod_bit_sizes,
+                 plain_modulus=p.plain_modulus, d=10, n_max=p.plain_modulus, clip=1.0, weight_bound=8)
     with pytest.raises(HEOverflowError, match="weight bound"):
-        HEParams(
-            scheme="bfv",
-            poly_modulus_degree=p.poly_modulus_degree,
-            coeff_mod_bit_sizes=p.coeff_mod_bit_sizes,
-            plain_modulus=p.plain_modulus,
-            d=10,
-            n_max=4,
-            clip=1.0,
-            weight_bound=p.plain_modulus,
-        )
+        HEParams(scheme="bfv", poly_modulus_degree=p.poly_modulus_degree, coeff_mod_bit_sizes=p.coeff_mod_bit_sizes,
+                 plain_modulus=p.plain_modulus, d=10, n_max=4, clip=1.0, weight_bound=p.plain_modulus)
     with pytest.raises(HEConfigError, match="no bfv parameters"):
         select_params(d=10, n=2**40, clip=1.0, weight_bound=2**40, precision_bits=20, scheme="bfv")
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [{"d": 0}, {"n": 0}, {"clip": float("nan")}, {"weight_bound": -1}, {"precision_bits": 0}, {"scheme": "paillier"}],
-)
+@pytest.mark.parametrize("bad", [{"d": 0}, {"n": 0}, {"clip": float("nan")}, {"weight_bound": -1},
+                                 {"precision_bits": 0}, {"scheme": "paillier"}])
 def test_bad_arguments_name_the_value(bad: dict) -> None:
     kw = {"d": 10, "n": 2, "clip": 1.0, "weight_bound": 2, **bad}
     with pytest.raises(HEConfigError):

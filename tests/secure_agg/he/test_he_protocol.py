@@ -60,9 +60,8 @@ def test_public_context_holding_a_secret_key_is_refused() -> None:
     leaky = kh.client_context()
     from secure_agg.he.keys import key_id
 
-    msg = PublicContext(
-        round_id=0, sender=KEY_HOLDER_ID, receiver=0, scheme="ckks", key_id=key_id(leaky), context=leaky
-    )
+    msg = PublicContext(round_id=0, sender=KEY_HOLDER_ID, receiver=0, scheme="ckks", key_id=key_id(leaky),
+                        context=leaky)
     with pytest.raises(WireFormatError, match="secret key"):
         srv.receive(KEY_HOLDER_ID, msg.to_bytes())
 
@@ -104,13 +103,8 @@ def test_dropouts_are_simply_not_in_the_sum(scheme: str) -> None:
     n, d = 6, 700
     params, kh = _setup(scheme, d, n, 6 * 49)
     xs, w = _cohort(n, d, 3)
-    r = run_he(
-        xs,
-        weights=w,
-        params=params,
-        key_holder=kh,
-        dropouts={2: HEStage.ENCRYPTED_INPUT, 5: HEStage.ENCRYPTED_INPUT, 6: HEStage.AGGREGATE},
-    )
+    r = run_he(xs, weights=w, params=params, key_holder=kh,
+               dropouts={2: HEStage.ENCRYPTED_INPUT, 5: HEStage.ENCRYPTED_INPUT, 6: HEStage.AGGREGATE})
     assert r.survivors == (1, 3, 4, 6)
     assert np.abs(r.mean - _ref(xs, w, r.survivors)).max() <= r.error_bound
     down = r.bytes_sent["aggregate"][Direction.DOWN]  # clients 1, 3, 4 fetch it; 6 dropped before
@@ -201,11 +195,8 @@ def test_signed_inputs_reject_forgeries() -> None:
         if stage is HEStage.ENCRYPTED_INPUT and u == 1:
             m = EncryptedInput.from_bytes(data)
             other = EncryptedInput.from_bytes(data)
-            return (
-                [replace(m, ciphertexts=other.ciphertexts[::-1], auth=m.auth).to_bytes()]
-                if len(m.ciphertexts) > 1
-                else [replace(m, round_id=m.round_id, auth=bytes(64)).to_bytes()]
-            )
+            return [replace(m, ciphertexts=other.ciphertexts[::-1], auth=m.auth).to_bytes()] if len(
+                m.ciphertexts) > 1 else [replace(m, round_id=m.round_id, auth=bytes(64)).to_bytes()]
         return [data]
 
     r = run_he(xs, weights=w, params=params, key_holder=kh, authenticate=True, intercept=forge)
