@@ -28,13 +28,13 @@ from attacks.fm.public_data import FMPublicSet
 from attacks.triggers import TextTrigger
 from benchmarks.fm.prepare import FMPipeline
 from benchmarks.fm.spec import BACKDOOR_PARAMS, DEFENSES, FMSuiteSpec
+from benchmarks.suite.build import instantiate_rule
 from benchmarks.suite.spec import Cell
 from benchmarks.suite.store import ResultStore
 from defenses.dp.dp_fedavg import CentralDPFedAvg
 from defenses.fm.fine_pruning import FinePruning
 from defenses.fm.reinit import reinit_top_layers
 from defenses.fm.trigger_scan import scan_for_triggers, strip_tokens
-from defenses.robust.registry import get as get_rule
 from fl_core import Federation, LocalTrainingConfig, __version__, evaluate, load_dataset, make_clients
 from fl_core.data.dataset import ArrayDataset
 from fl_core.foundation import TopClassifier
@@ -68,14 +68,7 @@ def _aggregation(cell: Cell, spec: FMSuiteSpec) -> dict[str, Any]:
         return dp.federation_kwargs()
     if d.name in DEFENSES:
         return {}
-    entry = get_rule(d.name)
-    params = dict(d.params)
-    accepted = entry.cls.__init__.__code__.co_varnames
-    if "f" in accepted and "f" not in params:
-        params["f"] = s.assumed_f
-    if "generator" in accepted and "generator" not in params:
-        params["generator"] = torch_generator(cell.seed, Stream.USER, 11)
-    return {"aggregator": entry.cls(**params)}
+    return {"aggregator": instantiate_rule(d, f=s.assumed_f, seed=cell.seed)}
 
 
 def _asr(model: torch.nn.Module, triggered: ArrayDataset, device: str) -> float:

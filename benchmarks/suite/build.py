@@ -25,20 +25,27 @@ from fl_core.data.dataset import ArrayDataset
 from fl_core.rng import Stream, numpy_generator, torch_generator
 from fl_core.root_update import RootDatasetUpdate
 
-__all__ = ["CellRun", "build_cell", "build_defense"]
+__all__ = ["CellRun", "build_cell", "build_defense", "instantiate_rule"]
 
 
-def _instantiate(spec: ComponentSpec, *, setting: Setting, server_update: Callable | None, seed: int):
+def instantiate_rule(spec: ComponentSpec, *, f: int, seed: int, server_update: Callable | None = None):
+    """The registered rule or pre-aggregator of ``spec``; ``f``, ``server_update`` and a seeded generator fill
+    the constructor arguments the entry leaves out."""
     entry = get_rule(spec.name)
     params = dict(spec.params)
     accepted = entry.cls.__init__.__code__.co_varnames
     if "f" in accepted and "f" not in params:
-        params["f"] = 0 if spec.name in _NO_F_DEFAULT else setting.expected_f
+        params["f"] = f
     if "server_update" in accepted and "server_update" not in params:
         params["server_update"] = server_update
     if "generator" in accepted and "generator" not in params:
         params["generator"] = torch_generator(seed, Stream.USER, 11)
     return entry.cls(**params)
+
+
+def _instantiate(spec: ComponentSpec, *, setting: Setting, server_update: Callable | None, seed: int):
+    f = 0 if spec.name in _NO_F_DEFAULT else setting.expected_f
+    return instantiate_rule(spec, f=f, seed=seed, server_update=server_update)
 
 
 def build_defense(
