@@ -9,8 +9,7 @@ True
 
 from __future__ import annotations
 
-import math
-
+from fl_core.checks import as_real
 from fl_core.errors import ConfigError
 
 __all__ = ["PrivacyBudgetError", "PrivacyConfigError", "check_delta", "check_epsilon", "check_positive"]
@@ -26,22 +25,14 @@ class PrivacyBudgetError(ConfigError):
 
 def check_epsilon(epsilon: float, *, name: str = "epsilon") -> float:
     """Return ``epsilon`` as a float if it is finite and > 0, else raise :class:`PrivacyConfigError`."""
-    if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise PrivacyConfigError(f"{name} must be a finite number > 0, got {epsilon!r}")
-    return float(epsilon)
+    return as_real(name, epsilon, low=0.0, low_open=True, error=PrivacyConfigError)
 
 
 def check_delta(delta: float, *, name: str = "delta") -> float:
-    """Return ``delta`` as a float if it lies in the open interval (0, 1)."""
-    if not isinstance(delta, int | float) or not 0.0 < delta < 1.0:
-        raise PrivacyConfigError(f"{name} must lie in the open interval (0, 1), got {delta!r}")
-    return float(delta)
+    """Return ``delta`` as a float if it lies in the open interval (0, 1) (NumPy scalars accepted)."""
+    return as_real(name, delta, low=0.0, high=1.0, low_open=True, high_open=True, error=PrivacyConfigError)
 
 
 def check_positive(value: float, *, name: str, allow_zero: bool = False) -> float:
     """Return ``value`` as a float if it is finite and > 0 (or >= 0 with ``allow_zero``)."""
-    ok = isinstance(value, int | float) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise PrivacyConfigError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
+    return as_real(name, value, low=0.0, low_open=not allow_zero, error=PrivacyConfigError)

@@ -16,6 +16,11 @@ which events an accountant may compose, and how.
   sampling (``q`` taken as 1), which is conservative; ``amplify_integer_noise=True``
   applies the sampled-Gaussian amplification to them as an approximation, and the
   ledger says so in :attr:`notes` and in ``round_metrics()``.
+* Renyi events (Skellam) carry their exact RDP curve at integer orders: the ledger
+  adds it to the RDP accountant's curve at the same orders (Opacus' ``compute_rdp``
+  over the accountant's history) and converts once with Opacus'
+  ``get_privacy_spent``. Only the ``"rdp"`` accountant takes them, without
+  amplification by sampling.
 * Pure-DP (Laplace) events add their epsilon by basic composition.
 * Dropouts: the DP plug-ins size noise for the fewest survivors they tolerate
   and record the event for that many; they call :meth:`note` so that the ledger
@@ -37,10 +42,12 @@ import logging
 import warnings
 from collections.abc import Hashable
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as opacus_rdp
 
 from defenses.dp.errors import PrivacyBudgetError, PrivacyConfigError, check_delta, check_epsilon, check_positive
-from defenses.dp.events import GaussianEvent, PrivacyEvent, PureDPEvent
+from defenses.dp.events import GaussianEvent, PrivacyEvent, PureDPEvent, RenyiEvent
 from defenses.dp.mechanisms import INTEGER_ORDERS, _calibrate_rdp
 
 __all__ = ["ACCOUNTANTS", "PerClientLedger", "PrivacyLedger", "calibrate_noise_multiplier", "planned_epsilon"]
@@ -70,6 +77,18 @@ def _accountant_epsilon(acc: RDPAccountant | PRVAccountant, delta: float, *, int
             alphas = list(INTEGER_ORDERS) if integer_orders else None
             return float(acc.get_epsilon(delta=delta, alphas=alphas))
         return float(acc.get_epsilon(delta=delta, eps_error=0.01))
+
+
+def _curve_epsilon(acc: RDPAccountant, curve: dict[int, float], delta: float) -> float:
+    """Epsilon of the accountant's Gaussian history plus a Renyi ``curve`` (order -> rdp), at the curve's orders."""
+    orders = sorted(curve)
+    total = np.array([curve[a] for a in orders], dtype=float)
+    for z, q, steps in acc.history:
+        total += opacus_rdp.compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=orders)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        eps, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=total, delta=delta)
+    return float(eps)
 
 
 def planned_epsilon(
@@ -150,6 +169,7 @@ class PrivacyLedger:
         self.target_epsilon = None if target_epsilon is None else check_epsilon(target_epsilon, name="target_epsilon")
         self._pure_epsilon = 0.0
         self._integer = False
+        self._curve: dict[int, float] = {}
         self.events: list[PrivacyEvent] = []
         self.notes: list[str] = []
         self.conservative_dropouts = False
@@ -195,6 +215,8 @@ class PrivacyLedger:
         """Compose one event into the ledger."""
         if isinstance(event, PureDPEvent):
             self._pure_epsilon += event.epsilon * event.steps
+        elif isinstance(event, RenyiEvent):
+            self._record_curve(event)
         elif isinstance(event, GaussianEvent):
             q = event.sample_rate
             if not event.gaussian_exact:
@@ -217,9 +239,30 @@ class PrivacyLedger:
             raise PrivacyConfigError(f"not a privacy event: {event!r}")
         self.events.append(event)
 
+    def _record_curve(self, event: RenyiEvent) -> None:
+        if self.accountant_name != "rdp":
+            raise PrivacyConfigError(
+                f"{event.mechanism} events carry a Renyi curve: only the 'rdp' accountant composes them, "
+                f"got accountant={self.accountant_name!r}"
+            )
+        if self._curve and set(event.orders) != set(self._curve):
+            raise PrivacyConfigError(
+                f"{event.mechanism} event's Renyi orders differ from those already recorded: "
+                f"{event.orders!r} vs {tuple(sorted(self._curve))!r}"
+            )
+        if event.sample_rate < 1.0:
+            self.note(
+                f"{event.mechanism} events accounted without amplification by sampling "
+                f"(q={event.sample_rate} taken as 1): conservative"
+            )
+        for a, r in zip(event.orders, event.rdp):
+            self._curve[a] = self._curve.get(a, 0.0) + event.steps * r
+
     def epsilon(self, delta: float | None = None) -> float:
         """Epsilon spent so far at ``delta`` (default: the ledger's)."""
         d = self.delta if delta is None else check_delta(delta)
+        if self._curve:
+            return _curve_epsilon(self._acc, self._curve, d) + self._pure_epsilon  # type: ignore[arg-type]
         return _accountant_epsilon(self._acc, d, integer_orders=self._integer) + self._pure_epsilon
 
     @property

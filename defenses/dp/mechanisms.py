@@ -44,7 +44,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from scipy import optimize, special
 
 from defenses.dp.errors import PrivacyBudgetError, PrivacyConfigError, check_delta, check_epsilon, check_positive
-from defenses.dp.events import GaussianEvent, PrivacyEvent, PureDPEvent
+from defenses.dp.events import GaussianEvent, PrivacyEvent, PureDPEvent, RenyiEvent
 
 __all__ = [
     "INTEGER_ORDERS",
@@ -465,14 +465,23 @@ class SkellamMechanism(Mechanism):
     l1_sensitivity : float, optional
         ``Delta_1``; default ``Delta_2^2`` (integer vectors have ``Delta_1 <= Delta_2^2``).
 
-    Its event carries the Gaussian-equivalent ``z = sqrt(mu / (Delta_2^2 + 3 Delta_1))``:
-    since the second term of the Renyi bound is at most ``3 Delta_1 / (2 mu) <= alpha * 3 Delta_1 / (2 mu)``
-    for ``alpha >= 1``, ``alpha / (2 z^2)`` upper-bounds the Skellam curve.
+    Its event is a :class:`~defenses.dp.events.RenyiEvent` carrying the exact Renyi
+    bound at :data:`INTEGER_ORDERS`, the same curve :meth:`from_epsilon_delta` calibrates
+    with, so a ledger reports the epsilon the mechanism was calibrated for.
+    (``gaussian_equivalent_multiplier`` is a looser dominating Gaussian,
+    ``z = sqrt(mu / (Delta_2^2 + 3 Delta_1))``, kept for comparison: accounting with it
+    roughly doubles epsilon.)
 
     Examples
     --------
     >>> SkellamMechanism(noise_multiplier=10.0).mu
     100.0
+    >>> from defenses.dp.ledger import PrivacyLedger
+    >>> sk = SkellamMechanism.from_epsilon_delta(epsilon=2.0, delta=1e-5)
+    >>> led = PrivacyLedger(delta=1e-5)
+    >>> led.record(sk.event())
+    >>> 1.99 < led.epsilon() <= 2.0
+    True
     """
 
     name = "skellam"
@@ -541,12 +550,12 @@ class SkellamMechanism(Mechanism):
     def noise(self, shape: tuple[int, ...], *, generator: torch.Generator) -> torch.Tensor:
         return sample_skellam(self.mu, shape, generator=generator)
 
-    def event(self, *, sample_rate: float = 1.0, steps: int = 1) -> GaussianEvent:
-        return GaussianEvent(
-            noise_multiplier=self.gaussian_equivalent_multiplier,
-            sample_rate=sample_rate,
+    def event(self, *, sample_rate: float = 1.0, steps: int = 1) -> RenyiEvent:
+        return RenyiEvent(
+            orders=INTEGER_ORDERS,
+            rdp=tuple(float(r) for r in self.rdp()),
             steps=steps,
-            gaussian_exact=False,
+            sample_rate=sample_rate,
             mechanism=self.name,
         )
 

@@ -117,3 +117,42 @@ def test_dropouts_are_flagged_conservative():
     assert any("conservative" in n for n in ddg.ledger.notes)
     # each client carries the noise share of 8, so 10 clients add more than the target
     assert ddg.local_std == pytest.approx(1.0 / 8**0.5)
+
+
+def test_skellam_curve_composes_with_gaussian_history_as_one_rdp_sum():
+    """A Skellam release after Gaussian rounds: epsilon from the summed curves (Opacus' conversion)."""
+    import numpy as np
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    from defenses.dp.mechanisms import INTEGER_ORDERS, SkellamMechanism
+
+    sk = SkellamMechanism(mu=400.0, sensitivity=2.0)
+    led = PrivacyLedger(delta=1e-5)
+    led.record(GaussianEvent(noise_multiplier=1.5, sample_rate=0.2, steps=5))
+    led.record(sk.event(steps=3))
+    orders = list(INTEGER_ORDERS)
+    curve = 3 * sk.rdp() + opacus_rdp.compute_rdp(q=0.2, noise_multiplier=1.5, steps=5, orders=orders)
+    want, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=curve, delta=1e-5)
+    assert led.epsilon() == pytest.approx(float(want), rel=1e-12)
+    assert led.releases == 8
+    # the dominating Gaussian would have claimed far more
+    loose = PrivacyLedger(delta=1e-5)
+    loose.record(GaussianEvent(noise_multiplier=1.5, sample_rate=0.2, steps=5))
+    loose.record(GaussianEvent(noise_multiplier=sk.gaussian_equivalent_multiplier, steps=3, gaussian_exact=False))
+    assert loose.epsilon() > 1.1 * led.epsilon()
+    assert np.isfinite(led.epsilon())
+
+
+def test_renyi_events_are_rdp_only_and_checked():
+    from defenses.dp.events import RenyiEvent
+    from defenses.dp.mechanisms import SkellamMechanism
+
+    with pytest.raises(PrivacyConfigError, match="only the 'rdp' accountant"):
+        PrivacyLedger(delta=1e-5, accountant="prv").record(SkellamMechanism(mu=100.0).event())
+    with pytest.raises(PrivacyConfigError, match="one rdp value per order"):
+        RenyiEvent(orders=(2, 3), rdp=(0.1,))
+    with pytest.raises(PrivacyConfigError, match="finite and >= 0"):
+        RenyiEvent(orders=(2,), rdp=(float("nan"),))
+    led = PrivacyLedger(delta=1e-5)
+    led.record(SkellamMechanism(mu=100.0).event(sample_rate=0.1))
+    assert any("without amplification" in n for n in led.notes)
