@@ -17,15 +17,32 @@ gives SecAgg):
   ``s_v^SK`` for those that dropped -- never both kinds for one client: the state
   machine answers one unmasking request per round, from one survivor list.
 
+Every message is authenticated: client messages carry an Ed25519 signature
+(active setting) or an HMAC-SHA256 tag under the client's channel key, server
+messages an HMAC-SHA256 tag (unless ``params.authenticated`` is off). The masked
+input names the peers it was masked with (``MaskedInput.masked_with``), so the
+server can never unmask it with another set of pairs. Before revealing any share
+the client refuses a threshold at or below half its share holders
+(:meth:`~secure_agg.params.SecAggParams.check_threshold`).
+
 A message that is malformed, from another round, out of order or fails
 authentication makes the client abort (:class:`~secure_agg.errors.ProtocolAbortError`);
 the server then treats it as dropped.
+
+Threat model: honest-but-curious server (``active=False``): the server follows
+the protocol; the MACs stop a network attacker (tampering, injection,
+redirection, replay from another round). The server holds the channel keys, so
+it can forge client messages in this mode. Malicious server (``active=True``):
+client messages are signed, the consistency check stops equivocation about
+``U3``, and the threshold bound keeps the server from collecting both secrets of
+a client; it can still abort the round or leave clients out.
 
 Examples
 --------
 >>> import numpy as np
 >>> from secure_agg.params import SecAggParams
->>> c = SecAggClient(1, np.zeros(4, np.uint32), params=SecAggParams(round_id=0, t=2, d=4))
+>>> c = SecAggClient(1, np.zeros(4, np.uint32), params=SecAggParams(round_id=0, t=2, d=4),
+...                  channel_key=bytes(32))
 >>> from secure_agg.messages import decode_message
 >>> type(decode_message(c.advertise_keys())).__name__, c.state.name
 ('AdvertiseKeys', 'KEYS_ADVERTISED')
@@ -68,7 +85,7 @@ from secure_agg.messages import (
 )
 from secure_agg.params import SecAggParams
 from secure_agg.prg import MaskAccumulator, derive_key
-from secure_agg.shamir import SHARE_BYTES, secret_to_limbs, share_limbs
+from secure_agg.shamir import PRIME, SHARE_BYTES, secret_to_limbs, share_limbs
 
 __all__ = ["PAIR_MASK_PURPOSE", "SELF_MASK_PURPOSE", "ClientState", "SecAggClient"]
 
@@ -119,6 +136,9 @@ class SecAggClient:
         ``d_u^SK``; required when ``params.active``.
     verify_keys : Mapping[int, Ed25519PublicKey], optional
         The PKI: verification keys of the other clients; required when ``params.active``.
+    channel_key : bytes, optional
+        32 bytes this client shares with the server (from the enrolment or the
+        TLS session); required when ``params.authenticated`` (the default).
     """
 
     def __init__(
@@ -129,7 +149,10 @@ class SecAggClient:
         params: SecAggParams,
         signing_key: Ed25519PrivateKey | None = None,
         verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+        channel_key: bytes | None = None,
     ) -> None:
+        if isinstance(client_id, np.integer):
+            client_id = int(client_id)
         if not isinstance(client_id, int) or not 1 <= client_id < 2**31 - 1:
             raise SecAggConfigError(f"client_id must be an int in [1, 2^31 - 2], got {client_id!r}")
         x = np.asarray(x)
@@ -144,6 +167,14 @@ class SecAggClient:
             )
         if params.active and (signing_key is None or verify_keys is None):
             raise SecAggConfigError("the active setting needs signing_key and verify_keys")
+        if params.authenticated and (
+            not isinstance(channel_key, bytes) or len(channel_key) != crypto.CHANNEL_KEY_BYTES
+        ):
+            raise SecAggConfigError(
+                f"client {client_id}: authenticated channels need a {crypto.CHANNEL_KEY_BYTES}-byte "
+                f"channel_key shared with the server (or params.authenticated=False when the "
+                f"transport authenticates every message)"
+            )
         self.u = client_id
         self.params = params
         self._x = x
@@ -159,6 +190,12 @@ class SecAggClient:
         self._own_shares: tuple[bytes, bytes] | None = None
         self._received: dict[int, tuple[bytes, bytes]] = {}
         self._u3: tuple[int, ...] = ()
+        self._mac_up = self._mac_down = b""
+        if params.authenticated:
+            assert channel_key is not None
+            kw = {"round_id": params.round_id, "client_id": client_id}
+            self._mac_up = crypto.channel_mac_key(channel_key, upstream=True, **kw)
+            self._mac_down = crypto.channel_mac_key(channel_key, upstream=False, **kw)
 
     # ------------------------------------------------------------------ helpers
     def _abort(self, reason: str) -> NoReturn:
@@ -175,14 +212,14 @@ class SecAggClient:
         msg = msg_cls(round_id=self.params.round_id, sender=self.u, receiver=SERVER_ID, **fields)
         if self.params.active:
             assert self._signing_key is not None
-            msg = msg_cls(
-                round_id=self.params.round_id,
-                sender=self.u,
-                receiver=SERVER_ID,
-                auth=crypto.sign(self._signing_key, msg.signing_payload()),
-                **fields,
-            )
-        return msg.to_bytes()
+            auth = crypto.sign(self._signing_key, msg.signing_payload())
+        elif self.params.authenticated:
+            auth = crypto.mac(self._mac_up, msg.signing_payload())
+        else:
+            return msg.to_bytes()
+        return msg_cls(
+            round_id=self.params.round_id, sender=self.u, receiver=SERVER_ID, auth=auth, **fields
+        ).to_bytes()
 
     # ------------------------------------------------------------------ round 0
     def advertise_keys(self) -> bytes:
@@ -220,6 +257,13 @@ class SecAggClient:
         except SecAggError as e:
             self._abort(f"undecodable message: {e}")
         p = self.params
+        if p.authenticated:
+            try:
+                crypto.verify_mac(
+                    self._mac_down, msg.auth, msg.signing_payload(), what=type(msg).__name__
+                )
+            except MessageRejectedError as e:
+                self._abort(f"{e} (tampered, forged, misaddressed or from another round)")
         if msg.round_id != p.round_id:
             self._abort(f"message for round {msg.round_id}, this is round {p.round_id} (replay?)")
         if msg.sender != SERVER_ID or msg.receiver != self.u:
@@ -249,8 +293,10 @@ class SecAggClient:
         p = self.params
         if any(e.client_id == self.u for e in msg.entries):
             self._abort("key broadcast lists my own id")
-        if len(msg.entries) + 1 < p.t:
-            self._abort(f"only {len(msg.entries)} neighbours advertised keys; threshold t={p.t}")
+        try:
+            p.check_threshold(holders=len(msg.entries) + 1)
+        except SecAggConfigError as e:
+            self._abort(f"refusing to share with {len(msg.entries)} neighbours: {e}")
         seen = set(self._keys[self.u])
         for e in msg.entries:
             if e.c_pk in seen or e.s_pk in seen or e.c_pk == e.s_pk:
@@ -313,6 +359,9 @@ class SecAggClient:
             src, dst = int.from_bytes(pt[:4], "little"), int.from_bytes(pt[4:8], "little")
             if (src, dst) != (v, self.u):
                 self._abort(f"share from client {v} is labelled {src}->{dst}")
+            limbs = np.frombuffer(pt[8:], dtype="<u4")
+            if (limbs >= PRIME).any():
+                self._abort(f"share from client {v} has an element outside GF(2^31 - 1)")
             self._received[v] = (pt[8 : 8 + SHARE_BYTES], pt[8 + SHARE_BYTES :])
         if len(self._received) + 1 < p.t:
             self._abort(f"only {len(self._received)} neighbours sent shares; threshold t={p.t}")
@@ -335,7 +384,8 @@ class SecAggClient:
                 acc.subtract(key)
         y = p.reduce(acc.value)
         self.state = ClientState.INPUT_SENT
-        return self._out(MaskedInput, ring_bits=p.ring_bits, y=y)
+        masked_with = tuple(sorted(self._received))
+        return self._out(MaskedInput, ring_bits=p.ring_bits, y=y, masked_with=masked_with)
 
     # ------------------------------------------------------------------ round 3 / 4
     def _on_survivors(self, msg: SurvivorList) -> bytes:

@@ -6,11 +6,14 @@ SecAgg+ (Bell et al., CCS 2020). Every message encodes as::
     header  magic b"SA" | version u8 | type u8 | round_id u64 | sender u32 |
             receiver u32 | body_len u32                          (24 bytes, little endian)
     body    type-specific, length-prefixed fields                (body_len bytes)
-    auth    auth_len u8 | auth                                   (0 or 64 bytes)
+    auth    auth_len u8 | auth                                   (0, 32 or 64 bytes)
 
-``auth`` is the sender's Ed25519 signature over the same encoding with an empty
-``auth`` (used for client messages in the actively-malicious setting). Id 0 is the
-server. :func:`decode_message` raises :class:`~secure_agg.errors.WireFormatError`
+``auth`` covers the same encoding with an empty ``auth``: the sender's Ed25519
+signature (64 bytes; client messages in the actively-malicious setting) or an
+HMAC-SHA256 tag under the channel key the client shares with the server (32 bytes;
+every other message when channels are authenticated, the default). Id 0 is the
+server. Version 2 added the 32-byte tag and ``MaskedInput.masked_with``.
+:func:`decode_message` raises :class:`~secure_agg.errors.WireFormatError`
 on anything that is not exactly one well-formed message: truncation, trailing bytes,
 bad magic/version/type, out-of-range lengths, duplicate ids in a list.
 
@@ -31,12 +34,14 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
+from secure_agg.crypto import MAC_BYTES
 from secure_agg.errors import WireFormatError
 from secure_agg.prg import _le
 from secure_agg.quantize import ring_dtype
 from secure_agg.shamir import SHARE_BYTES
 
 __all__ = [
+    "AUTH_LENGTHS",
     "SERVER_ID",
     "WIRE_VERSION",
     "AdvertiseKeys",
@@ -58,10 +63,12 @@ __all__ = [
 ]
 
 MAGIC = b"SA"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 SERVER_ID = 0
 PK_BYTES = 32
 SIG_BYTES = 64
+AUTH_LENGTHS = (0, MAC_BYTES, SIG_BYTES)
+"""Valid lengths of the ``auth`` trailer: none, an HMAC-SHA256 tag, an Ed25519 signature."""
 _HEADER = struct.Struct("<2sBBQIII")
 MAX_CIPHERTEXT = 4096
 
@@ -160,6 +167,11 @@ def _check_distinct(ids: list[int], what: str) -> None:
         raise WireFormatError(f"{what}: duplicate ids in {ids}")
 
 
+def _check_auth(auth: bytes, what: str) -> None:
+    if len(auth) not in AUTH_LENGTHS:
+        raise WireFormatError(f"{what}: auth must be one of {AUTH_LENGTHS} bytes, got {len(auth)}")
+
+
 def _check_sig(sig: bytes, what: str) -> None:
     if len(sig) not in (0, SIG_BYTES):
         raise WireFormatError(f"{what}: signature must be 0 or {SIG_BYTES} bytes, got {len(sig)}")
@@ -185,7 +197,7 @@ class Message(abc.ABC):
             v = getattr(self, name)
             if not 0 <= v < 2**32:
                 raise WireFormatError(f"{name} must fit in 32 bits, got {v}")
-        _check_sig(self.auth, type(self).__name__)
+        _check_auth(self.auth, type(self).__name__)
 
     @abc.abstractmethod
     def _body(self) -> bytes:
@@ -276,7 +288,7 @@ def decode_message(data: bytes) -> Message:
             f"{cls.__name__}: truncated (declared body {body_len}, got {len(data)})"
         )
     auth_len = data[end]
-    if auth_len not in (0, SIG_BYTES):
+    if auth_len not in AUTH_LENGTHS:
         raise WireFormatError(f"{cls.__name__}: bad auth length {auth_len}")
     if len(data) != end + 1 + auth_len:
         raise WireFormatError(
@@ -367,16 +379,24 @@ class ShareKeys(Message):
 @_register
 @dataclass(frozen=True, kw_only=True, eq=False)
 class MaskedInput(Message):
-    """Round 2, client -> server: ``y_u = x_u + PRG(b_u) + sum_v +-PRG(s_{u,v})`` mod ``2^b``."""
+    """Round 2, client -> server: ``y_u = x_u + PRG(b_u) + sum_v +-PRG(s_{u,v})`` mod ``2^b``.
+
+    ``masked_with`` lists the peers ``v`` whose pairwise masks are in ``y_u``: the
+    senders of the shares the client received (its view of ``U2``). It travels
+    under the message's MAC or signature, so the server unmasks with exactly the
+    pairs the client used, or refuses the input (see :class:`~secure_agg.server.SecAggServer`).
+    """
 
     TYPE = MsgType.MASKED_INPUT
     STAGE = Stage.MASKED_INPUT
     FROM_CLIENT = True
     ring_bits: int
     y: np.ndarray
+    masked_with: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_distinct(list(self.masked_with), "MaskedInput.masked_with")
         try:
             dt = ring_dtype(self.ring_bits)
         except ValueError as e:
@@ -400,12 +420,14 @@ class MaskedInput(Message):
     __hash__ = None  # type: ignore[assignment]
 
     def _body(self) -> bytes:
-        head = bytes([self.ring_bits]) + self.y.size.to_bytes(8, "little")
+        peers = _u32(len(self.masked_with)) + b"".join(_u32(v) for v in self.masked_with)
+        head = bytes([self.ring_bits]) + peers + self.y.size.to_bytes(8, "little")
         return head + self.y.astype(_le(self.y.dtype), copy=False).tobytes()
 
     @classmethod
     def _parse(cls, r: _Reader, hdr: dict) -> Message:
         bits = r.u8()
+        peers = tuple(r.u32() for _ in range(r.count(4)))
         d = r.u64()
         try:
             dt = ring_dtype(bits)
@@ -415,7 +437,7 @@ class MaskedInput(Message):
             raise WireFormatError(f"MaskedInput: truncated vector (d={d})")
         raw = r.take(d * dt.itemsize)
         y = np.frombuffer(raw, dtype=_le(dt)).astype(dt, copy=False)
-        return cls(**hdr, ring_bits=bits, y=y)
+        return cls(**hdr, ring_bits=bits, y=y, masked_with=peers)
 
 
 @_register

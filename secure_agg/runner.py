@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secure_agg.client import SecAggClient
+from secure_agg.crypto import CHANNEL_KEY_BYTES
 from secure_agg.errors import ProtocolAbortError, SecAggConfigError
 from secure_agg.graph import CommunicationGraph
 from secure_agg.messages import Stage
@@ -95,13 +97,34 @@ class RunResult:
         return sum(v.get(direction, 0) for v in self.bytes_sent.values())
 
 
+def _stage(value: object, *, client: object, active: bool) -> Stage:
+    """A dropout stage given as a :class:`Stage`, its name (any case) or its number."""
+    valid = [s for s in Stage if active or s is not Stage.CONSISTENCY_CHECK]
+    names = ", ".join(s.name for s in valid)
+    stage: Stage | None = None
+    if isinstance(value, Stage):
+        stage = value
+    elif isinstance(value, str):
+        stage = Stage.__members__.get(value.strip().upper())
+    elif isinstance(value, int | np.integer) and not isinstance(value, bool):
+        stage = Stage(int(value)) if int(value) in {int(s) for s in Stage} else None
+    if stage is None or stage not in valid:
+        mode = "" if active else " (CONSISTENCY_CHECK exists only in the active setting)"
+        raise SecAggConfigError(
+            f"dropout stage {value!r} of client {client!r} is not a stage of this round; "
+            f"valid: {names}{mode}"
+        )
+    return stage
+
+
 def run_secagg(
     inputs: Mapping[int, np.ndarray],
     *,
     params: SecAggParams,
     graph: CommunicationGraph,
-    dropouts: Mapping[int, Stage] | None = None,
+    dropouts: Mapping[int, Stage | str | int] | None = None,
     intercept: Intercept | None = None,
+    channel_keys: Mapping[int, bytes] | None = None,
 ) -> RunResult:
     """Run one SecAgg(+) round in memory.
 
@@ -113,33 +136,52 @@ def run_secagg(
         Round parameters (``params.active`` creates Ed25519 keys for a simulated PKI).
     graph : CommunicationGraph
         Communication graph (complete: SecAgg; Harary: SecAgg+).
-    dropouts : Mapping[int, Stage], optional
-        Client -> the stage before whose message it goes silent.
+    dropouts : Mapping[int, Stage | str | int], optional
+        Client -> the stage before whose message it goes silent (a :class:`Stage`,
+        its name such as ``"MASKED_INPUT"``, or its number).
     intercept : callable, optional
         Network adversary hook, see :data:`Intercept`.
+    channel_keys : Mapping[int, bytes], optional
+        The clients' 32-byte channel keys (authenticated channels); fresh random
+        keys when omitted. A test that plays a lying server passes them to re-tag
+        the messages it forges.
 
     Raises
     ------
     ProtocolAbortError
         If the server aborts (too few clients, unverifiable reconstruction).
+    SecAggConfigError
+        For ids that differ from the graph's or an unknown dropout stage.
     """
     if set(inputs) != set(graph.ids):
         raise SecAggConfigError(
             f"input ids {sorted(inputs)} differ from graph ids {sorted(graph.ids)}"
         )
-    dropouts = dict(dropouts or {})
-    bad = [u for u in dropouts if u not in inputs]
+    bad = [u for u in dropouts or {} if u not in inputs]
     if bad:
         raise SecAggConfigError(f"dropout schedule names unknown clients {bad}")
+    dropouts = {
+        u: _stage(s, client=u, active=params.active) for u, s in (dropouts or {}).items()
+    }
+    if params.authenticated and channel_keys is None:
+        channel_keys = {u: os.urandom(CHANNEL_KEY_BYTES) for u in graph.ids}
+    ckeys = dict(channel_keys or {})
     signing: dict[int, Ed25519PrivateKey] = {}
     if params.active:
         signing = {u: Ed25519PrivateKey.generate() for u in graph.ids}
     vks = {u: k.public_key() for u, k in signing.items()} if params.active else None
     clients = {
-        u: SecAggClient(u, inputs[u], params=params, signing_key=signing.get(u), verify_keys=vks)
+        u: SecAggClient(
+            u,
+            inputs[u],
+            params=params,
+            signing_key=signing.get(u),
+            verify_keys=vks,
+            channel_key=ckeys.get(u),
+        )
         for u in graph.ids
     }
-    server = SecAggServer(params=params, graph=graph, verify_keys=vks)
+    server = SecAggServer(params=params, graph=graph, verify_keys=vks, channel_keys=ckeys or None)
     nbytes: dict[str, dict[str, int]] = defaultdict(lambda: {Direction.UP: 0, Direction.DOWN: 0})
     ctime: dict[int, float] = defaultdict(float)
     stime = 0.0

@@ -9,9 +9,20 @@ and returns the next stage's messages. The client sets are the paper's
 signatures, unmasking shares).
 
 A client message that is malformed, from another round, of the wrong stage,
-addressed wrongly, unauthentic (active setting) or inconsistent is *rejected*: the
-sender is excluded from the round from that stage on, exactly as if it had dropped
-there, so the sum of the others stays correct. A duplicate identical message is
+addressed wrongly, unauthentic (bad MAC, or bad signature in the active setting)
+or inconsistent is *rejected*: the sender is excluded from the round from that
+stage on, exactly as if it had dropped there, so the sum of the others stays
+correct.
+
+View consistency. The server records exactly which shares it relayed to each
+client (``relayed[u]``, the paper's ``U2`` as ``u`` sees it). A masked input is
+accepted only if the peers it says it was masked with (``MaskedInput.masked_with``,
+under the client's MAC or signature) are exactly ``relayed[u]``; otherwise the
+input is refused and ``u`` counts as dropped before ``U3`` (its pairwise masks
+are then removed from its neighbours' inputs with its reconstructed ``s_u^SK``,
+its own input, still hidden by ``b_u``, is not used). So every survivor's pairs
+with other survivors cancel and every pair with a non-survivor is removed: a
+withheld or lost relay entry costs that client, never the sum. A duplicate identical message is
 ignored. The final unmasking reconstructs ``b_u`` for every ``u in U3`` and
 ``s_v^SK`` for every ``v in U2 \\ U3`` (vectorised Lagrange interpolation, grouped
 by share-holder set), checks them against the commitment ``H(b_u)`` and the
@@ -24,7 +35,8 @@ Examples
 >>> from secure_agg.graph import CommunicationGraph
 >>> from secure_agg.params import SecAggParams
 >>> g = CommunicationGraph.complete([1, 2, 3])
->>> s = SecAggServer(params=SecAggParams(round_id=0, t=2, d=3), graph=g)
+>>> s = SecAggServer(params=SecAggParams(round_id=0, t=2, d=3), graph=g,
+...                  channel_keys={u: bytes(32) for u in g.ids})
 >>> s.state.name
 'COLLECT_KEYS'
 """
@@ -68,11 +80,34 @@ from secure_agg.messages import (
 )
 from secure_agg.params import SecAggParams
 from secure_agg.prg import MaskAccumulator, derive_key
-from secure_agg.shamir import N_LIMBS, limbs_to_secret, reconstruct_limbs
+from secure_agg.shamir import N_LIMBS, PRIME, limbs_to_secret, reconstruct_limbs
 
 __all__ = ["SecAggServer", "ServerResult", "ServerState"]
 
 logger = logging.getLogger(__name__)
+
+
+def _channel_keys(
+    params: SecAggParams, graph: CommunicationGraph, channel_keys: Mapping[int, bytes] | None
+) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """Per-client upstream and downstream MAC keys of the round (authenticated channels)."""
+    keys = dict(channel_keys or {})
+    missing = [u for u in graph.ids if u not in keys]
+    if missing:
+        raise SecAggConfigError(
+            f"authenticated channels need the channel key of every client; missing {missing} "
+            f"(or params.authenticated=False when the transport authenticates every message)"
+        )
+    up, down = {}, {}
+    for u in graph.ids:
+        k = keys[u]
+        if not isinstance(k, bytes) or len(k) != crypto.CHANNEL_KEY_BYTES:
+            raise SecAggConfigError(
+                f"channel key of client {u} must be {crypto.CHANNEL_KEY_BYTES} bytes"
+            )
+        up[u] = crypto.channel_mac_key(k, round_id=params.round_id, client_id=u, upstream=True)
+        down[u] = crypto.channel_mac_key(k, round_id=params.round_id, client_id=u, upstream=False)
+    return up, down
 
 
 class ServerState(Enum):
@@ -132,6 +167,15 @@ class SecAggServer:
         Who is neighbour of whom (complete for SecAgg).
     verify_keys : Mapping[int, Ed25519PublicKey], optional
         Clients' verification keys; required when ``params.active``.
+    channel_keys : Mapping[int, bytes], optional
+        The 32-byte channel key of every client; required when
+        ``params.authenticated`` (the default).
+
+    Raises
+    ------
+    SecAggConfigError
+        If ``t`` is not in ``((k + 1) / 2, k + 1]`` (see
+        :meth:`~secure_agg.params.SecAggParams.check_threshold`) or keys are missing.
     """
 
     def __init__(
@@ -140,13 +184,15 @@ class SecAggServer:
         params: SecAggParams,
         graph: CommunicationGraph,
         verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+        channel_keys: Mapping[int, bytes] | None = None,
     ) -> None:
-        if params.t > graph.k + 1:
-            raise SecAggConfigError(
-                f"threshold t={params.t} exceeds the k+1={graph.k + 1} share holders"
-            )
+        params.check_threshold(holders=graph.k + 1)
         if params.active and verify_keys is None:
             raise SecAggConfigError("the active setting needs verify_keys")
+        self._mac_up: dict[int, bytes] = {}
+        self._mac_down: dict[int, bytes] = {}
+        if params.authenticated:
+            self._mac_up, self._mac_down = _channel_keys(params, graph, channel_keys)
         self.params = params
         self.graph = graph
         self._vk = dict(verify_keys or {})
@@ -161,6 +207,8 @@ class SecAggServer:
         self._sigs: dict[int, bytes] = {}
         self._unmask: dict[int, UnmaskShares] = {}
         self._result: ServerResult | None = None
+        self._relayed: dict[int, frozenset[int]] = {}
+        self._masked_with: dict[int, frozenset[int]] = {}
 
     # ------------------------------------------------------------------ receiving
     def _allowed(self) -> frozenset[int]:
@@ -217,6 +265,11 @@ class SecAggServer:
             if vk is None:
                 raise MessageRejectedError(f"no verification key for client {sender}")
             crypto.verify(vk, msg.auth, msg.signing_payload(), what=f"message of client {sender}")
+        elif p.authenticated:
+            crypto.verify_mac(
+                self._mac_up[sender], msg.auth, msg.signing_payload(),
+                what=f"message of client {sender}",
+            )
         if isinstance(msg, AdvertiseKeys) and p.active:
             payload = crypto.key_signature_payload(p.round_id, sender, msg.c_pk, msg.s_pk)
             crypto.verify(self._vk[sender], msg.signature, payload, what=f"keys of client {sender}")
@@ -233,13 +286,23 @@ class SecAggServer:
                     f"masked input with ring_bits={msg.ring_bits}, d={msg.y.size}; "
                     f"expected {p.ring_bits}, {p.d}"
                 )
+            relayed = self._relayed.get(sender, frozenset())
+            if frozenset(msg.masked_with) != relayed:
+                raise MessageRejectedError(
+                    f"inconsistent view of U2: masked with {sorted(msg.masked_with)}, but the "
+                    f"server relayed shares from {sorted(relayed)}"
+                )
         elif isinstance(msg, ConsistencySignature):
             payload = crypto.consistency_payload(p.round_id, self._sets["U3"])
             crypto.verify(self._vk[sender], msg.signature, payload, what=f"U3 signed by {sender}")
         elif isinstance(msg, UnmaskShares):
-            u2, u3 = self._sets["U2"], self._sets["U3"]
-            holds = (self.graph.neighbours[sender] | {sender}) & u2
-            for owner, kind, _ in msg.shares:
+            u3 = self._sets["U3"]
+            holds = self._relayed[sender] | {sender}
+            for owner, kind, share in msg.shares:
+                if (np.frombuffer(share, dtype="<u4") >= PRIME).any():
+                    raise MessageRejectedError(
+                        f"share of client {owner} has an element outside GF(2^31 - 1)"
+                    )
                 if owner not in holds:
                     raise MessageRejectedError(
                         f"share of client {owner}, which {sender} does not hold"
@@ -268,8 +331,12 @@ class SecAggServer:
         raise ProtocolAbortError(reason)
 
     def _send(self, msg_cls: type[Message], receiver: int, **fields: object) -> bytes:
+        msg = msg_cls(round_id=self.params.round_id, sender=SERVER_ID, receiver=receiver, **fields)
+        if not self.params.authenticated:
+            return msg.to_bytes()
+        tag = crypto.mac(self._mac_down[receiver], msg.signing_payload())
         return msg_cls(
-            round_id=self.params.round_id, sender=SERVER_ID, receiver=receiver, **fields
+            round_id=self.params.round_id, sender=SERVER_ID, receiver=receiver, auth=tag, **fields
         ).to_bytes()
 
     def advance(self) -> dict[int, bytes]:
@@ -307,11 +374,13 @@ class SecAggServer:
                     if v in u2:
                         relay[v].append((u, ct))
             for v in sorted(u2):
+                self._relayed[v] = frozenset(u for u, _ in relay[v])
                 out[v] = self._send(ShareRelay, v, ciphertexts=tuple(relay[v]))
             self.state = ServerState.COLLECT_INPUTS
         elif st is ServerState.COLLECT_INPUTS:
             u3 = self._close("U3", inbox)
             self._inputs = {u: inbox[u].y for u in u3}  # type: ignore[attr-defined]
+            self._masked_with = {u: frozenset(inbox[u].masked_with) for u in u3}  # type: ignore[attr-defined]
             survivors = tuple(sorted(u3))
             for u in survivors:
                 out[u] = self._send(SurvivorList, u, survivors=survivors)
@@ -358,7 +427,10 @@ class SecAggServer:
             for j, owner in enumerate(owners):
                 for i, x in enumerate(xs):
                     ys[i, j] = np.frombuffer(pool[owner][x], dtype="<u4")
-            limbs = reconstruct_limbs(xs, ys)
+            try:
+                limbs = reconstruct_limbs(xs, ys)
+            except SecAggError as e:
+                self._fail(f"cannot reconstruct the secrets of clients {owners}: {e}")
             for j, owner in enumerate(owners):
                 try:
                     out[owner] = limbs_to_secret(limbs[j])
@@ -370,9 +442,13 @@ class SecAggServer:
 
     def _finish(self) -> ServerResult:
         p = self.params
-        u2, u3 = self._sets["U2"], self._sets["U3"]
-        nb = self.graph.neighbours
-        dropped = {v for v in u2 - u3 if nb[v] & u3}
+        u3 = self._sets["U3"]
+        mw = self._masked_with
+        for u in u3:  # pairs inside U3 must cancel: both ends masked with each other
+            for v in mw[u] & u3:
+                if u not in mw[v]:
+                    self._fail(f"clients {u} and {v} disagree on whether they masked together")
+        dropped = set().union(*(mw[u] - u3 for u in u3))
         wanted = {u: ShareKind.SELF_MASK for u in u3} | {v: ShareKind.MASK_KEY for v in dropped}
         secrets = self._reconstruct(wanted)
         acc = MaskAccumulator(p.d, p.dtype)
@@ -392,7 +468,7 @@ class SecAggServer:
             sk = X25519PrivateKey.from_private_bytes(secrets[v])
             if crypto.public_bytes(sk) != self._keys[v].s_pk:
                 self._fail(f"reconstructed mask key of client {v} does not match its public key")
-            for u in sorted(nb[v] & u3):
+            for u in sorted(u for u in u3 if v in mw[u]):
                 key = crypto.pair_key(
                     sk, self._keys[u].s_pk, purpose=PAIR_MASK_PURPOSE, round_id=p.round_id, u=v, v=u
                 )

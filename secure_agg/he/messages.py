@@ -33,7 +33,7 @@ from enum import IntEnum
 from typing import ClassVar
 
 from secure_agg.errors import WireFormatError
-from secure_agg.messages import _HEADER, SIG_BYTES, WIRE_VERSION, Message, _check_distinct, _Reader, _u32
+from secure_agg.messages import _HEADER, SIG_BYTES, Message, _check_distinct, _Reader, _u32
 
 __all__ = [
     "BROADCAST_ID",
@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 HE_MAGIC = b"HE"
+WIRE_VERSION = 1
+"""Version of the HE wire format (independent of the SecAgg format's version)."""
 KEY_HOLDER_ID = 2**32 - 1
 """Sender id of the key holder (id 0 is the server, as in SecAgg)."""
 BROADCAST_ID = 2**32 - 2

@@ -43,8 +43,10 @@ def test_matches_plaintext_weighted_mean(n: int, d: int, plus: bool, seed: int) 
     err = (res.aggregate.double() - ref).abs().max().item()
     assert err <= res.metrics["quantization_error_bound"] + 1e-6  # float32 output rounding
     assert res.kept.all() and res.metrics["n_survivors"] == n
-    # 4-byte ring words plus a 34-byte header and the weight coordinate per message
-    assert res.metrics["masked_input_bytes_per_param"] == pytest.approx(4 + 38 / d)
+    # 4-byte ring words, the weight coordinate, a 34-byte header, the k peer ids it was
+    # masked with (4 + 4k bytes) and the 32-byte channel MAC per message
+    k = int(res.metrics["k"])
+    assert res.metrics["masked_input_bytes_per_param"] == pytest.approx(4 + (74 + 4 * k) / d)
 
 
 def test_dropouts_give_the_mean_of_the_survivors() -> None:

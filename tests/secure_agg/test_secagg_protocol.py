@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
+from secure_agg import crypto
 from secure_agg.client import SecAggClient
 from secure_agg.errors import ProtocolAbortError
 from secure_agg.graph import CommunicationGraph
@@ -51,9 +52,16 @@ def _plain_sum(xs: dict[int, np.ndarray], ids, bits: int) -> np.ndarray:
 
 
 def _params(
-    t: int, d: int, bits: int = 32, active: bool = False, round_id: int = 7
+    t: int,
+    d: int,
+    bits: int = 32,
+    active: bool = False,
+    round_id: int = 7,
+    authenticated: bool = True,
 ) -> SecAggParams:
-    return SecAggParams(round_id=round_id, t=t, d=d, ring_bits=bits, active=active)
+    return SecAggParams(
+        round_id=round_id, t=t, d=d, ring_bits=bits, active=active, authenticated=authenticated
+    )
 
 
 # ---------------------------------------------------------------------------- correctness
@@ -77,7 +85,7 @@ def test_secure_sum_equals_plain_sum_under_dropouts(
         graph = CommunicationGraph.harary(ids, k=4, rng=np.random.default_rng(seed))
     else:
         graph = CommunicationGraph.complete(ids)
-    t = data.draw(st.integers(2, graph.k + 1))
+    t = data.draw(st.integers((graph.k + 1) // 2 + 1, graph.k + 1))  # t > (k + 1) / 2
     stages = STAGES if active else [s for s in STAGES if s is not Stage.CONSISTENCY_CHECK]
     drops = data.draw(st.dictionaries(st.sampled_from(ids), st.sampled_from(stages), max_size=n))
     xs = _inputs(n, d, bits, seed)
@@ -107,7 +115,11 @@ def test_secagg_plus_n30_with_late_and_early_dropouts() -> None:
     assert 11 in res.survivors and 5 not in res.survivors
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
     up = res.bytes_sent["masked_input"][Direction.UP]
-    assert up == len(res.sets["U3"]) * (4 * d + 24 + 9 + 1)  # 4 bytes/param plus headers
+    # 4 bytes/param, 34 bytes of header, the ids of the peers in U2 it masked with, a MAC
+    u2 = set(res.sets["U2"])
+    assert up == sum(
+        4 * d + 34 + 4 + 4 * len(graph.neighbours[u] & u2) + 32 for u in res.sets["U3"]
+    )
 
 
 # ---------------------------------------------------------------------------- aborts
@@ -181,7 +193,7 @@ def test_honest_clients_reveal_one_kind_per_client() -> None:
     seen: list = []
     res = run_secagg(
         xs,
-        params=_params(3, 3),
+        params=_params(4, 3),
         graph=CommunicationGraph.complete(xs),
         dropouts={2: Stage.MASKED_INPUT, 4: Stage.UNMASKING},
         intercept=_capture(seen, Stage.UNMASKING, Direction.UP),
@@ -219,6 +231,14 @@ def test_client_refuses_a_second_unmasking_request() -> None:
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
 
+def _server_tagged(msg, channel_key: bytes) -> bytes:
+    """``msg`` with the MAC the server (which holds the channel key) puts on it."""
+    key = crypto.channel_mac_key(
+        channel_key, round_id=msg.round_id, client_id=msg.receiver, upstream=False
+    )
+    return dataclasses.replace(msg, auth=crypto.mac(key, msg.signing_payload())).to_bytes()
+
+
 def test_active_consistency_check_stops_an_equivocating_server() -> None:
     """Clients shown different survivor lists detect it before revealing any share."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -229,8 +249,14 @@ def test_active_consistency_check_stops_an_equivocating_server() -> None:
     sk = {u: Ed25519PrivateKey.generate() for u in ids}
     vk = {u: k.public_key() for u, k in sk.items()}
     xs = _inputs(n, d, 32, 0)
-    clients = {u: SecAggClient(u, xs[u], params=p, signing_key=sk[u], verify_keys=vk) for u in ids}
-    server = SecAggServer(params=p, graph=CommunicationGraph.complete(ids), verify_keys=vk)
+    ck = {u: bytes([u]) * 32 for u in ids}
+    clients = {
+        u: SecAggClient(u, xs[u], params=p, signing_key=sk[u], verify_keys=vk, channel_key=ck[u])
+        for u in ids
+    }
+    server = SecAggServer(
+        params=p, graph=CommunicationGraph.complete(ids), verify_keys=vk, channel_keys=ck
+    )
     for u in ids:
         server.receive(u, clients[u].advertise_keys())
     out = server.advance()
@@ -245,7 +271,7 @@ def test_active_consistency_check_stops_an_equivocating_server() -> None:
     sigs = {}
     for u, view in views.items():
         msg = SurvivorList(round_id=p.round_id, sender=0, receiver=u, survivors=view)
-        reply = decode_message(clients[u].handle(msg.to_bytes()))
+        reply = decode_message(clients[u].handle(_server_tagged(msg, ck[u])))
         assert isinstance(reply, ConsistencySignature)
         sigs[u] = reply.signature
     bcast = SignatureBroadcast(
@@ -254,18 +280,27 @@ def test_active_consistency_check_stops_an_equivocating_server() -> None:
     with pytest.raises(
         ProtocolAbortError, match="invalid signature on survivor list signed by client 2"
     ):
-        clients[1].handle(bcast.to_bytes())
+        clients[1].handle(_server_tagged(bcast, ck[1]))
     assert clients[1].revealed == {}
 
 
 # ---------------------------------------------------------------------------- bad messages
 
 
-def _run_with_hook(hook, *, active: bool = False, n: int = 5, t: int = 3, round_id: int = 7):
+def _run_with_hook(
+    hook,
+    *,
+    active: bool = False,
+    n: int = 5,
+    t: int = 3,
+    round_id: int = 7,
+    authenticated: bool = True,
+):
+    """One round under a network hook; ``authenticated=False`` exercises the checks behind the MACs."""
     xs = _inputs(n, 6, 32, 0)
     res = run_secagg(
         xs,
-        params=_params(t, 6, active=active, round_id=round_id),
+        params=_params(t, 6, active=active, round_id=round_id, authenticated=authenticated),
         graph=CommunicationGraph.complete(xs),
         intercept=hook,
     )
@@ -288,10 +323,13 @@ def test_tampered_relayed_share_makes_the_receiver_drop() -> None:
         bad = ct[:-1] + bytes([ct[-1] ^ 1])
         return [dataclasses.replace(msg, ciphertexts=((v, bad), *rest)).to_bytes()]
 
-    xs, res = _run_with_hook(_edit(Stage.SHARE_KEYS, Direction.DOWN, 2, flip))
-    assert "failed authentication" in res.client_aborts[2]
-    assert res.survivors == (1, 3, 4, 5)
-    assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
+    for authenticated, reason in ((True, "invalid MAC on ShareRelay"), (False, "failed authentication")):
+        xs, res = _run_with_hook(
+            _edit(Stage.SHARE_KEYS, Direction.DOWN, 2, flip), authenticated=authenticated
+        )
+        assert reason in res.client_aborts[2]
+        assert res.survivors == (1, 3, 4, 5)
+        assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
 
 def test_share_ciphertext_moved_to_another_receiver_fails() -> None:
@@ -365,6 +403,10 @@ def test_out_of_order_server_message_makes_client_abort() -> None:
         return [SurvivorList(round_id=7, sender=0, receiver=2, survivors=(1, 2, 3)).to_bytes()]
 
     xs, res = _run_with_hook(_edit(Stage.ADVERTISE_KEYS, Direction.DOWN, 2, wrong))
+    assert "invalid MAC on SurvivorList" in res.client_aborts[2]
+    xs, res = _run_with_hook(
+        _edit(Stage.ADVERTISE_KEYS, Direction.DOWN, 2, wrong), authenticated=False
+    )
     assert "out-of-order SurvivorList" in res.client_aborts[2]
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
@@ -392,7 +434,11 @@ def test_corrupt_unmasking_share_aborts_instead_of_a_wrong_sum() -> None:
         return [dataclasses.replace(msg, shares=tuple(shares)).to_bytes()]
 
     with pytest.raises(ProtocolAbortError, match="client 3"):
-        _run_with_hook(_edit(Stage.UNMASKING, Direction.UP, 1, corrupt))
+        _run_with_hook(_edit(Stage.UNMASKING, Direction.UP, 1, corrupt), authenticated=False)
+    # on an authenticated channel the altered message is refused: client 1 counts as dropped
+    xs, res = _run_with_hook(_edit(Stage.UNMASKING, Direction.UP, 1, corrupt))
+    assert "invalid MAC" in res.rejected[1]
+    assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
 
 def test_wrong_share_kind_is_rejected() -> None:
@@ -401,7 +447,9 @@ def test_wrong_share_kind_is_rejected() -> None:
         shares = tuple((o, ShareKind.MASK_KEY if o == 4 else k, s) for o, k, s in msg.shares)
         return [dataclasses.replace(msg, shares=shares).to_bytes()]
 
-    xs, res = _run_with_hook(_edit(Stage.UNMASKING, Direction.UP, 2, wrong_kind))
+    xs, res = _run_with_hook(
+        _edit(Stage.UNMASKING, Direction.UP, 2, wrong_kind), authenticated=False
+    )
     assert "MASK_KEY share of client 4" in res.rejected[2]
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
@@ -413,7 +461,9 @@ def test_share_relay_from_a_stranger_aborts_client() -> None:
             dataclasses.replace(msg, ciphertexts=(*msg.ciphertexts, (99, b"\0" * 40))).to_bytes()
         ]
 
-    xs, res = _run_with_hook(_edit(Stage.SHARE_KEYS, Direction.DOWN, 5, stranger))
+    xs, res = _run_with_hook(
+        _edit(Stage.SHARE_KEYS, Direction.DOWN, 5, stranger), authenticated=False
+    )
     assert "not a neighbour" in res.client_aborts[5]
     assert np.array_equal(res.sum, _plain_sum(xs, res.survivors, 32))
 
@@ -423,5 +473,5 @@ def test_masked_input_wrong_length_is_rejected() -> None:
         msg = decode_message(data)
         return [dataclasses.replace(msg, y=msg.y[:-1].copy()).to_bytes()]
 
-    _, res = _run_with_hook(_edit(Stage.MASKED_INPUT, Direction.UP, 1, short))
+    _, res = _run_with_hook(_edit(Stage.MASKED_INPUT, Direction.UP, 1, short), authenticated=False)
     assert "d=5" in res.rejected[1]
