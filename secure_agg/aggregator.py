@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 
 import numpy as np
 import torch
@@ -46,72 +45,14 @@ from fl_core.rng import numpy_generator
 from secure_agg.errors import SecAggConfigError
 from secure_agg.graph import CommunicationGraph, choose_k_t, secure_threshold
 from secure_agg.messages import Stage
-from secure_agg.params import SecAggParams, as_int
+from secure_agg.params import SecAggParams
 from secure_agg.quantize import FixedPointEncoder, ring_dtype
 from secure_agg.runner import Direction, _stage, run_secagg
+from secure_agg.validation import exact_weights, flag_param, int_param, real_param
 
 __all__ = ["SecAggAggregator", "SecAggPlusAggregator"]
 
 logger = logging.getLogger(__name__)
-
-
-def _real(
-    value: object,
-    name: str,
-    *,
-    low: float,
-    high: float = math.inf,
-    low_open: bool = False,
-) -> float:
-    """``value`` as a finite float in ``[low, high)`` (``(low, high)`` if ``low_open``).
-
-    Python and NumPy reals are accepted, ``bool`` is not.
-    """
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise SecAggConfigError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    ok = math.isfinite(v) and (v > low if low_open else v >= low) and v < high
-    if not ok:
-        lo = "(" if low_open else "["
-        raise SecAggConfigError(f"{name} must be a finite number in {lo}{low:g}, {high:g}), got {value!r}")
-    return v
-
-
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise SecAggConfigError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
-def _exact_weights(weights: object) -> list[int] | None:
-    """The caller's weights as exact non-negative integers (``None`` for none given).
-
-    Raises
-    ------
-    SecAggConfigError
-        Naming the first weight that is not a non-negative integer.
-    """
-    if weights is None:
-        return None
-    if isinstance(weights, torch.Tensor):
-        w = weights.detach().cpu()
-        vals = w.tolist() if w.dtype.is_floating_point else [int(v) for v in w.tolist()]
-    else:
-        vals = np.asarray(weights).tolist()
-    if not isinstance(vals, list):
-        vals = [vals]
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise SecAggConfigError(f"secure aggregation weights must be numbers, got {v!r}")
-        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
-            raise SecAggConfigError(
-                f"secure aggregation weights must be integer example counts, got {v!r}"
-            )
-        if v < 0:
-            raise SecAggConfigError(f"secure aggregation weights must be >= 0, got {v!r}")
-        out.append(int(v))
-    return out
 
 
 class SecAggPlusAggregator(Aggregator):
@@ -159,23 +100,22 @@ class SecAggPlusAggregator(Aggregator):
         seed: int = 0,
         integer_input: bool = False,
     ) -> None:
-        self.clip = _real(clip, "clip", low=0.0, low_open=True)
-        self.ring_bits = as_int(ring_bits, "ring_bits")
-        ring_dtype(self.ring_bits)
-        self.gamma = _real(gamma, "gamma", low=0.0, high=1.0)
-        self.delta = _real(delta, "delta", low=0.0, high=1.0)
+        self.clip = real_param(clip, "clip", low=0.0, low_open=True)
+        self.ring_bits = int_param(ring_bits, "ring_bits", low=2, high=64)
+        self.gamma = real_param(gamma, "gamma", low=0.0, high=1.0)
+        self.delta = real_param(delta, "delta", low=0.0, high=1.0)
         if self.gamma + self.delta >= 1.0:
             raise SecAggConfigError(
                 f"need gamma + delta < 1 (corrupt plus dropped clients), got gamma={gamma!r} + "
                 f"delta={delta!r} = {self.gamma + self.delta:g}"
             )
-        self.sigma = _real(sigma, "sigma", low=0.0, low_open=True)
-        self.eta = _real(eta, "eta", low=0.0, low_open=True)
-        self.active = _flag(active, "active")
-        self.dropout_rate = _real(dropout_rate, "dropout_rate", low=0.0, high=1.0)
+        self.sigma = real_param(sigma, "sigma", low=0.0, low_open=True)
+        self.eta = real_param(eta, "eta", low=0.0, low_open=True)
+        self.active = flag_param(active, "active")
+        self.dropout_rate = real_param(dropout_rate, "dropout_rate", low=0.0, high=1.0)
         self.dropout_stage = _stage(dropout_stage, client="(every dropped client)", active=self.active)
-        self.seed = as_int(seed, "seed")
-        self.integer_input = _flag(integer_input, "integer_input")
+        self.seed = int_param(seed, "seed", low=0)
+        self.integer_input = flag_param(integer_input, "integer_input")
         if self.integer_input and not 2 <= self.ring_bits <= 52:
             raise SecAggConfigError(
                 f"integer_input needs ring_bits in [2, 52] (exact in float64), got {ring_bits!r}"
@@ -207,7 +147,7 @@ class SecAggPlusAggregator(Aggregator):
         SecAggConfigError
             If a weight is not a non-negative integer example count (naming it).
         """
-        exact = None if self.integer_input else _exact_weights(weights)
+        exact = None if self.integer_input else exact_weights(weights)
         self._exact_weights = exact
         try:
             return super().aggregate(updates, weights, ctx=ctx)
@@ -241,7 +181,7 @@ class SecAggPlusAggregator(Aggregator):
         if self._exact_weights is not None and len(self._exact_weights) == n:
             w_int = list(self._exact_weights)
         else:  # called without aggregate(): the weights are already the updates' dtype
-            w_int = _exact_weights(weights) or [1] * n
+            w_int = exact_weights(weights) or [1] * n
         enc = FixedPointEncoder(
             clip=self.clip, ring_bits=self.ring_bits, weight_bound=max(1, sum(w_int))
         )

@@ -31,12 +31,13 @@ import torch
 
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
 from fl_core.rng import numpy_generator
-from secure_agg.he.errors import HEConfigError
+from secure_agg.he.errors import HEConfigError, InsecureParametersError
 from secure_agg.he.keys import KeyHolder
 from secure_agg.he.messages import HEStage
-from secure_agg.he.params import select_params
+from secure_agg.he.params import SECURITY_TABLE, select_params
 from secure_agg.he.runner import run_he
 from secure_agg.runner import Direction
+from secure_agg.validation import exact_weights, flag_param, int_param, real_param
 
 __all__ = ["BFVAggregator", "CKKSAggregator", "HEAggregator"]
 
@@ -57,7 +58,10 @@ class HEAggregator(Aggregator):
     dropout_rate : float
         Simulated fraction of clients that go silent before sending (the round's generator picks them).
     authenticate : bool
-        Clients sign their ciphertexts (Ed25519); the server verifies them.
+        Clients sign their ciphertexts (Ed25519, simulated PKI) and the server
+        signs the aggregate; each side verifies (default). ``False`` leaves inputs
+        unauthenticated: anyone on the network can then replace, replay or inject
+        a client's input (see the threat model in :mod:`secure_agg.he.server`).
     min_clients : int
         Fewest contributors for which the sum is released.
     seed : int
@@ -73,23 +77,44 @@ class HEAggregator(Aggregator):
         precision_bits: int = 20,
         security_bits: int = 128,
         dropout_rate: float = 0.0,
-        authenticate: bool = False,
+        authenticate: bool = True,
         min_clients: int = 2,
         seed: int = 0,
     ) -> None:
-        if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
-            raise HEConfigError(f"clip must be a finite float > 0, got {clip!r}")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise HEConfigError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-        self.clip = float(clip)
-        self.precision_bits = precision_bits
-        self.security_bits = security_bits
-        self.dropout_rate = dropout_rate
-        self.authenticate = authenticate
-        self.min_clients = min_clients
-        self.seed = seed
+        self.clip = real_param(clip, "clip", low=0.0, low_open=True, error=HEConfigError)
+        self.precision_bits = int_param(precision_bits, "precision_bits", low=1, high=50, error=HEConfigError)
+        self.security_bits = int_param(security_bits, "security_bits", low=0, error=HEConfigError)
+        if self.security_bits not in SECURITY_TABLE:
+            raise InsecureParametersError(
+                f"security_bits must be one of {sorted(SECURITY_TABLE)}, got {security_bits!r}"
+            )
+        self.dropout_rate = real_param(dropout_rate, "dropout_rate", low=0.0, high=1.0, error=HEConfigError)
+        self.authenticate = flag_param(authenticate, "authenticate", error=HEConfigError)
+        self.min_clients = int_param(min_clients, "min_clients", low=1, error=HEConfigError)
+        self.seed = int_param(seed, "seed", low=0, error=HEConfigError)
         self._calls = 0
         self._key_holder: KeyHolder | None = None
+        self._exact_weights: list[int] | None = None
+
+    def aggregate(
+        self,
+        updates: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        ctx: RoundContext | None = None,
+    ) -> AggregationResult:
+        """Validate, then aggregate; weights are checked as exact integers before any cast.
+
+        Raises
+        ------
+        HEConfigError
+            If a weight is not a non-negative integer example count (naming it).
+        """
+        self._exact_weights = exact_weights(weights, error=HEConfigError)
+        try:
+            return super().aggregate(updates, weights, ctx=ctx)
+        finally:
+            self._exact_weights = None
 
     def reset(self) -> None:
         """Forget the keys and the round counter."""
@@ -105,10 +130,10 @@ class HEAggregator(Aggregator):
             rng = numpy_generator(self.seed, self._calls)
             round_id = self._calls
         self._calls += 1
-        w = weights.detach().cpu().double().numpy()
-        if not np.all(w == np.floor(w)) or (w < 0).any():
-            raise HEConfigError(f"HE aggregation weights must be integer example counts, got {w.tolist()}")
-        w_int = {u: int(w[u - 1]) for u in range(1, n + 1)}
+        exact = self._exact_weights if self._exact_weights is not None else None
+        if exact is None or len(exact) != n:  # called without aggregate(): weights already cast
+            exact = exact_weights(weights, error=HEConfigError) or [1] * n
+        w_int = {u: exact[u - 1] for u in range(1, n + 1)}
         params = select_params(d=d, n=n, clip=self.clip, weight_bound=max(1, sum(w_int.values())),
                                precision_bits=self.precision_bits, scheme=self.scheme,
                                security_bits=self.security_bits)

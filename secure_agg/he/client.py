@@ -26,7 +26,8 @@ import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_agg.errors import MessageRejectedError, ProtocolAbortError
 from secure_agg.he.keys import decrypt_chunks, encrypt_chunks, key_id, load_client_context
@@ -73,6 +74,9 @@ class HEClient:
     public_context : bytes, optional
         The server's public context; its hash is the ``key_id`` the messages carry.
         Derived from ``context`` when omitted.
+    server_key : Ed25519PublicKey, optional
+        The server's verification key: the aggregate must carry its signature
+        (stops a network attacker from altering it or replaying an older one).
     """
 
     def __init__(
@@ -86,8 +90,10 @@ class HEClient:
         round_id: int,
         signing_key: Ed25519PrivateKey | None = None,
         public_context: bytes | None = None,
+        server_key: Ed25519PublicKey | None = None,
     ) -> None:
         self.client_id = int(client_id)
+        self.server_key = server_key
         self.params = params
         self.round_id = int(round_id)
         self.signing_key = signing_key
@@ -126,24 +132,40 @@ class HEClient:
         if not self._ctx.has_secret_key():
             return
         self.result = open_aggregate(self._ctx, self.params, data, key_id=self.key_id, round_id=self.round_id,
-                                     receiver=self.client_id)
+                                     receiver=self.client_id, server_key=self.server_key)
         if self._sent and self.client_id not in self.result.contributors:
             logger.warning("client %d: its input is not in the aggregate", self.client_id)
 
 
 def open_aggregate(
-    ctx, params: HEParams, data: bytes, *, key_id: bytes, round_id: int, receiver: int = BROADCAST_ID
+    ctx,
+    params: HEParams,
+    data: bytes,
+    *,
+    key_id: bytes,
+    round_id: int,
+    receiver: int = BROADCAST_ID,
+    server_key: Ed25519PublicKey | None = None,
 ) -> HEClientResult:
     """Check, decrypt and decode an :class:`EncryptedAggregate` with a secret context.
+
+    With ``server_key`` the aggregate must carry the server's Ed25519 signature
+    (over the header with round and receiver, the contributors and the ciphertexts).
 
     Raises
     ------
     ProtocolAbortError
-        If the aggregate is malformed, for another round, receiver, key, scheme or
-        length, or decrypts outside the honest bounds (wrong key, corruption).
+        If the aggregate is malformed, unsigned or badly signed (with ``server_key``),
+        for another round, receiver, key, scheme or length, or decrypts outside the
+        honest bounds (wrong key, corruption).
     """
     try:
         msg = EncryptedAggregate.from_bytes(data)
+        if server_key is not None:
+            try:
+                server_key.verify(msg.auth, msg.signing_payload())
+            except InvalidSignature:
+                raise MessageRejectedError("the aggregate lacks a valid server signature") from None
         if msg.round_id != round_id or msg.sender != SERVER_ID or msg.receiver not in (BROADCAST_ID, receiver):
             raise MessageRejectedError(f"aggregate for round {msg.round_id} / receiver {msg.receiver}")
         if msg.key_id != key_id or msg.scheme != params.scheme or msg.n_values != params.n_values:

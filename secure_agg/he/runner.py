@@ -81,6 +81,23 @@ class HERunResult(RunResult):
     encrypt_seconds: dict[int, float] | None = None
 
 
+def _he_stage(value: object, *, client: int) -> HEStage:
+    """A dropout stage given as an :class:`HEStage`, its name (any case) or its number."""
+    stage: HEStage | None = None
+    if isinstance(value, HEStage):
+        stage = value
+    elif isinstance(value, str):
+        stage = HEStage.__members__.get(value.strip().upper())
+    elif isinstance(value, int | np.integer) and not isinstance(value, bool):
+        stage = HEStage(int(value)) if int(value) in {int(s) for s in HEStage} else None
+    if stage is None or stage is HEStage.SETUP:
+        raise SecAggConfigError(
+            f"dropout stage {value!r} of client {client} is not a client stage; valid: "
+            f"{HEStage.ENCRYPTED_INPUT.name}, {HEStage.AGGREGATE.name}"
+        )
+    return stage
+
+
 def run_he(
     inputs: Mapping[int, np.ndarray],
     *,
@@ -88,9 +105,9 @@ def run_he(
     params: HEParams,
     key_holder: KeyHolder,
     round_id: int = 0,
-    dropouts: Mapping[int, HEStage] | None = None,
+    dropouts: Mapping[int, HEStage | str | int] | None = None,
     intercept: HEIntercept | None = None,
-    authenticate: bool = False,
+    authenticate: bool = True,
     decrypt_all: bool = False,
     min_clients: int = 2,
 ) -> HERunResult:
@@ -108,12 +125,16 @@ def run_he(
         Holder of the secret key; its context must match ``params``.
     round_id : int
         Round id bound into every message.
-    dropouts : Mapping[int, HEStage], optional
-        Client -> the stage before whose message it goes silent.
+    dropouts : Mapping[int, HEStage | str | int], optional
+        Client -> the stage before whose message it goes silent (an :class:`HEStage`,
+        its name such as ``"ENCRYPTED_INPUT"``, or its number).
     intercept : callable, optional
         Network adversary hook, see :data:`HEIntercept`.
     authenticate : bool
-        Clients sign their inputs with Ed25519 (simulated PKI); the server verifies.
+        Clients sign their inputs with Ed25519 (simulated PKI) and the server
+        verifies; the server signs the aggregate and the clients verify (default).
+        ``False``: unauthenticated inputs and aggregate (see the threat model in
+        :mod:`secure_agg.he.server`).
     decrypt_all : bool
         Every receiving client decrypts (``False``: only the first one does, the
         others do the identical work; the key holder decrypts if none receives).
@@ -131,10 +152,10 @@ def run_he(
         raise SecAggConfigError("the key holder's context does not match params")
     if len(inputs) > params.n_max:
         raise SecAggConfigError(f"{len(inputs)} clients exceed params.n_max={params.n_max}")
-    dropouts = dict(dropouts or {})
-    bad = [u for u in dropouts if u not in inputs]
+    bad = [u for u in dropouts or {} if u not in inputs]
     if bad:
         raise SecAggConfigError(f"dropout schedule names unknown clients {bad}")
+    dropouts = {u: _he_stage(s, client=u) for u, s in (dropouts or {}).items()}
     ids = sorted(inputs)
     nbytes: dict[str, dict[str, int]] = defaultdict(lambda: {Direction.UP: 0, Direction.DOWN: 0})
     ctime: dict[int, float] = defaultdict(float)
@@ -147,8 +168,11 @@ def run_he(
         return msgs
 
     signing = {u: Ed25519PrivateKey.generate() for u in ids} if authenticate else {}
+    server_sk = Ed25519PrivateKey.generate() if authenticate else None
+    server_vk = server_sk.public_key() if server_sk is not None else None
     server = HEServer(params=params, round_id=round_id, client_ids=ids, min_clients=min_clients,
-                      verify_keys={u: k.public_key() for u, k in signing.items()} if authenticate else None)
+                      verify_keys={u: k.public_key() for u, k in signing.items()} if authenticate else None,
+                      allow_unauthenticated=not authenticate, signing_key=server_sk)
     public = key_holder.public_context()
     setup = PublicContext(round_id=round_id, sender=KEY_HOLDER_ID, receiver=0, scheme=params.scheme,
                           key_id=key_holder.key_id, context=public).to_bytes()
@@ -163,7 +187,7 @@ def run_he(
             continue
         t0 = time.perf_counter()
         clients[u] = HEClient(u, inputs[u], weight=weights[u], params=params, context=secret, round_id=round_id,
-                              signing_key=signing.get(u), public_context=public)
+                              signing_key=signing.get(u), public_context=public, server_key=server_vk)
         data = clients[u].encrypt_input()
         enc_time[u] = ctime[u] = time.perf_counter() - t0
         for m in wire(HEStage.ENCRYPTED_INPUT, Direction.UP, u, data):
@@ -201,7 +225,7 @@ def run_he(
             raise ProtocolAbortError(f"every client rejected the aggregate: {aborts}")
         t0 = time.perf_counter()
         opened = open_aggregate(key_holder.context, params, res.aggregate, key_id=key_holder.key_id,
-                                round_id=round_id)
+                                round_id=round_id, server_key=server_vk)
         dec_s = time.perf_counter() - t0
     contributors = opened.contributors
     return HERunResult(

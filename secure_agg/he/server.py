@@ -14,11 +14,32 @@ as if it had dropped: the sum of the others stays correct. A client beyond
 ciphertext sum with the list of contributors; fewer than ``min_clients``
 contributors abort (an aggregate of one client is that client's update).
 
+Bookkeeping: a rejected client contributes nothing. If a client whose input is
+already in the running sum is rejected later (a second, different input; a bad
+message on its channel), its ciphertexts are subtracted again, so the sum and the
+contributor list always agree; a rejected client stays out for the rest of the
+round. The server keeps each accepted input's ciphertext bytes until the round
+closes for that purpose. Messages after the round closed are ignored.
+
+Threat model. Inputs are authenticated by default: the server refuses to start
+without the clients' Ed25519 verification keys unless ``allow_unauthenticated``
+is set, and signs the aggregate it broadcasts when given a ``signing_key``
+(clients verify it, so a network attacker cannot alter it or replay an old one).
+The server never holds the secret key, so it learns nothing about any input, but
+it is not trusted for correctness: holding the public key, it can add an
+encryption of any offset, drop contributors, or rebroadcast an older aggregate
+under the same key; clients detect only results outside the honest bounds
+(:func:`~secure_agg.he.client.open_aggregate`). Without authentication anyone on
+the network can also replace, replay (with an edited header) or inject a
+client's input, and an input can be attributed to the wrong client.
+
 Examples
 --------
 >>> from secure_agg.he.params import select_params
+>>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+>>> vks = {u: Ed25519PrivateKey.generate().public_key() for u in (1, 2, 3)}
 >>> s = HEServer(params=select_params(d=4, n=3, clip=1.0, weight_bound=3, precision_bits=8),
-...              round_id=0, client_ids=[1, 2, 3])
+...              round_id=0, client_ids=[1, 2, 3], verify_keys=vks)
 >>> s.state.name
 'WAIT_CONTEXT'
 """
@@ -28,11 +49,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, auto
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_agg.errors import MessageRejectedError, ProtocolAbortError, SecAggConfigError, WireFormatError
 from secure_agg.he.keys import key_id, load_server_context, load_vector
@@ -84,7 +105,18 @@ class HEServer:
     min_clients : int
         Fewest contributors for which the sum is released.
     verify_keys : Mapping[int, Ed25519PublicKey], optional
-        When given, every :class:`EncryptedInput` must carry its sender's signature.
+        The clients' verification keys: every :class:`EncryptedInput` must carry
+        its sender's signature. Required unless ``allow_unauthenticated``.
+    allow_unauthenticated : bool
+        Accept unsigned inputs (see the threat model above); ``verify_keys`` must then be ``None``.
+    signing_key : Ed25519PrivateKey, optional
+        Signs the broadcast aggregate (clients verify it with the public key).
+
+    Raises
+    ------
+    SecAggConfigError
+        On invalid ids or ``min_clients``, or without ``verify_keys`` unless
+        ``allow_unauthenticated``.
     """
 
     def __init__(
@@ -95,7 +127,16 @@ class HEServer:
         client_ids: Iterable[int],
         min_clients: int = 2,
         verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
+        allow_unauthenticated: bool = False,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
+        if verify_keys is None and not allow_unauthenticated:
+            raise SecAggConfigError(
+                "HE inputs are authenticated by default: pass verify_keys (the clients' Ed25519 "
+                "public keys) or allow_unauthenticated=True"
+            )
+        if verify_keys is not None and allow_unauthenticated:
+            raise SecAggConfigError("allow_unauthenticated=True contradicts the verify_keys given")
         self.params = params
         self.round_id = int(round_id)
         self.client_ids = frozenset(int(u) for u in client_ids)
@@ -106,11 +147,13 @@ class HEServer:
             raise SecAggConfigError(f"min_clients must be an int >= 1, got {min_clients!r}")
         self.min_clients = min_clients
         self.verify_keys = dict(verify_keys) if verify_keys is not None else None
+        self.signing_key = signing_key
         self.state = HEServerState.WAIT_CONTEXT
         self._ctx = None
         self._key_id = b""
         self._acc: list = []
         self._accepted: dict[int, bytes] = {}  # sender -> digest of the accepted message
+        self._stored: dict[int, tuple[bytes, ...]] = {}  # sender -> its ciphertexts in the sum
         self.rejected: dict[int, str] = {}
         self._result: HEServerResult | None = None
         self._sizes = [min(params.slots, params.n_values - i * params.slots) for i in range(params.n_ciphertexts)]
@@ -122,15 +165,34 @@ class HEServer:
 
     def _reject(self, sender: int, reason: str) -> bool:
         logger.warning("HE server rejects client %d: %s", sender, reason)
+        if sender in self._accepted:
+            self._remove(sender)
         self.rejected.setdefault(sender, reason)
         return False
+
+    def _remove(self, sender: int) -> None:
+        """Take an accepted input out of the running sum (exact: ciphertext subtraction)."""
+        cts = self._stored.pop(sender)
+        del self._accepted[sender]
+        if not self._accepted:
+            self._acc = []
+            return
+        vecs = [load_vector(self._ctx, self.params, ct, size) for ct, size in zip(cts, self._sizes, strict=True)]
+        for acc, v in zip(self._acc, vecs, strict=True):
+            acc -= v
+        logger.warning("HE server took the input of client %d out of the sum", sender)
 
     def receive(self, sender: int, data: bytes) -> bool:
         """Take one message from ``sender``; returns whether it was accepted.
 
-        A bad client message rejects that client (it is left out of the sum); a bad
+        A bad client message rejects that client: it is left out of the sum, and
+        taken out again if an earlier input of it was already added. A rejected
+        client stays out; messages after the round closed are ignored. A bad
         public context raises :class:`WireFormatError` / :class:`MessageRejectedError`.
         """
+        if sender != KEY_HOLDER_ID and self.state in (HEServerState.DONE, HEServerState.ABORTED):
+            logger.info("HE server ignores a message from %d after the round closed", sender)
+            return False
         try:
             msg = decode_he_message(data)
         except WireFormatError as e:
@@ -140,6 +202,8 @@ class HEServer:
         if isinstance(msg, PublicContext):
             self._setup(sender, msg)
             return True
+        if sender in self.rejected:
+            return False
         if not isinstance(msg, EncryptedInput):
             return self._reject(sender, f"unexpected {type(msg).__name__} from a client")
         try:
@@ -164,6 +228,7 @@ class HEServer:
             for acc, v in zip(self._acc, vecs, strict=True):
                 acc += v
         self._accepted[sender] = digest
+        self._stored[sender] = msg.ciphertexts
         return True
 
     def _setup(self, sender: int, msg: PublicContext) -> None:
@@ -227,8 +292,11 @@ class HEServer:
             key_id=self._key_id, n_values=self.params.n_values, contributors=contributors,
             ciphertexts=tuple(v.serialize() for v in self._acc),
         )
+        if self.signing_key is not None:
+            msg = replace(msg, auth=self.signing_key.sign(msg.signing_payload()))
         data = msg.to_bytes()
         self._acc = []
+        self._stored = {}
         self._result = HEServerResult(contributors=contributors, aggregate=data, rejected=dict(self.rejected))
         self.state = HEServerState.DONE
         return dict.fromkeys(contributors, data)

@@ -56,7 +56,7 @@ def test_public_context_holding_a_secret_key_is_refused() -> None:
     params, kh = _setup("ckks", 20, 3, 150)
     with pytest.raises(WireFormatError, match="secret key"):
         load_server_context(kh.client_context())
-    srv = HEServer(params=params, round_id=0, client_ids=[1, 2, 3])
+    srv = HEServer(params=params, round_id=0, client_ids=[1, 2, 3], allow_unauthenticated=True)
     leaky = kh.client_context()
     from secure_agg.he.keys import key_id
 
@@ -173,7 +173,7 @@ def test_ciphertexts_under_another_key_are_rejected() -> None:
             return [foreign["honest_label"]]
         return [data]
 
-    r = run_he(xs, weights=w, params=params, key_holder=kh, intercept=intercept)
+    r = run_he(xs, weights=w, params=params, key_holder=kh, intercept=intercept, authenticate=False)
     assert "key_id" in r.rejected[3] and r.survivors == (1, 2)
 
     def relabel(stage, direction, u, data):  # foreign ciphertext with the right key_id: caught at decryption
@@ -182,8 +182,12 @@ def test_ciphertexts_under_another_key_are_rejected() -> None:
             return [replace(m, key_id=kh.key_id).to_bytes()]
         return [data]
 
+    # unauthenticated inputs: only the honest bounds at decryption catch it
     with pytest.raises(ProtocolAbortError, match=r"bound|weight"):
-        run_he(xs, weights=w, params=params, key_holder=kh, intercept=relabel)
+        run_he(xs, weights=w, params=params, key_holder=kh, intercept=relabel, authenticate=False)
+    # authenticated (the default): the unsigned forgery rejects client 3, the others are summed
+    r = run_he(xs, weights=w, params=params, key_holder=kh, intercept=relabel)
+    assert "unsigned" in r.rejected[3] and r.survivors == (1, 2)
 
 
 def test_signed_inputs_reject_forgeries() -> None:

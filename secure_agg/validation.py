@@ -1,0 +1,110 @@
+"""Checks of scalar parameters and client weights shared by the SecAgg and HE aggregators.
+
+Python and NumPy scalars are accepted alike (``np.float32(1.0)``, ``np.int64(32)``);
+``bool`` is never taken for a number. Every failure raises the caller's error class
+(a :class:`~secure_agg.errors.SecAggConfigError`) naming the parameter and the value.
+
+Examples
+--------
+>>> import numpy as np
+>>> real_param(np.float32(0.5), "gamma", low=0.0, high=1.0)
+0.5
+>>> exact_weights([3, 4.0, np.int64(5)])
+[3, 4, 5]
+>>> exact_weights([1.5])
+Traceback (most recent call last):
+...
+secure_agg.errors.SecAggConfigError: secure aggregation weights must be integer example counts, got 1.5
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+import torch
+
+from secure_agg.errors import SecAggConfigError
+
+__all__ = ["exact_weights", "flag_param", "int_param", "real_param"]
+
+
+def real_param(
+    value: object,
+    name: str,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    error: type[SecAggConfigError] = SecAggConfigError,
+) -> float:
+    """``value`` as a finite float in ``[low, high)`` (``(low, high)`` if ``low_open``)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise error(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    ok = math.isfinite(v) and (v > low if low_open else v >= low) and v < high
+    if not ok:
+        lo = "(" if low_open else "["
+        raise error(f"{name} must be a finite number in {lo}{low:g}, {high:g}), got {value!r}")
+    return v
+
+
+def int_param(
+    value: object,
+    name: str,
+    *,
+    low: int,
+    high: int | None = None,
+    error: type[SecAggConfigError] = SecAggConfigError,
+) -> int:
+    """``value`` as an ``int`` in ``[low, high]`` (NumPy integers accepted, ``bool`` not)."""
+    if isinstance(value, bool | np.bool_):
+        raise error(f"{name} must be an int, got {value!r}")
+    try:
+        v = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise error(f"{name} must be an int, got {value!r}") from None
+    if v < low or (high is not None and v > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise error(f"{name} must be an int {bound}, got {value!r}")
+    return v
+
+
+def flag_param(value: object, name: str, *, error: type[SecAggConfigError] = SecAggConfigError) -> bool:
+    """``value`` as a ``bool`` (Python or NumPy)."""
+    if not isinstance(value, bool | np.bool_):
+        raise error(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def exact_weights(
+    weights: object, *, error: type[SecAggConfigError] = SecAggConfigError
+) -> list[int] | None:
+    """The caller's weights as exact non-negative integers (``None`` when none are given).
+
+    Runs on the values as passed, before any cast to the updates' dtype (float32
+    turns ``10000000.5`` into ``10000000``).
+
+    Raises
+    ------
+    SecAggConfigError
+        Naming the first weight that is not a non-negative integer.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, torch.Tensor):
+        vals = weights.detach().cpu().reshape(-1).tolist()
+    else:
+        vals = np.asarray(weights).reshape(-1).tolist()
+    out = []
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise error(f"secure aggregation weights must be numbers, got {v!r}")
+        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+            raise error(f"secure aggregation weights must be integer example counts, got {v!r}")
+        if v < 0:
+            raise error(f"secure aggregation weights must be >= 0, got {v!r}")
+        out.append(int(v))
+    return out
