@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from defenses.robust.base import RobustAggregator, require
-from defenses.robust.distances import pairwise_sq_distances
+from defenses.robust.distances import scaled_sq_distances
+from defenses.robust.numerics import WIDE, safe_mean, unscale
 from defenses.robust.registry import register
 from defenses.robust.sorting import sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
@@ -97,6 +98,11 @@ def closest_to_median_mean(selected: torch.Tensor, beta: int, rows: torch.Tensor
     keep the lower window). The window's values are then gathered and averaged.
     With ``rows`` given, only those rows of ``selected`` are used.
 
+    Overflow: the test compares halves, ``s_a / 2 + s_{a+beta} / 2 < m``
+    (halving is exact, so the comparisons are those of exact arithmetic), and
+    the window's mean falls back to float64 if its running sum overflows: the
+    result lies within the window's values, so it is representable.
+
     Examples
     --------
     >>> import torch
@@ -107,23 +113,25 @@ def closest_to_median_mean(selected: torch.Tensor, beta: int, rows: torch.Tensor
     theta = srt.shape[0]
     span = theta - beta
     if span == 0:
-        return srt.mean(dim=0)
+        return safe_mean(srt)
     lo, hi = (theta - 1) // 2, theta // 2
-    twice_median = srt[lo] + srt[hi]
-    # m - s_a > s_{a+beta} - m  <=>  s_a + s_{a+beta} < 2m, i.e. "a < start"; row by row
-    slide = [torch.lt(srt[a] + srt[a + beta], twice_median) for a in range(span)]
+    median = 0.5 * srt[lo] + 0.5 * srt[hi]
+    # m - s_a > s_{a+beta} - m  <=>  s_a/2 + s_{a+beta}/2 < m, i.e. "a < start"; row by row
+    slide = [torch.lt(0.5 * srt[a] + 0.5 * srt[a + beta], median) for a in range(span)]
     if beta >= span:
         # rows [span, beta) are in every window; for a < span exactly one of s_a (a >= start)
         # and s_{a+beta} (a < start) is in the window: sum without gather or cancellation
         total = srt[span:beta].sum(dim=0)
         for a, moved in enumerate(slide):
             total += torch.where(moved, srt[a + beta], srt[a])
-        return total / beta
+        out = total / beta
+        if bool(torch.isfinite(out).all()):
+            return out
     start = torch.zeros(srt.shape[1], dtype=torch.int32, device=srt.device)
     for moved in slide:
         start += moved
     offsets = torch.arange(beta, device=selected.device)[:, None]
-    return torch.gather(srt, 0, start.long()[None, :] + offsets).mean(dim=0)
+    return safe_mean(torch.gather(srt, 0, start.long()[None, :] + offsets))
 
 
 @register(
@@ -158,8 +166,11 @@ class Bulyan(RobustAggregator):
 
     Notes
     -----
-    ``scores`` are the Krum scores of the first selection step; ``kept`` marks
-    the ``theta`` selected updates. Unweighted, as in the paper.
+    ``scores`` are the Krum scores of the first selection step (float64, so
+    that a Byzantine row of any finite magnitude gets a finite score); ``kept``
+    marks the ``theta`` selected updates. Unweighted, as in the paper. The
+    distances are those of :func:`~defenses.robust.distances.scaled_sq_distances`,
+    exact in range for any finite input.
 
     Examples
     --------
@@ -176,7 +187,8 @@ class Bulyan(RobustAggregator):
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         n, f = updates.shape[0], self.f
         theta, beta = n - 2 * f, n - 4 * f
-        chosen, first_scores = bulyan_selection(pairwise_sq_distances(updates), f, theta)
+        dist, log2 = scaled_sq_distances(updates)
+        chosen, first_scores = bulyan_selection(dist, f, theta)
         index = torch.as_tensor(np.sort(chosen), device=updates.device)
         kept = torch.zeros(n, dtype=torch.bool, device=updates.device)
         kept[index] = True
@@ -184,6 +196,6 @@ class Bulyan(RobustAggregator):
         return AggregationResult(
             aggregate=agg,
             kept=kept,
-            scores=torch.as_tensor(first_scores, dtype=updates.dtype, device=updates.device),
+            scores=unscale(torch.as_tensor(first_scores, dtype=WIDE, device=updates.device), log2),
             metrics={"theta": float(theta), "beta": float(beta)},
         )

@@ -1,8 +1,10 @@
 """Krum and Multi-Krum (Blanchard et al., NeurIPS 2017).
 
 Both compute the ``(n, n)`` squared-distance matrix once
-(:func:`defenses.robust.distances.pairwise_sq_distances`) and score every
-client by the sum of its ``n - f - 2`` smallest distances to the others.
+(:func:`defenses.robust.distances.scaled_sq_distances`, float64, exact in range
+for any finite input) and score every client by the sum of its ``n - f - 2``
+smallest distances to the others. A Byzantine row of any finite magnitude is
+far from everyone, so it scores high and is never selected while ``n > 2f + 2``.
 
 Examples
 --------
@@ -21,7 +23,8 @@ from typing import ClassVar
 import torch
 
 from defenses.robust.base import RobustAggregator, check_count, require
-from defenses.robust.distances import pairwise_sq_distances
+from defenses.robust.distances import scaled_sq_distances
+from defenses.robust.numerics import WIDE, combine, unscale
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
@@ -123,17 +126,18 @@ class Krum(RobustAggregator):
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f + 2, f"{self.label} needs n > 2f + 2, got n={n}, f={self.f}")
 
-    def _scores(self, updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(self, updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Krum scores and distances, both divided by ``2**log2`` (``log2 = 0`` unless float64 input is huge)."""
         n = updates.shape[0]
-        dist = pairwise_sq_distances(updates)
-        return krum_scores(dist, n - self.f - 2), dist
+        dist, log2 = scaled_sq_distances(updates)
+        return krum_scores(dist, n - self.f - 2), dist, log2
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
-        scores, dist = self._scores(updates)
+        scores, dist, log2 = self._scores(updates)
         best = krum_winner(scores, dist)
         kept = torch.zeros(updates.shape[0], dtype=torch.bool, device=updates.device)
         kept[best] = True
-        return AggregationResult(aggregate=updates[best].clone(), kept=kept, scores=scores)
+        return AggregationResult(aggregate=updates[best].clone(), kept=kept, scores=unscale(scores, log2))
 
 
 @register(
@@ -178,12 +182,12 @@ class MultiKrum(Krum):
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         n = updates.shape[0]
         m = n - self.f if self.m is None else self.m
-        scores, dist = self._scores(updates)
+        scores, dist, log2 = self._scores(updates)
         chosen = krum_order(scores, dist)[:m]
         kept = torch.zeros(n, dtype=torch.bool, device=updates.device)
         kept[chosen] = True
-        agg = (kept.to(updates.dtype) / m) @ updates
-        return AggregationResult(aggregate=agg, kept=kept, scores=scores)
+        agg = combine(kept.to(WIDE) / m, updates)
+        return AggregationResult(aggregate=agg, kept=kept, scores=unscale(scores, log2))
 
     def __repr__(self) -> str:
         return f"MultiKrum(f={self.f}, m={self.m})"

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from defenses.robust.base import RobustAggregator
+import torch
+
+from defenses.robust.base import RobustAggregator, all_kept
+from defenses.robust.numerics import WIDE, combine
 from defenses.robust.registry import register
-from fl_core.aggregation import WeightedMean
+from fl_core.aggregation import AggregationResult, RoundContext, WeightedMean
 from fl_core.errors import ToleranceError
 
 __all__ = ["Mean"]
@@ -27,6 +30,9 @@ class Mean(RobustAggregator, WeightedMean):
     Learning of Deep Networks from Decentralized Data", AISTATS 2017. It is
     :class:`fl_core.aggregation.WeightedMean` with the three input forms; a
     single Byzantine client can move it arbitrarily, so it tolerates ``f = 0``.
+    The weights are normalised and the sum accumulated without overflow
+    (:func:`~defenses.robust.numerics.combine`): the mean of finite values lies
+    within their range, so it is finite for any finite input.
 
     Parameters
     ----------
@@ -52,3 +58,8 @@ class Mean(RobustAggregator, WeightedMean):
         super().__init__(f=f)
         if self.f != 0:
             raise ToleranceError(f"Mean tolerates no Byzantine client: needs f = 0, got f={self.f}")
+
+    def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
+        w = weights.to(WIDE)
+        agg = combine(w / w.sum(), updates)
+        return AggregationResult(aggregate=agg, kept=all_kept(updates.shape[0], updates.device))

@@ -124,16 +124,20 @@ def column_median(sorted_updates: torch.Tensor) -> torch.Tensor:
 
     For even ``n`` it is the mean of the two middle values (the usual
     definition, as in ``numpy.median``), not the lower middle value that
-    ``torch.median`` returns.
+    ``torch.median`` returns. It is computed as ``a / 2 + b / 2``: halving is
+    exact, so the result equals ``(a + b) / 2`` rounded once, and cannot
+    overflow when ``a + b`` would (two middle values of ``3e38``).
 
     Examples
     --------
     >>> import torch
     >>> column_median(torch.tensor([[1.0], [2.0], [4.0], [8.0]])).tolist()
     [3.0]
+    >>> column_median(torch.tensor([[3e38], [3e38]])).isfinite().item()
+    True
     """
     n = sorted_updates.shape[0]
     lo, hi = (n - 1) // 2, n // 2
     if lo == hi:
         return sorted_updates[lo].clone()
-    return 0.5 * (sorted_updates[lo] + sorted_updates[hi])
+    return 0.5 * sorted_updates[lo] + 0.5 * sorted_updates[hi]

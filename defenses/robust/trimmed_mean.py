@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, require
+from defenses.robust.numerics import safe_mean
 from defenses.robust.registry import register
 from defenses.robust.sorting import sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
@@ -34,7 +35,8 @@ class TrimmedMean(RobustAggregator):
     ``f`` largest and ``f`` smallest values (the paper's beta-fraction with
     ``beta = f / n``) and average the ``n - 2f`` others. ``f = 0`` is the mean;
     with at most ``f`` Byzantine rows each coordinate lies within the honest
-    range. Unweighted, as in the paper.
+    range. Unweighted, as in the paper. The mean is computed without overflow
+    (:func:`~defenses.robust.numerics.safe_mean`) for any finite input.
 
     Parameters
     ----------
@@ -56,7 +58,7 @@ class TrimmedMean(RobustAggregator):
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         n = updates.shape[0]
         if self.f == 0:
-            agg = updates.mean(dim=0)
+            agg = safe_mean(updates)
         else:
-            agg = sort_columns(updates)[self.f : n - self.f].mean(dim=0)
+            agg = safe_mean(sort_columns(updates)[self.f : n - self.f])
         return AggregationResult(aggregate=agg, kept=all_kept(n, updates.device))
