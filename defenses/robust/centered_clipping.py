@@ -17,6 +17,7 @@ import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, check_count, check_positive, require
 from defenses.robust.errors import StateMismatchError
+from defenses.robust.numerics import combine, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
@@ -39,7 +40,10 @@ class CenteredClipping(RobustAggregator):
 
     for ``l = 0..L-1``; the output ``v_L`` becomes the next round's reference.
     Clients are expected to send momentum (as in the paper); the rule itself
-    is unweighted.
+    is unweighted. Each client moves the output by at most ``tau / n`` per
+    iteration, whatever its magnitude: the distances are float64 and the
+    clipped sum is formed without overflow (:mod:`defenses.robust.numerics`),
+    so that bound holds for any finite input.
 
     Parameters
     ----------
@@ -98,12 +102,15 @@ class CenteredClipping(RobustAggregator):
         clipped = 0.0
         for it in range(self.L):
             diff = updates - v
-            norms = torch.linalg.vector_norm(diff, dim=1)
-            scale = torch.where(norms > self.tau, self.tau / norms, torch.ones_like(norms))
+            norms = row_norms(updates, center=v, diff=diff)
+            over = norms > self.tau
+            scale = torch.where(over, self.tau / norms, torch.ones_like(norms))
             if it == 0:
                 scores = norms
-                clipped = float((norms > self.tau).sum())
-            v = v + (scale @ diff) / n
+                clipped = float(over.sum())
+            # a finite sum proves every difference finite (one reduction, as in validate_cohort)
+            exact_diff = bool(torch.isfinite(diff.sum()))
+            v = v + (combine(scale / n, diff) if exact_diff else combine(scale / n, updates, center=v))
         self._v = v.detach().clone()
         return AggregationResult(
             aggregate=v,

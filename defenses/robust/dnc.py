@@ -24,12 +24,55 @@ from defenses.robust.base import (
     require,
     resolve_generator,
 )
+from defenses.robust.numerics import WIDE, combine, pow2_scale
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
-__all__ = ["DnC"]
+__all__ = ["DnC", "outlier_scores"]
 
 logger = logging.getLogger(__name__)
+
+
+def _top_direction_scores(sub: torch.Tensor) -> torch.Tensor | None:
+    """DnC scores ``<x_i - mu, v>^2`` (float64) in the cohort's dtype, or ``None`` if anything overflowed."""
+    centred = sub - sub.mean(dim=0)
+    # a finite sum proves every entry finite (one reduction, as in validate_cohort)
+    if not bool(torch.isfinite(centred.sum())):
+        return None
+    v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+    proj = (centred @ v).to(WIDE)
+    if not bool(torch.isfinite(proj).all()):
+        return None
+    return proj**2
+
+
+def outlier_scores(sub: torch.Tensor) -> torch.Tensor:
+    """DnC's outlier scores ``s_i = <x_i - mu, v>^2`` of the rows of ``sub`` ``(n, b)``, in float64.
+
+    ``mu`` is the mean row and ``v`` the top right singular vector of the
+    centred matrix. Computed in the rows' dtype when nothing overflows (the
+    usual case), else in float64 on the cohort scaled by a power of two (the
+    singular vectors do not change with the scale, the scores scale by its
+    square), so a Byzantine row of any finite magnitude gets its true, largest score.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sub = torch.tensor([[0.0, 1.0], [0.1, 0.9], [-0.1, 1.1], [3e38, -3e38]])
+    >>> int(torch.argmax(outlier_scores(sub)))
+    3
+    """
+    scores = _top_direction_scores(sub)
+    if scores is not None:
+        return scores
+    wide = sub.to(WIDE)
+    scale = pow2_scale(wide.abs().amax()) if torch.finfo(sub.dtype).max >= torch.finfo(WIDE).max else None
+    if scale is not None:
+        wide = wide * scale
+    centred = wide - wide.mean(dim=0)
+    v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+    proj = centred @ v
+    return proj**2 if scale is None else (proj / scale) ** 2
 
 
 @register(
@@ -48,7 +91,10 @@ class DnC(RobustAggregator):
     singular vector ``v`` of the centred matrix, score ``s_i = <x_i - mu, v>^2``
     and keep the ``n - ceil(c f)`` lowest scores. The good set is the
     intersection over iterations; the aggregate is the mean of the good updates
-    on all coordinates. ``f = 0`` gives the mean.
+    on all coordinates. ``f = 0`` gives the mean. The scores are float64 and
+    exact in range for any finite input (:func:`outlier_scores`), so a
+    Byzantine row far along the top singular direction is removed whatever its
+    magnitude.
 
     Parameters
     ----------
@@ -109,7 +155,7 @@ class DnC(RobustAggregator):
         n, d = updates.shape
         keep_count = n - self._n_removed()
         good = torch.ones(n, dtype=torch.bool, device=updates.device)
-        total_scores = torch.zeros(n, dtype=updates.dtype, device=updates.device)
+        total_scores = torch.zeros(n, dtype=WIDE, device=updates.device)
         gen = resolve_generator(self.generator, ctx, "DnC") if self.b < d else None
         for _ in range(self.niters):
             if gen is None:
@@ -117,9 +163,7 @@ class DnC(RobustAggregator):
             else:
                 idx = torch.randperm(d, generator=gen, device=gen.device)[: self.b]
                 sub = updates[:, torch.sort(idx.to(updates.device)).values]
-            centred = sub - sub.mean(dim=0)
-            v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
-            scores = (centred @ v) ** 2
+            scores = outlier_scores(sub)
             total_scores += scores
             kept_now = torch.zeros(n, dtype=torch.bool, device=updates.device)
             kept_now[torch.argsort(scores, stable=True)[:keep_count]] = True
@@ -131,7 +175,7 @@ class DnC(RobustAggregator):
             logger.warning("DnC: the good sets of the iterations do not intersect; zero update")
             agg = torch.zeros_like(updates[0])
         else:
-            agg = (good.to(updates.dtype) / count) @ updates
+            agg = combine(good.to(WIDE) / count, updates)
         return AggregationResult(aggregate=agg, kept=good, scores=total_scores)
 
     def __repr__(self) -> str:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from sklearn.cluster import HDBSCAN
 
-from defenses.robust.base import RobustAggregator, require, resolve_generator
+from defenses.robust.base import RobustAggregator, is_real, require, resolve_generator
 from defenses.robust.distances import pairwise_cosine_similarity
+from defenses.robust.numerics import WIDE, combine, row_norms
 from defenses.robust.registry import register
 from defenses.robust.sorting import column_median, sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
@@ -96,6 +97,12 @@ class FLAME(RobustAggregator):
     paper writes them on the local models ``W_i``; on updates the angles are
     not dominated by the shared global model). Unweighted, as in the paper.
 
+    With ``f < n / 2`` Byzantine clients ``S_t`` is at most the largest honest
+    norm, so without noise the aggregate's norm is at most that, whatever the
+    Byzantine magnitudes: cosines, norms and ``S_t`` are float64 and the sum is
+    formed without overflow (:mod:`defenses.robust.numerics`); HDBSCAN sees
+    finite cosine distances for any finite input.
+
     Parameters
     ----------
     f : int
@@ -132,7 +139,7 @@ class FLAME(RobustAggregator):
 
     def __init__(self, *, f: int = 0, lam: float = 0.001, generator: torch.Generator | None = None) -> None:
         super().__init__(f=f)
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < float("inf"):
+        if not is_real(lam) or not 0 <= float(lam) < float("inf"):
             raise ConfigError(f"lam must be a finite number >= 0, got lam={lam!r}")
         self.lam = float(lam)
         self.generator = generator
@@ -144,7 +151,7 @@ class FLAME(RobustAggregator):
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         gen = resolve_generator(self.generator, ctx, "FLAME")
         admitted = flame_clusters(updates)
-        norms = torch.linalg.vector_norm(updates, dim=1)
+        norms = row_norms(updates)
         s_t = column_median(sort_columns(norms[:, None]))[0]
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
         factor = torch.where(norms > s_t, s_t / safe, torch.ones_like(norms))
@@ -154,11 +161,12 @@ class FLAME(RobustAggregator):
             agg = torch.zeros_like(updates[0])
             sigma = 0.0
         else:
-            coef = factor * admitted.to(updates.dtype) / count
-            agg = coef @ updates
+            coef = factor * admitted.to(WIDE) / count
+            agg = combine(coef, updates)
             sigma = self.lam * float(s_t)
             noise = torch.randn(updates.shape[1], generator=gen, device=gen.device, dtype=updates.dtype)
-            agg = agg + sigma * noise.to(updates.device)
+            coef_noise = torch.tensor([1.0, sigma], dtype=WIDE, device=updates.device)
+            agg = combine(coef_noise, torch.stack([agg, noise.to(updates.device)]))
         return AggregationResult(
             aggregate=agg,
             kept=admitted,

@@ -20,6 +20,7 @@ import torch
 from defenses.robust.base import RobustAggregator
 from defenses.robust.errors import MissingServerUpdateError
 from defenses.robust.formats import to_vector
+from defenses.robust.numerics import combine, row_dots, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.errors import ConfigError, InvalidUpdateError
@@ -49,7 +50,10 @@ class FLTrust(RobustAggregator):
         g     = sum_i TS_i gbar_i / sum_i TS_i
 
     A zero update has trust 0. If every trust score is 0 the aggregate is the
-    zero update (nobody is trusted) and a warning is logged.
+    zero update (nobody is trusted) and a warning is logged. Norms, cosines and
+    trust scores are float64 and the sum is formed without overflow
+    (:mod:`defenses.robust.numerics`), so every normalised update has norm
+    ``||g0||`` and the aggregate norm at most ``||g0||`` for any finite input.
 
     How ``g0`` is supplied (pick one):
 
@@ -122,21 +126,21 @@ class FLTrust(RobustAggregator):
             )
         check_update(g0, d=d, name="server update g0")
         g0 = g0.to(device=like.device, dtype=like.dtype)
-        if not bool(torch.linalg.vector_norm(g0) > 0):
+        if not bool((g0 != 0).any()):
             raise InvalidUpdateError("server update g0 is the zero vector: no direction to trust")
         return g0
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         g0 = self._server_update(ctx, updates)
-        g0_norm = torch.linalg.vector_norm(g0)
-        norms = torch.linalg.vector_norm(updates, dim=1)
+        g0_norm = row_norms(g0[None])[0]
+        norms = row_norms(updates)
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-        cos = (updates @ g0) / (safe * g0_norm)
+        cos = (row_dots(updates, g0, norms, g0_norm) / (safe * g0_norm)).clamp(-1.0, 1.0)
         trust = torch.relu(cos).masked_fill(norms == 0, 0.0)
         total = trust.sum()
         if bool(total > 0):
             coef = trust * g0_norm / (safe * total)
-            agg = coef @ updates
+            agg = combine(coef, updates)
         else:
             logger.warning("FLTrust: every trust score is 0; returning the zero update")
             agg = torch.zeros_like(g0)

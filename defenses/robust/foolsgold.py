@@ -21,6 +21,7 @@ import torch
 from defenses.robust.base import RobustAggregator, check_positive, require
 from defenses.robust.distances import pairwise_cosine_similarity
 from defenses.robust.errors import StateMismatchError
+from defenses.robust.numerics import WIDE, combine
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
@@ -38,6 +39,9 @@ def foolsgold_weights(history: torch.Tensor, *, kappa: float = 1.0) -> torch.Ten
     when ``v_i < v_j``, ``alpha_i = 1 - max_j cs_ij`` clipped to ``[0, 1]``,
     rescaled by ``max alpha``, ``1 -> 0.99``, then the logit
     ``kappa * (ln(alpha / (1 - alpha)) + 0.5)`` clipped to ``[0, 1]``.
+    The cosines are those of
+    :func:`~defenses.robust.distances.pairwise_cosine_similarity`, exact in
+    range for any finite magnitude; the rates are float64.
 
     Examples
     --------
@@ -57,12 +61,38 @@ def foolsgold_weights(history: torch.Tensor, *, kappa: float = 1.0) -> torch.Ten
     alpha = (1.0 - cs.max(dim=1).values).clamp(0.0, 1.0)
     top = alpha.max()
     if not bool(top > 0):
-        return torch.zeros(n, dtype=history.dtype, device=history.device)
+        return torch.zeros(n, dtype=cs.dtype, device=history.device)
     alpha = alpha / top
     alpha = torch.where(alpha >= 1.0, torch.full_like(alpha, 0.99), alpha)
     with torch.no_grad():
         logit = kappa * (torch.log(alpha / (1.0 - alpha)) + 0.5)
     return torch.nan_to_num(logit, nan=0.0, neginf=0.0, posinf=1.0).clamp(0.0, 1.0)
+
+
+def _renormalised_sum(
+    mantissa: torch.Tensor, exponent: torch.Tensor, updates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m 2^e + x`` as a new pair ``(m', e')``, ``m'`` of maximum magnitude below 2, per row.
+
+    ``e' = max(e + exp(max|m|), exp(max|x|))`` (binary exponents), so both terms
+    are at most 1 after scaling by ``2^-e'``; the sum is formed in float64 and
+    rounded once to the rows' dtype. Parts below the dtype's precision relative
+    to the total are lost, as in any floating-point sum.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m, e = _renormalised_sum(torch.tensor([[3e38]]), torch.tensor([0]), torch.tensor([[3e38]]))
+    >>> float(m[0, 0]) * 2.0 ** int(e[0]) == 2 * float(torch.tensor(3e38))
+    True
+    """
+    m_exp = torch.frexp(mantissa.abs().amax(dim=1).to(WIDE))[1].to(torch.int64) + exponent
+    x_exp = torch.frexp(updates.abs().amax(dim=1).to(WIDE))[1].to(torch.int64)
+    new_exp = torch.maximum(m_exp, x_exp)
+    two = torch.tensor(2.0, dtype=WIDE, device=updates.device)
+    total = mantissa.to(WIDE) * torch.pow(two, (exponent - new_exp).to(WIDE))[:, None]
+    total += updates.to(WIDE) * torch.pow(two, (-new_exp).to(WIDE))[:, None]
+    return total.to(updates.dtype), new_exp
 
 
 @register(
@@ -81,6 +111,13 @@ class FoolsGold(RobustAggregator):
 
     Client ids come from ``ctx.client_ids`` when called by fl_core, else row
     ``i`` is client ``i`` in every round. :meth:`reset` forgets all histories.
+
+    Extreme magnitudes: a history is a sum over rounds, so two float32 updates
+    of ``3e38`` would overflow it. Each history is therefore stored as a row
+    ``m_i`` in the updates' dtype and a power of two, ``h_i = m_i 2^e_i``
+    (``e_i = 0`` until a sum overflows, then ``m_i`` is renormalised to a
+    maximum magnitude below 2, exactly). FoolsGold only uses the directions of
+    the histories (cosines), which the scale ``2^e_i`` does not change.
 
     Parameters
     ----------
@@ -112,17 +149,37 @@ class FoolsGold(RobustAggregator):
         self.kappa = check_positive("kappa", kappa)
         self._rows: dict[int, int] = {}
         self._history: torch.Tensor | None = None
+        self._exponent: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Forget every client's history."""
         self._rows = {}
         self._history = None
+        self._exponent = None
 
     def history(self, client_id: int) -> torch.Tensor | None:
-        """The summed past updates of ``client_id`` (``None`` if never seen)."""
-        if self._history is None or client_id not in self._rows:
+        """The summed past updates of ``client_id`` (``None`` if never seen).
+
+        In the updates' dtype, or in float64 once the sum exceeds that dtype's range.
+        """
+        if self._history is None or self._exponent is None or client_id not in self._rows:
             return None
-        return self._history[self._rows[client_id]].clone()
+        row = self._rows[client_id]
+        exponent = int(self._exponent[row])
+        if exponent == 0:
+            return self._history[row].clone()
+        return self._history[row].to(WIDE) * torch.pow(torch.tensor(2.0, dtype=WIDE), exponent)
+
+    def _accumulate(self, rows: torch.Tensor, updates: torch.Tensor) -> None:
+        """``h_i += x_i`` for the cohort's rows, renormalising the sums that overflow."""
+        assert self._history is not None and self._exponent is not None
+        mantissa, exponent = self._history[rows], self._exponent[rows]
+        total = mantissa + updates
+        redo = (exponent != 0) | ~torch.isfinite(total).all(dim=1)
+        if bool(redo.any()):
+            r = redo.nonzero().squeeze(1)
+            total[r], self._exponent[rows[r]] = _renormalised_sum(mantissa[r], exponent[r], updates[r])
+        self._history[rows] = total
 
     def check_tolerance(self, n: int) -> None:
         require(n >= 2, f"FoolsGold needs n >= 2 clients to compare, got n={n}, f={self.f}")
@@ -135,15 +192,19 @@ class FoolsGold(RobustAggregator):
                 f"FoolsGold holds histories of d={self._history.shape[1]} but got d={d}; call reset() between runs"
             )
         new = [c for c in dict.fromkeys(ids) if c not in self._rows]
-        if self._history is None:
+        if self._history is None or self._exponent is None:
             self._history = torch.zeros(0, d, dtype=updates.dtype, device=updates.device)
+            self._exponent = torch.zeros(0, dtype=torch.int64, device=updates.device)
         self._history = self._history.to(device=updates.device, dtype=updates.dtype)
+        self._exponent = self._exponent.to(device=updates.device)
         if new:
             start = self._history.shape[0]
             for k, c in enumerate(new):
                 self._rows[c] = start + k
             pad = torch.zeros(len(new), d, dtype=updates.dtype, device=updates.device)
             self._history = torch.cat([self._history, pad])
+            fresh = torch.zeros(len(new), dtype=torch.int64, device=updates.device)
+            self._exponent = torch.cat([self._exponent, fresh])
         return torch.tensor([self._rows[c] for c in ids], device=updates.device)
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
@@ -153,11 +214,11 @@ class FoolsGold(RobustAggregator):
             raise StateMismatchError(f"FoolsGold needs {n} distinct client ids, got {ids}")
         rows = self._rows_for(ids, updates)
         assert self._history is not None
-        self._history[rows] += updates
+        self._accumulate(rows, updates)
         alpha = foolsgold_weights(self._history[rows], kappa=self.kappa)
         total = alpha.sum()
         if bool(total > 0):
-            agg = (alpha / total) @ updates
+            agg = combine(alpha / total, updates)
         else:
             logger.warning("FoolsGold: every learning rate is 0; returning the zero update")
             agg = torch.zeros_like(updates[0])

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, check_positive
+from defenses.robust.numerics import WIDE, combine, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
@@ -31,7 +32,10 @@ class NormBound(RobustAggregator):
     Sun, Kairouz, Suresh, McMahan, "Can You Really Backdoor Federated
     Learning?", arXiv:1911.07963, 2019 (NeurIPS 2019 FL workshop). Each update
     becomes ``x_i * min(1, M / ||x_i||)`` and the clipped updates are averaged
-    with the FedAvg weights. It bounds, not removes, each client's influence.
+    with the FedAvg weights. It bounds, not removes, each client's influence:
+    client ``i`` moves the aggregate by at most ``M w_i / sum w``, whatever its
+    magnitude (norms in float64, the clipped sum without overflow; see
+    :mod:`defenses.robust.numerics`).
 
     Parameters
     ----------
@@ -60,12 +64,13 @@ class NormBound(RobustAggregator):
         self.M = check_positive("M", M)
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
-        norms = torch.linalg.vector_norm(updates, dim=1)
+        norms = row_norms(updates)
         over = norms > self.M
         scale = torch.where(over, self.M / norms, torch.ones_like(norms))
-        coef = scale * weights / weights.sum()
+        w = weights.to(WIDE)
+        coef = scale * w / w.sum()
         return AggregationResult(
-            aggregate=coef @ updates,
+            aggregate=combine(coef, updates),
             kept=all_kept(updates.shape[0], updates.device),
             scores=norms,
             metrics={"clipped": float(over.sum())},

@@ -26,7 +26,8 @@ from defenses.robust.base import (
     require,
     resolve_generator,
 )
-from defenses.robust.distances import pairwise_sq_distances
+from defenses.robust.distances import scaled_sq_distances
+from defenses.robust.numerics import WIDE, clip_rows, mix_rows, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import RoundContext
 
@@ -50,6 +51,10 @@ class NNM(PreAggregator):
     Each ``x_i`` is replaced by the mean of its ``n - f`` nearest neighbours
     in Euclidean distance (itself included). One ``(n, n)`` distance matrix
     and one ``(n, n) x (n, d)`` product. ``f = 0`` maps every row to the mean.
+    Distances and means are computed without overflow
+    (:mod:`defenses.robust.distances`, :mod:`defenses.robust.numerics`): an
+    honest row's ``n - f`` nearest neighbours include no Byzantine row of large
+    magnitude, so its mixed row stays in the honest hull.
 
     Parameters
     ----------
@@ -72,14 +77,13 @@ class NNM(PreAggregator):
     def _transform(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> PreAggregation:
         n = updates.shape[0]
         k = n - self.f
-        dist = pairwise_sq_distances(updates)
-        # self first on ties: subtract a tiny amount from the diagonal ordering key
-        key = dist.clone()
+        key, _ = scaled_sq_distances(updates)
+        # self first on ties: a negative key on the diagonal
         key.fill_diagonal_(-1.0)
         neighbours = key.topk(k, dim=1, largest=False).indices
-        mix = torch.zeros(n, n, dtype=updates.dtype, device=updates.device)
+        mix = torch.zeros(n, n, dtype=WIDE, device=updates.device)
         mix.scatter_(1, neighbours, 1.0 / k)
-        return PreAggregation(updates=mix @ updates, weights=weights, owner=_identity_owner(n, updates.device))
+        return PreAggregation(updates=mix_rows(mix, updates), weights=weights, owner=_identity_owner(n, updates.device))
 
 
 @register("bucketing", kind="pre", description="average random buckets of s updates (Karimireddy et al. 2022)")
@@ -124,10 +128,11 @@ class Bucketing(PreAggregator):
         m = math.ceil(n / self.s)
         owner = torch.empty(n, dtype=torch.long, device=updates.device)
         owner[perm] = torch.arange(n, device=updates.device) // self.s
-        member = torch.zeros(m, n, dtype=updates.dtype, device=updates.device)
+        member = torch.zeros(m, n, dtype=WIDE, device=updates.device)
         member[owner, torch.arange(n, device=updates.device)] = 1.0
         sizes = member.sum(dim=1, keepdim=True)
-        return PreAggregation(updates=(member / sizes) @ updates, weights=member @ weights, owner=owner)
+        bucket_weights = (member @ weights.to(WIDE)).to(weights.dtype)
+        return PreAggregation(updates=mix_rows(member / sizes, updates), weights=bucket_weights, owner=owner)
 
     def __repr__(self) -> str:
         return f"Bucketing(s={self.s})"
@@ -147,7 +152,10 @@ class ARC(PreAggregator):
     Robust Federated Learning"). With ``k = floor(2 (f / n) (n - f))``, every
     update is clipped to ``C``, the norm of the ``(k + 1)``-th largest update:
     ``x_i * min(1, C / ||x_i||)``, so the ``k`` largest are scaled down to
-    ``C``. ``f = 0`` leaves the cohort unchanged.
+    ``C``. ``f = 0`` leaves the cohort unchanged. Norms are float64 and the
+    clipped rows are formed from their directions
+    (:func:`~defenses.robust.numerics.clip_rows`), so a clipped row has norm
+    ``C`` whatever its magnitude.
 
     Parameters
     ----------
@@ -174,7 +182,9 @@ class ARC(PreAggregator):
         owner = _identity_owner(n, updates.device)
         if k == 0:
             return PreAggregation(updates=updates.clone(), weights=weights, owner=owner)
-        norms = torch.linalg.vector_norm(updates, dim=1)
+        norms = row_norms(updates)
         threshold = torch.sort(norms, descending=True).values[k]
-        scale = torch.where(norms > threshold, threshold / norms, torch.ones_like(norms))
-        return PreAggregation(updates=updates * scale[:, None], weights=weights, owner=owner)
+        over = (norms > threshold).nonzero().squeeze(1)
+        clipped = updates.clone()
+        clipped[over] = clip_rows(updates, over, threshold)
+        return PreAggregation(updates=clipped, weights=weights, owner=owner)
