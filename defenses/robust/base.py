@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from defenses.robust.errors import MissingGeneratorError
@@ -47,6 +48,7 @@ __all__ = [
     "all_kept",
     "check_count",
     "check_positive",
+    "is_real",
     "require",
     "resolve_generator",
     "validate_cohort",
@@ -85,33 +87,65 @@ def validate_cohort(cohort: torch.Tensor) -> torch.Tensor:
 def check_count(name: str, value: Any, *, minimum: int = 0) -> int:
     """Validate an integer hyper-parameter (``f``, ``m``, ``L``, ...) and return it.
 
+    Python and NumPy integers are accepted (a count read from a NumPy array,
+    ``np.int64(2)``) and returned as a Python ``int``.
+
     Raises
     ------
     ConfigError
-        If ``value`` is not an ``int`` (``bool`` excluded) or is below ``minimum``.
+        If ``value`` is not an integer (``bool`` and ``numpy.bool_`` excluded)
+        or is below ``minimum``.
 
     Examples
     --------
-    >>> check_count("f", 2)
-    2
+    >>> import numpy as np
+    >>> check_count("f", 2), check_count("f", np.int64(2))
+    (2, 2)
+    >>> type(check_count("f", np.int32(1)))
+    <class 'int'>
     """
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {name}={value}")
-    return value
+    count = int(value)
+    if count < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {name}={count}")
+    return count
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a Python or NumPy real scalar (``bool`` and ``numpy.bool_`` excluded).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_real(np.float32(0.5)), is_real(np.int8(3)), is_real(True), is_real(np.bool_(True)), is_real("1")
+    (True, True, False, False, False)
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, (int, float, np.integer, np.floating))
 
 
 def check_positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
     """Validate a positive real hyper-parameter (``tau``, ``M``, ``lambda``...) and return it.
 
+    Python and NumPy real scalars are accepted (``np.float32(0.5)``) and
+    returned as a Python ``float``.
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is not a real number (``bool`` excluded), is NaN, is not
+        positive, or is infinite while ``allow_inf`` is false.
+
     Examples
     --------
-    >>> check_positive("tau", 1)
-    1.0
+    >>> import numpy as np
+    >>> check_positive("tau", 1), check_positive("tau", np.float32(0.5))
+    (1.0, 0.5)
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a real number, got {value!r}")
+    if not is_real(value):
+        raise ConfigError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     v = float(value)
     if math.isnan(v) or v <= 0 or (math.isinf(v) and not allow_inf):
         bound = "a positive number" if allow_inf else "a finite positive number"

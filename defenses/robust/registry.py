@@ -15,17 +15,22 @@ Krum(f=1)
 Traceback (most recent call last):
 ...
 fl_core.errors.UnknownNameError: unknown robust aggregator 'krun'. Did you mean 'krum'? ...
+>>> make("krum", f=1, zz=3)
+Traceback (most recent call last):
+...
+fl_core.errors.ConfigError: krum (Krum) got unknown parameter 'zz'; valid parameters: f
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from fl_core.errors import ConfigError, UnknownNameError
 
-__all__ = ["RegistryEntry", "entries", "get", "make", "names", "register"]
+__all__ = ["RegistryEntry", "entries", "get", "make", "names", "parameters", "register"]
 
 Kind = Literal["rule", "pre"]
 T = TypeVar("T", bound=type)
@@ -92,9 +97,50 @@ def get(name: str) -> RegistryEntry:
         raise UnknownNameError("robust aggregator", str(name), _REGISTRY) from None
 
 
+def parameters(cls: type) -> list[inspect.Parameter] | None:
+    """The keyword parameters of ``cls``'s constructor, or ``None`` if it takes ``**kwargs``.
+
+    Examples
+    --------
+    >>> import defenses.robust
+    >>> [p.name for p in parameters(get("multi_krum").cls)]
+    ['f', 'm']
+    """
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p for p in params if p.kind in keyword]
+
+
 def make(name: str, **hyper: Any) -> Any:
-    """Instantiate the registered class ``name`` with keyword-only hyper-parameters."""
-    return get(name).cls(**hyper)
+    """Instantiate the registered class ``name`` with keyword-only hyper-parameters.
+
+    Raises
+    ------
+    UnknownNameError
+        If ``name`` is not registered.
+    ConfigError
+        If a hyper-parameter is not one of the class's keyword parameters, or a
+        required one is missing; the message names them and the valid ones.
+    """
+    entry = get(name)
+    params = parameters(entry.cls)
+    if params is not None:
+        valid = [p.name for p in params]
+        unknown = [k for k in hyper if k not in valid]
+        missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in hyper]
+        what = f"{entry.name} ({entry.cls.__name__})"
+        listed = ", ".join(valid) if valid else "none"
+        if unknown:
+            plural = "s" if len(unknown) > 1 else ""
+            names_ = ", ".join(repr(k) for k in unknown)
+            raise ConfigError(f"{what} got unknown parameter{plural} {names_}; valid parameters: {listed}")
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            names_ = ", ".join(repr(k) for k in missing)
+            raise ConfigError(f"{what} needs the parameter{plural} {names_}; valid parameters: {listed}")
+    return entry.cls(**hyper)
 
 
 def names(kind: Kind | None = None) -> list[str]:
