@@ -42,6 +42,7 @@ __all__ = [
     "ATTACKS",
     "AttackEnv",
     "AttackPlan",
+    "attack_builder",
     "attack_descriptions",
     "attack_names",
     "attack_parameters",
@@ -116,6 +117,11 @@ def attack_parameters(name: str) -> list[str]:
     """Keyword parameters the attack ``name`` accepts (for suite validation)."""
     entry = _get(name)
     return [p for p in inspect.signature(entry.builder).parameters if p not in ("threat", "env", "aggregator")]
+
+
+def attack_builder(name: str) -> Builder:
+    """The builder function of the attack ``name`` (its annotations type the suite parameters)."""
+    return _get(name).builder
 
 
 def _get(name: str) -> _Entry:

@@ -131,6 +131,15 @@ class Aggregator(abc.ABC):
     def reset(self) -> None:
         """Forget any state kept across rounds (no-op for stateless rules)."""
 
+    def check_tolerance(self, n: int) -> None:
+        """Raise a :class:`~fl_core.errors.FlsecError` if this aggregator cannot run on cohorts of ``n`` clients.
+
+        Callers that know ``n`` before any work (``Federation`` knows its clients per
+        round) call it at construction. The base accepts any ``n >= 1``; robust rules
+        check their Byzantine bound (Krum: ``n > 2f + 2``), secure aggregation its
+        threshold.
+        """
+
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return self.aggregate(updates, weights).aggregate
 
@@ -152,6 +161,12 @@ class WeightedMean(Aggregator):
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         agg = (weights / weights.sum()) @ updates
+        if not bool(torch.isfinite(agg).all()):
+            # a convex combination of finite rows is finite; only float32 rounding near
+            # finfo.max can overflow it: redo it in float64 (rare, so the fast path stays)
+            p = weights.to(torch.float64) / weights.to(torch.float64).sum()
+            agg = (p @ updates.to(torch.float64)).clamp(-torch.finfo(updates.dtype).max, torch.finfo(updates.dtype).max)
+            agg = agg.to(updates.dtype)
         kept = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
         return AggregationResult(aggregate=agg, kept=kept)
 

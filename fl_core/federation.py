@@ -45,6 +45,7 @@ from fl_core.aggregation import (
     WeightedMean,
     collect_metrics,
 )
+from fl_core.checks import as_int
 from fl_core.data.dataset import ArrayDataset, TextDataset
 from fl_core.device import resolve_device
 from fl_core.errors import ConfigError, InvalidUpdateError
@@ -138,16 +139,18 @@ class Federation:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise ConfigError(f"duplicate client ids: {dup}")
-        if not 1 <= clients_per_round <= len(clients):
-            raise ConfigError(
-                f"clients_per_round must be in [1, {len(clients)}] (the number of clients), got {clients_per_round}"
-            )
-        if eval_every < 1:
-            raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
-        if seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {seed}")
+        clients_per_round = as_int("clients_per_round", clients_per_round, minimum=1, maximum=len(clients))
+        eval_every = as_int("eval_every", eval_every, minimum=1)
+        seed = as_int("seed", seed, minimum=0)
         if (model is None) == (model_name is None):
             raise ConfigError("give exactly one of model_name and model")
+        if local is not None and not isinstance(local, LocalTrainingConfig):
+            raise ConfigError(f"local must be a LocalTrainingConfig, got {type(local).__name__}")
+        if aggregator is not None:
+            if not isinstance(aggregator, Aggregator):
+                raise ConfigError(f"aggregator must be an fl_core Aggregator, got {type(aggregator).__name__}")
+            # a rule that cannot tolerate the cohort size fails now, not after a round of local training
+            aggregator.check_tolerance(clients_per_round)
         self.device = resolve_device(device)
         self.clients = list(clients)
         self.test_data = test_data

@@ -21,7 +21,6 @@ Examples
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fl_core.checks import as_int, as_real
 from fl_core.data.dataset import ArrayDataset, TextDataset
 from fl_core.errors import ConfigError
 
@@ -71,12 +71,10 @@ class DPSGDConfig:
     accountant: str = "rdp"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise ConfigError(f"DP-SGD noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise ConfigError(f"DP-SGD max_grad_norm must be finite and > 0, got {self.max_grad_norm}")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"DP-SGD delta must lie in (0, 1), got {self.delta}")
+        _set = object.__setattr__
+        _set(self, "noise_multiplier", as_real("DP-SGD noise_multiplier", self.noise_multiplier, low=0.0))
+        _set(self, "max_grad_norm", as_real("DP-SGD max_grad_norm", self.max_grad_norm, low=0.0, low_open=True))
+        _set(self, "delta", as_real("DP-SGD delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True))
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError(f"DP-SGD accountant must be 'rdp' or 'prv', got {self.accountant!r}")
 
@@ -112,18 +110,16 @@ class LocalTrainingConfig:
     dp_sgd: DPSGDConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"local epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        _set = object.__setattr__
+        _set(self, "epochs", as_int("local epochs", self.epochs, minimum=1))
+        _set(self, "batch_size", as_int("batch_size", self.batch_size, minimum=1))
+        _set(self, "lr", as_real("lr", self.lr, low=0.0, low_open=True))
+        _set(self, "momentum", as_real("momentum", self.momentum, low=0.0, high=1.0, high_open=True))
+        _set(self, "weight_decay", as_real("weight_decay", self.weight_decay, low=0.0))
+        if self.max_steps is not None:
+            _set(self, "max_steps", as_int("max_steps", self.max_steps, minimum=1))
+        if self.dp_sgd is not None and not isinstance(self.dp_sgd, DPSGDConfig):
+            raise ConfigError(f"dp_sgd must be a DPSGDConfig or None, got {type(self.dp_sgd).__name__}")
 
 
 class TrainingHook:

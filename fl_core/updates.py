@@ -22,7 +22,7 @@ import torch
 
 from fl_core.errors import InvalidUpdateError
 
-__all__ = ["Cohort", "FlatUpdate", "check_cohort", "check_update", "check_weights"]
+__all__ = ["Cohort", "FlatUpdate", "check_cohort", "check_update", "check_weights", "scaled_row_norms"]
 
 FlatUpdate: TypeAlias = torch.Tensor
 """A flat float32 tensor of shape ``(d,)``."""
@@ -134,3 +134,24 @@ def check_weights(weights: torch.Tensor | None, n: int, *, like: torch.Tensor) -
     if float(w.sum()) <= 0.0:
         raise InvalidUpdateError("weights sum to zero")
     return w
+
+
+def scaled_row_norms(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overflow-free row norms as ``(scale, unit_norm)`` with ``||x_i|| = scale_i * unit_norm_i``.
+
+    ``scale_i = max_j |x_ij|`` and ``unit_norm_i = ||x_i / scale_i||`` lies in ``[1, sqrt(d)]``
+    (0 for a zero row), both in float64, so no intermediate overflows for any finite input,
+    even float64 rows near ``finfo.max`` whose norm itself is not representable. Callers that
+    only need a ratio ``c / ||x_i||`` compute ``(c / scale_i) / unit_norm_i`` without overflow.
+
+    Examples
+    --------
+    >>> import torch
+    >>> s, u = scaled_row_norms(torch.tensor([[3e38, -3e38], [0.0, 0.0]]))
+    >>> [f"{v:.3e}" for v in (s * u).tolist()]
+    ['4.243e+38', '0.000e+00']
+    """
+    x = updates.to(torch.float64)
+    scale = x.abs().amax(dim=1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, torch.linalg.vector_norm(x / safe[:, None], dim=1)

@@ -241,12 +241,13 @@ def run_fm_suite(
 ) -> list[dict[str, Any]]:
     """Run every cell not already in ``out``; return all results (old and new) in grid order."""
     store = ResultStore(out)
-    store.claim(spec.source)
+    store.check_owner(spec.source)
     cells = spec.cells()
     todo = [c for c in cells if not store.done(c.cell_id)]
     console = console or Console(stderr=True)
     pipes: dict[int, FMPipeline] = {}
     split = load_dataset("bbc-news") if todo else None
+    store.claim(spec.source)  # created only once the data loaded
     for i, cell in enumerate(todo):
         if cell.seed not in pipes:
             pipes[cell.seed] = FMPipeline.create(split, spec.setting, seed=cell.seed, artifacts=Path(out) / "artifacts")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from attacks import AttackEnv, AttackPlan, AttackSchedule, ThreatModel, build_attack
-from benchmarks.suite.spec import _NO_F_DEFAULT, Cell, ComponentSpec, Setting
+from benchmarks.suite.spec import _NO_F_DEFAULT, Cell, ComponentSpec, Setting, SuiteError
 from defenses.robust.compose import Compose
 from defenses.robust.registry import get as get_rule
 from fl_core import (
@@ -21,11 +21,12 @@ from fl_core import (
     partition,
 )
 from fl_core.aggregation import Aggregator
-from fl_core.data.dataset import ArrayDataset
+from fl_core.data.dataset import ArrayDataset, TextDataset
+from fl_core.errors import FlsecError
 from fl_core.rng import Stream, numpy_generator, torch_generator
 from fl_core.root_update import RootDatasetUpdate
 
-__all__ = ["CellRun", "build_cell", "build_defense", "instantiate_rule"]
+__all__ = ["CellRun", "attack_env", "build_cell", "build_defense", "instantiate_rule", "preflight_attacks"]
 
 
 def instantiate_rule(spec: ComponentSpec, *, f: int, seed: int, server_update: Callable | None = None):
@@ -59,6 +60,31 @@ def build_defense(
     return Compose(*pres, rule)
 
 
+def attack_env(train: ArrayDataset | TextDataset) -> AttackEnv:
+    """What an attack knows of the task: classes, image shape, the trigger's pixel value."""
+    image = isinstance(train, ArrayDataset)
+    return AttackEnv(
+        num_classes=train.num_classes,
+        image_shape=tuple(train.x.shape[1:]) if image else None,
+        trigger_value=float(train.x.max()) if image else 1.0,
+    )
+
+
+def preflight_attacks(attacks: Sequence[ComponentSpec], setting: Setting, train: ArrayDataset | TextDataset) -> None:
+    """Build every attack of the grid on the real data once, before any cell runs.
+
+    A value its constructor refuses (a target class out of range, a negative scale)
+    raises :class:`~benchmarks.suite.spec.SuiteError` naming ``attacks[i]``.
+    """
+    env = attack_env(train)
+    threat = ThreatModel(malicious=frozenset({0}), omniscient=setting.omniscient)
+    for i, a in enumerate(attacks):
+        try:
+            build_attack(a.name, threat=threat, env=env, **a.params)
+        except (FlsecError, TypeError) as exc:
+            raise SuiteError(f"attacks[{i}]", f"attack {a.label!r} cannot be built: {exc}") from None
+
+
 @dataclass
 class CellRun:
     federation: Federation
@@ -87,7 +113,6 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
         omniscient=setting.omniscient,
         schedule=AttackSchedule(start=setting.attack_start, end=setting.attack_end, every=setting.attack_every),
     )
-    image = isinstance(train, ArrayDataset)
     model = build_model(
         setting.model,
         input_shape=tuple(train.x.shape[1:]),
@@ -105,11 +130,7 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
         model=model, data=train.subset(np.sort(root_idx)), config=local, seed=seed, device=setting.device
     )
     defense = build_defense(cell.defense, setting=setting, server_update=server_update, seed=seed)
-    env = AttackEnv(
-        num_classes=train.num_classes,
-        image_shape=tuple(train.x.shape[1:]) if image else None,
-        trigger_value=float(train.x.max()) if image else 1.0,
-    )
+    env = attack_env(train)
     plan = build_attack(cell.attack.name, threat=threat, env=env, aggregator=defense, **cell.attack.params)
     fed = Federation(
         model=model,

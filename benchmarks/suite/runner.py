@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks import AttackSchedule, attack_success_rate, detection_rates
-from benchmarks.suite.build import build_cell
+from benchmarks.suite.build import build_cell, preflight_attacks
 from benchmarks.suite.spec import Cell, Setting, SuiteSpec
 from benchmarks.suite.store import ResultStore
 from fl_core import __version__ as flsec_version
@@ -113,11 +113,13 @@ def run_suite(
 ) -> list[dict[str, Any]]:
     """Run every cell not already in ``out``; return all results of the suite (old and new)."""
     store = ResultStore(out)
-    store.claim(spec.source)
+    store.check_owner(spec.source)
     cells = spec.cells()
     todo = [c for c in cells if not store.done(c.cell_id)]
-    if todo:
+    if todo:  # everything that can fail on the data is checked before OUT is created
         split = load_dataset(spec.setting.dataset, path=spec.setting.data_path)
+        preflight_attacks(spec.attacks, spec.setting, split.train)
+    store.claim(spec.source)
     console = console or Console(stderr=True)
     log.info("suite %s: %d cells, %d to run", spec.name, len(cells), len(todo))
     with Progress(

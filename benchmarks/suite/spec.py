@@ -43,9 +43,12 @@ Examples
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import math
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -54,9 +57,12 @@ import tomllib
 import torch
 
 from attacks import attack_names, attack_parameters
+from attacks.registry import attack_builder
 from defenses.robust.registry import get as get_rule
 from fl_core import DATASETS, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError, FlsecError
 from fl_core.aggregation import RoundContext
+from fl_core.checks import is_int, is_real
+from fl_core.device import resolve_device
 
 __all__ = [
     "BUILTIN_DIR",
@@ -215,13 +221,24 @@ def _parse_setting(raw: Any) -> Setting:
             s.server_opt in SERVER_OPTIMIZERS,
             f"unknown server optimizer {s.server_opt!r}; valid: {', '.join(SERVER_OPTIMIZERS)}",
         ),
-        ("alpha", math.isfinite(s.alpha) and s.alpha > 0, f"Dirichlet alpha must be > 0, got {s.alpha}"),
+        ("alpha", math.isfinite(s.alpha) and s.alpha > 0, f"Dirichlet alpha must be finite and > 0, got {s.alpha}"),
         ("clients", s.clients >= 2, f"must be >= 2, got {s.clients}"),
         ("clients_per_round", 1 <= s.m <= s.clients, f"must be in [1, clients={s.clients}], got {s.m}"),
         ("rounds", s.rounds >= 1, f"must be >= 1, got {s.rounds}"),
         ("local_epochs", s.local_epochs >= 1, f"must be >= 1, got {s.local_epochs}"),
         ("batch_size", s.batch_size >= 1, f"must be >= 1, got {s.batch_size}"),
-        ("lr", s.lr > 0, f"must be > 0, got {s.lr}"),
+        ("lr", math.isfinite(s.lr) and s.lr > 0, f"must be a finite number > 0, got {s.lr}"),
+        (
+            "server_lr",
+            s.server_lr is None or (math.isfinite(s.server_lr) and s.server_lr > 0),
+            f"must be a finite number > 0, got {s.server_lr}",
+        ),
+        ("shards_per_client", s.shards_per_client >= 1, f"must be >= 1, got {s.shards_per_client}"),
+        (
+            "data_path",
+            s.data_path is None or Path(s.data_path).is_dir(),
+            f"no such directory: {s.data_path!r} (the directory that holds the dataset's files)",
+        ),
         ("momentum", 0 <= s.momentum < 1, f"must be in [0, 1), got {s.momentum}"),
         ("malicious_fraction", 0 <= s.malicious_fraction < 1, f"must be in [0, 1), got {s.malicious_fraction}"),
         (
@@ -241,7 +258,48 @@ def _parse_setting(raw: Any) -> Setting:
     for key, ok, msg in checks:
         if not ok:
             raise SuiteError(f"setting.{key}", msg)
+    try:
+        resolve_device(s.device)
+    except FlsecError as exc:
+        raise SuiteError("setting.device", str(exc)) from None
     return s
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a TOML value fits a parameter annotation (the simple types suites use; others are not checked)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return is_int(value)
+    if tp is float:
+        return is_real(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, Sequence, collections.abc.Sequence) or tp in (tuple, list):
+        return isinstance(value, list)
+    return True
+
+
+def _check_param_types(fn: Any, params: Mapping[str, Any], where: str, what: str) -> None:
+    """Each value of ``params`` against ``fn``'s annotations; the first mismatch names its key path."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that cannot be resolved: leave the check to the constructor
+        return
+    for k, v in params.items():
+        if k in hints and not _matches(v, hints[k]):
+            raise SuiteError(f"{where}.params.{k}", f"{what} expects {_type_name(hints[k])}, got {v!r}")
 
 
 def _parse_component(raw: Any, where: str, *, allow_pre: bool) -> ComponentSpec:
@@ -272,6 +330,7 @@ def _validate_attack(spec: ComponentSpec, where: str) -> None:
     for k in spec.params:
         if k not in allowed:
             raise SuiteError(f"{where}.params.{k}", f"attack {spec.name!r} takes no {k!r}; it takes {allowed}")
+    _check_param_types(attack_builder(spec.name), spec.params, where, f"attack {spec.name!r}")
 
 
 def _rule_params(cls: type) -> list[str]:
@@ -294,6 +353,7 @@ def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None
         for k in comp.params:
             if k not in allowed:
                 raise SuiteError(f"{key}.params.{k}", f"{comp.name!r} takes no {k!r}; it takes {allowed}")
+        _check_param_types(entry.cls.__init__, comp.params, key, repr(comp.name))
     # tolerance and parameter ranges: build the defense and aggregate a tiny cohort of m rows
     from benchmarks.suite.build import build_defense
 

@@ -20,7 +20,10 @@ from typing import Any
 
 from benchmarks.suite.spec import SuiteError
 
-__all__ = ["ResultStore"]
+__all__ = ["CELL_KEYS", "ResultStore"]
+
+#: Keys every cell file has (image and FM suites); a file without them is damaged.
+CELL_KEYS = frozenset({"cell_id", "attack", "defense", "seed", "setting", "rounds", "summary", "versions"})
 
 
 class ResultStore:
@@ -30,17 +33,21 @@ class ResultStore:
         self.root = Path(root)
         self.cells_dir = self.root / "cells"
 
+    def check_owner(self, suite_source: str) -> None:
+        """Raise :class:`SuiteError` if the directory holds another suite's results; creates nothing."""
+        marker = self.root / "suite.toml"
+        if marker.exists() and marker.read_text() != suite_source:
+            raise SuiteError(
+                str(self.root),
+                "holds results of a different suite file; use another output directory or delete it",
+            )
+
     def claim(self, suite_source: str) -> None:
         """Create the directory for this suite, or check that it already belongs to it."""
+        self.check_owner(suite_source)
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         marker = self.root / "suite.toml"
-        if marker.exists():
-            if marker.read_text() != suite_source:
-                raise SuiteError(
-                    str(self.root),
-                    "holds results of a different suite file; use another output directory or delete it",
-                )
-        else:
+        if not marker.exists():
             self._atomic_write(marker, suite_source)
         for stale in self.cells_dir.glob(".*.tmp"):
             stale.unlink()
@@ -49,12 +56,13 @@ class ResultStore:
         return self.cells_dir / f"{cell_id}.json"
 
     def done(self, cell_id: str) -> bool:
+        """Whether ``cell_id`` finished; a damaged file counts as not done (the run recomputes it)."""
         p = self.path(cell_id)
         if not p.is_file():
             return False
         try:
-            json.loads(p.read_text())
-        except (json.JSONDecodeError, OSError):
+            self._load_cell(p)
+        except SuiteError:
             return False
         return True
 
@@ -64,9 +72,25 @@ class ResultStore:
         return p
 
     def load_all(self) -> list[dict[str, Any]]:
+        """Every finished cell; a damaged cell file raises :class:`SuiteError` naming it and the problem."""
         if not self.cells_dir.is_dir():
             raise SuiteError(str(self.root), "is not a suite results directory (no cells/ inside)")
-        return [json.loads(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
+        return [self._load_cell(p) for p in sorted(self.cells_dir.glob("*.json"))]
+
+    @staticmethod
+    def _load_cell(path: Path) -> dict[str, Any]:
+        fix = "delete it, or run the same `flsec suite run` command again to recompute it"
+        try:
+            cell = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise SuiteError(str(path), f"damaged cell file ({type(exc).__name__}: {exc}); {fix}") from None
+        if not isinstance(cell, dict):
+            raise SuiteError(str(path), f"damaged cell file: not a JSON object but {type(cell).__name__}; {fix}")
+        missing = sorted(CELL_KEYS - set(cell))
+        if missing or cell.get("cell_id") != path.stem or not isinstance(cell.get("rounds"), list):
+            what = f"missing keys {missing}" if missing else "cell_id or rounds do not match the file"
+            raise SuiteError(str(path), f"damaged cell file: {what}; {fix}")
+        return cell
 
     @staticmethod
     def _atomic_write(path: Path, text: str) -> None:

@@ -255,7 +255,7 @@ class PrivacyLedger:
                 f"{event.mechanism} events accounted without amplification by sampling "
                 f"(q={event.sample_rate} taken as 1): conservative"
             )
-        for a, r in zip(event.orders, event.rdp):
+        for a, r in zip(event.orders, event.rdp, strict=True):
             self._curve[a] = self._curve.get(a, 0.0) + event.steps * r
 
     def epsilon(self, delta: float | None = None) -> float:

@@ -148,8 +148,13 @@ def test_transform_with_wrong_shape_or_nan_is_rejected(digits):
 
 def test_federation_config_errors(digits):
     clients = make_clients(digits.train, [np.arange(10), np.arange(10, 20)])
-    with pytest.raises(ConfigError, match=r"clients_per_round must be in \[1, 2\]"):
+    with pytest.raises(ConfigError, match=r"clients_per_round must be <= 2, got clients_per_round=3"):
         Federation(model_name="mlp", clients=clients, test_data=digits.test, clients_per_round=3)
+    with pytest.raises(ConfigError, match=r"clients_per_round must be an integer, got 1.5"):
+        Federation(model_name="mlp", clients=clients, test_data=digits.test, clients_per_round=1.5)
+    # NumPy integers are integers
+    fed = Federation(model_name="mlp", clients=clients, test_data=digits.test, clients_per_round=np.int64(2))
+    assert fed.clients_per_round == 2 and type(fed.clients_per_round) is int
     dup = [Client(id=0, data=clients[0].data), Client(id=0, data=clients[1].data)]
     with pytest.raises(ConfigError, match=r"duplicate client ids: \[0\]"):
         Federation(model_name="mlp", clients=dup, test_data=digits.test, clients_per_round=1)
