@@ -32,7 +32,16 @@ from typing import Any
 
 import tomllib
 
-from benchmarks.suite.spec import Cell, ComponentSpec, SuiteError, _check_keys, _rule_params, load_toml, parse_grid
+from benchmarks.suite.spec import (
+    Cell,
+    ComponentSpec,
+    SuiteError,
+    _check_keys,
+    _check_param_types,
+    _rule_params,
+    load_toml,
+    parse_grid,
+)
 from defenses.robust.registry import get as get_rule
 from fl_core import FlsecError
 from fl_core.foundation import FINE_TUNE_MODES
@@ -174,7 +183,7 @@ def _parse_setting(raw: Any) -> FMSetting:
         ("mode", s.mode in FINE_TUNE_MODES, f"must be one of {FINE_TUNE_MODES}, got {s.mode!r}"),
         ("target", 0 <= s.target < 5, f"must be a BBC News class in [0, 5), got {s.target}"),
         ("trigger", len(s.trigger.split()) == 1, f"must be one word, got {s.trigger!r}"),
-        ("lr", s.lr > 0, f"must be > 0, got {s.lr}"),
+        ("lr", math.isfinite(s.lr) and s.lr > 0, f"must be a finite number > 0, got {s.lr}"),
         ("momentum", 0 <= s.momentum < 1, f"must be in [0, 1), got {s.momentum}"),
         ("trainable_layers", 1 <= s.trainable_layers <= 6, f"must be in [1, 6] (MiniLM), got {s.trainable_layers}"),
         ("max_length", 8 <= s.max_length <= 512, f"must be in [8, 512], got {s.max_length}"),
@@ -216,6 +225,7 @@ def _validate_defense(d: ComponentSpec, where: str, setting: FMSetting) -> None:
         if entry.kind != "rule":
             raise SuiteError(f"{where}.name", f"{d.name!r} is a {entry.kind}, not an aggregation rule")
         allowed = set(_rule_params(entry.cls))
+        _check_param_types(entry.cls.__init__, {k: v for k, v in d.params.items() if k in allowed}, where, repr(d.name))
     for k in d.params:
         if k not in allowed:
             raise SuiteError(f"{where}.params.{k}", f"{d.name!r} takes no {k!r}; it takes {sorted(allowed)}")
