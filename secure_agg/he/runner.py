@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secure_agg.errors import ProtocolAbortError, SecAggConfigError
+from secure_agg.errors import ProtocolAbortError, SecAggConfigError, SecAggError
 from secure_agg.he.client import HEClient, HEClientResult, open_aggregate
 from secure_agg.he.keys import KeyHolder
 from secure_agg.he.messages import KEY_HOLDER_ID, HEStage, PublicContext
@@ -144,7 +144,8 @@ def run_he(
     Raises
     ------
     ProtocolAbortError
-        If the server aborts (too few contributors) or the aggregate is bad.
+        If the server aborts (too few contributors, no valid public context) or
+        the aggregate is bad.
     """
     if set(inputs) != set(weights):
         raise SecAggConfigError(f"input ids {sorted(inputs)} differ from weight ids {sorted(weights)}")
@@ -178,8 +179,12 @@ def run_he(
                           key_id=key_holder.key_id, context=public).to_bytes()
     for m in wire(HEStage.SETUP, Direction.UP, KEY_HOLDER_ID, setup):
         t0 = time.perf_counter()
-        server.receive(KEY_HOLDER_ID, m)
-        stime += time.perf_counter() - t0
+        try:
+            server.receive(KEY_HOLDER_ID, m)
+        except SecAggError as e:  # no usable public key: the round cannot run
+            raise ProtocolAbortError(f"the server refused the key holder's public context: {e}") from None
+        finally:
+            stime += time.perf_counter() - t0
     secret = key_holder.client_context()
     clients: dict[int, HEClient] = {}
     for u in ids:
