@@ -245,6 +245,64 @@ def test_unknown_rule_names_list_the_closest() -> None:
         make("trimmed-means")
 
 
+@pytest.mark.parametrize(
+    ("name", "hyper", "pattern"),
+    [
+        ("krum", {"f": 1, "zz": 3}, "krum (Krum) got unknown parameter 'zz'; valid parameters: f"),
+        ("multi-krum", {"f": 1, "k": 2, "q": 1}, "unknown parameters 'k', 'q'; valid parameters: f, m"),
+        ("dnc", {"niter": 3}, "unknown parameter 'niter'; valid parameters: f, niters, b, c, generator"),
+        ("nnm", {"s": 2}, "nnm (NNM) got unknown parameter 's'; valid parameters: f"),
+        ("norm_bound", {"f": 1}, "norm_bound (NormBound) needs the parameter 'M'; valid parameters: f, M"),
+    ],
+)
+def test_registry_names_unknown_and_missing_parameters(name: str, hyper: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(pattern)):
+        make(name, **hyper)
+
+
+def test_registry_builds_with_valid_parameters() -> None:
+    assert repr(make("multi_krum", f=1, m=3)) == "MultiKrum(f=1, m=3)"
+    assert make("norm_bound", M=2.0).M == 2.0
+
+
+@pytest.mark.parametrize(
+    ("factory", "attr", "expected"),
+    [
+        (lambda: Krum(f=np.int64(2)), "f", 2),
+        (lambda: MultiKrum(f=np.int32(1), m=np.uint8(3)), "m", 3),
+        (lambda: CenteredClipping(tau=np.float32(0.5), L=np.int64(2)), "tau", 0.5),
+        (lambda: CenteredClipping(tau=np.float32(0.5), L=np.int64(2)), "L", 2),
+        (lambda: NormBound(M=np.float16(2.0)), "M", 2.0),
+        (lambda: NormBound(M=np.int64(3)), "M", 3.0),
+        (lambda: GeometricMedian(nu=np.float64(1e-5), max_iter=np.int16(7)), "max_iter", 7),
+        (lambda: FLAME(lam=np.float32(0.25)), "lam", 0.25),
+        (lambda: DnC(niters=np.int64(2), c=np.float32(1.5)), "c", 1.5),
+        (lambda: Bucketing(s=np.int64(3)), "s", 3),
+        (lambda: ARC(f=np.int8(1)), "f", 1),
+    ],
+)
+def test_numpy_scalars_are_accepted_as_python_numbers(factory, attr: str, expected: float) -> None:
+    value = getattr(factory(), attr)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("factory", "pattern"),
+    [
+        (lambda: Krum(f=np.bool_(True)), "f must be an int, got np.True_ (bool)"),
+        (lambda: Krum(f=np.float64(1.0)), "f must be an int, got"),
+        (lambda: CenteredClipping(tau=np.bool_(True)), "tau must be a real number, got np.True_ (bool)"),
+        (lambda: CenteredClipping(tau=np.float32("nan")), "tau must be a positive number"),
+        (lambda: NormBound(M=np.complex64(1.0)), "M must be a real number"),
+        (lambda: FLAME(lam=np.bool_(False)), "lam must be a finite number >= 0"),
+        (lambda: Krum(f=np.int64(-1)), "f must be >= 0, got f=-1"),
+    ],
+)
+def test_numpy_bools_and_non_reals_are_still_refused(factory, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(pattern)):
+        factory()
+
+
 def test_input_is_never_modified() -> None:
     x = np.random.default_rng(0).normal(size=(7, 4))
     before = x.copy()
