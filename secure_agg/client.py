@@ -82,6 +82,8 @@ from secure_agg.messages import (
     SurvivorList,
     UnmaskShares,
     decode_message,
+    signed_part,
+    with_auth,
 )
 from secure_agg.params import SecAggParams
 from secure_agg.prg import MaskAccumulator, derive_key
@@ -209,17 +211,15 @@ class SecAggClient:
         raise ProtocolAbortError(f"client {self.u}: {reason}")
 
     def _out(self, msg_cls: type[Message], **fields: object) -> bytes:
-        msg = msg_cls(round_id=self.params.round_id, sender=self.u, receiver=SERVER_ID, **fields)
+        unsigned = msg_cls(
+            round_id=self.params.round_id, sender=self.u, receiver=SERVER_ID, **fields
+        ).to_bytes()
         if self.params.active:
             assert self._signing_key is not None
-            auth = crypto.sign(self._signing_key, msg.signing_payload())
-        elif self.params.authenticated:
-            auth = crypto.mac(self._mac_up, msg.signing_payload())
-        else:
-            return msg.to_bytes()
-        return msg_cls(
-            round_id=self.params.round_id, sender=self.u, receiver=SERVER_ID, auth=auth, **fields
-        ).to_bytes()
+            return with_auth(unsigned, crypto.sign(self._signing_key, unsigned))
+        if self.params.authenticated:
+            return with_auth(unsigned, crypto.mac(self._mac_up, unsigned))
+        return unsigned
 
     # ------------------------------------------------------------------ round 0
     def advertise_keys(self) -> bytes:
@@ -260,7 +260,8 @@ class SecAggClient:
         if p.authenticated:
             try:
                 crypto.verify_mac(
-                    self._mac_down, msg.auth, msg.signing_payload(), what=type(msg).__name__
+                    self._mac_down, msg.auth, *signed_part(data, len(msg.auth)),
+                    what=type(msg).__name__,
                 )
             except MessageRejectedError as e:
                 self._abort(f"{e} (tampered, forged, misaddressed or from another round)")

@@ -160,14 +160,15 @@ def channel_mac_key(channel_key: bytes, *, round_id: int, client_id: int, upstre
     return derive_key(channel_key, purpose=purpose, round_id=round_id, a=client_id, b=client_id)
 
 
-def mac(key: bytes, payload: bytes) -> bytes:
-    """HMAC-SHA256 tag (32 bytes) of ``payload``."""
+def mac(key: bytes, *parts: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 tag (32 bytes) of the concatenation of ``parts`` (no copy is made)."""
     h = hmac.HMAC(key, hashes.SHA256())
-    h.update(payload)
+    for part in parts:
+        h.update(part)
     return h.finalize()
 
 
-def verify_mac(key: bytes, tag: bytes, payload: bytes, *, what: str) -> None:
+def verify_mac(key: bytes, tag: bytes, *parts: bytes | memoryview, what: str) -> None:
     """Check an HMAC-SHA256 tag in constant time; raises :class:`MessageRejectedError` naming ``what``.
 
     Examples
@@ -180,7 +181,8 @@ def verify_mac(key: bytes, tag: bytes, payload: bytes, *, what: str) -> None:
     secure_agg.errors.MessageRejectedError: invalid MAC on message n
     """
     h = hmac.HMAC(key, hashes.SHA256())
-    h.update(payload)
+    for part in parts:
+        h.update(part)
     try:
         h.verify(tag)
     except InvalidSignature:

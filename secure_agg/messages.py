@@ -60,6 +60,8 @@ __all__ = [
     "UnmaskShares",
     "decode_message",
     "peek_header",
+    "signed_part",
+    "with_auth",
 ]
 
 MAGIC = b"SA"
@@ -233,6 +235,28 @@ class Message(abc.ABC):
         if cls is not Message and not isinstance(msg, cls):
             raise WireFormatError(f"expected a {cls.__name__} message, got {type(msg).__name__}")
         return msg
+
+
+def signed_part(data: bytes | memoryview, auth_len: int) -> tuple[memoryview, bytes]:
+    """The bytes ``auth`` covers, taken from a received encoding without re-encoding it.
+
+    ``data`` with its ``auth_len``-byte trailer removed, as the two parts
+    ``(header and body, b"\\x00")`` (the empty-auth encoding); no copy is made.
+
+    Examples
+    --------
+    >>> m = SurvivorList(round_id=1, sender=0, receiver=2, survivors=(2,))
+    >>> head, tail = signed_part(with_auth(m.to_bytes(), b"t" * 32), 32)
+    >>> bytes(head) + tail == m.signing_payload()
+    True
+    """
+    return memoryview(data)[: len(data) - 1 - auth_len], b"\x00"
+
+
+def with_auth(unsigned: bytes, auth: bytes) -> bytes:
+    """An encoding with an empty ``auth`` (:meth:`Message.to_bytes`) with ``auth`` put in."""
+    _check_auth(auth, "with_auth")
+    return b"".join((memoryview(unsigned)[:-1], bytes([len(auth)]), auth))
 
 
 _REGISTRY: dict[int, type[Message]] = {}

@@ -77,6 +77,8 @@ from secure_agg.messages import (
     SurvivorList,
     UnmaskShares,
     decode_message,
+    signed_part,
+    with_auth,
 )
 from secure_agg.params import SecAggParams
 from secure_agg.prg import MaskAccumulator, derive_key
@@ -241,13 +243,13 @@ class SecAggServer:
             return self._reject(sender, "two different messages in one stage")
         try:
             msg = decode_message(data)
-            self._check(sender, msg)
+            self._check(sender, msg, data)
         except SecAggError as e:
             return self._reject(sender, str(e))
         self._inbox[sender] = (bytes(data), msg)
         return True
 
-    def _check(self, sender: int, msg: Message) -> None:
+    def _check(self, sender: int, msg: Message, data: bytes) -> None:
         p = self.params
         if msg.round_id != p.round_id:
             raise MessageRejectedError(
@@ -267,7 +269,7 @@ class SecAggServer:
             crypto.verify(vk, msg.auth, msg.signing_payload(), what=f"message of client {sender}")
         elif p.authenticated:
             crypto.verify_mac(
-                self._mac_up[sender], msg.auth, msg.signing_payload(),
+                self._mac_up[sender], msg.auth, *signed_part(data, len(msg.auth)),
                 what=f"message of client {sender}",
             )
         if isinstance(msg, AdvertiseKeys) and p.active:
@@ -331,13 +333,12 @@ class SecAggServer:
         raise ProtocolAbortError(reason)
 
     def _send(self, msg_cls: type[Message], receiver: int, **fields: object) -> bytes:
-        msg = msg_cls(round_id=self.params.round_id, sender=SERVER_ID, receiver=receiver, **fields)
-        if not self.params.authenticated:
-            return msg.to_bytes()
-        tag = crypto.mac(self._mac_down[receiver], msg.signing_payload())
-        return msg_cls(
-            round_id=self.params.round_id, sender=SERVER_ID, receiver=receiver, auth=tag, **fields
+        unsigned = msg_cls(
+            round_id=self.params.round_id, sender=SERVER_ID, receiver=receiver, **fields
         ).to_bytes()
+        if not self.params.authenticated:
+            return unsigned
+        return with_auth(unsigned, crypto.mac(self._mac_down[receiver], unsigned))
 
     def advance(self) -> dict[int, bytes]:
         """Close the current stage and return the encoded messages of the next, per client.

@@ -1,6 +1,7 @@
 """pytest-benchmark micro-benchmarks of the SecAgg hot paths (marked slow: not in the default run).
 
-Run with ``pytest -m slow tests/secure_agg/test_secagg_microbench.py --benchmark-only``.
+Run with ``pytest -m slow tests/secure_agg/test_secagg_microbench.py --benchmark-enable``
+(``--benchmark-only`` conflicts with the ``--benchmark-disable`` in the default options).
 """
 
 from __future__ import annotations
@@ -40,3 +41,15 @@ def test_round_n20_d1e4_with_dropouts(benchmark) -> None:
     drops = {3: Stage.MASKED_INPUT, 4: Stage.UNMASKING}
     res = benchmark(run_secagg, xs, params=params, graph=graph, dropouts=drops)
     assert int(res.sum[0]) == sum(u for u in ids if u != 3)
+
+
+@pytest.mark.parametrize("authenticated", [False, True], ids=["plain", "hmac"])
+def test_round_n20_d1e5_channel_authentication(benchmark, authenticated: bool) -> None:
+    """The cost of authenticated channels (HMAC-SHA256 on every message), passive SecAgg."""
+    ids = list(range(1, 21))
+    graph = CommunicationGraph.complete(ids)
+    xs = {u: np.full(100_000, u, np.uint32) for u in ids}
+    params = SecAggParams(round_id=0, t=11, d=100_000, authenticated=authenticated)
+    res = benchmark.pedantic(run_secagg, args=(xs,), kwargs={"params": params, "graph": graph},
+                             rounds=5, iterations=1)
+    assert int(res.sum[0]) == sum(ids)
