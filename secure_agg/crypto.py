@@ -49,6 +49,7 @@ __all__ = [
     "MAC_BYTES",
     "b_commitment",
     "channel_mac_key",
+    "check_public_key",
     "consistency_payload",
     "decrypt",
     "encrypt",
@@ -90,6 +91,27 @@ def pair_key(
             f"invalid X25519 public key of client {v if u != v else u}: {e}"
         ) from None
     return derive_key(shared, purpose=purpose, round_id=round_id, a=u, b=v)
+
+
+def check_public_key(peer_public: bytes, *, what: str) -> None:
+    """Refuse an X25519 public key that cannot agree a key (a low-order point).
+
+    Raises
+    ------
+    MessageRejectedError
+        Naming ``what``, for a key of the wrong length or of small order.
+
+    Examples
+    --------
+    >>> check_public_key(bytes(32), what="s_pk of client 3")
+    Traceback (most recent call last):
+    ...
+    secure_agg.errors.MessageRejectedError: invalid X25519 public key (s_pk of client 3)
+    """
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:
+        raise MessageRejectedError(f"invalid X25519 public key ({what})") from None
 
 
 def share_ad(round_id: int, sender: int, receiver: int) -> bytes:

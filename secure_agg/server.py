@@ -272,9 +272,14 @@ class SecAggServer:
                 self._mac_up[sender], msg.auth, *signed_part(data, len(msg.auth)),
                 what=f"message of client {sender}",
             )
-        if isinstance(msg, AdvertiseKeys) and p.active:
-            payload = crypto.key_signature_payload(p.round_id, sender, msg.c_pk, msg.s_pk)
-            crypto.verify(self._vk[sender], msg.signature, payload, what=f"keys of client {sender}")
+        if isinstance(msg, AdvertiseKeys):
+            if p.active:
+                payload = crypto.key_signature_payload(p.round_id, sender, msg.c_pk, msg.s_pk)
+                crypto.verify(
+                    self._vk[sender], msg.signature, payload, what=f"keys of client {sender}"
+                )
+            crypto.check_public_key(msg.c_pk, what=f"c_pk of client {sender}")
+            crypto.check_public_key(msg.s_pk, what=f"s_pk of client {sender}")
         elif isinstance(msg, ShareKeys):
             want = self.graph.neighbours[sender] & self._sets["U1"]
             got = [v for v, _ in msg.ciphertexts]
@@ -400,7 +405,12 @@ class SecAggServer:
         else:
             u5 = self._close("U5", inbox)
             self._unmask = {u: inbox[u] for u in u5}  # type: ignore[misc]
-            self._result = self._finish()
+            try:
+                self._result = self._finish()
+            except ProtocolAbortError:
+                raise
+            except SecAggError as e:  # backstop: no other error leaves a live server
+                self._fail(f"unmasking failed: {e}")
             self.state = ServerState.DONE
         return out
 

@@ -7,7 +7,8 @@ Hypothesis draws small rounds (n <= 6, d <= 6) and a plan of attacks on the wire
 * withhold -- drop a whole message, or one entry of a list inside it (a relay
   entry, a broadcast key, a survivor, a signature, an unmasking share), either as
   the network (the MAC no longer verifies) or as a lying server / malicious client
-  that re-tags what it forged with the channel key it holds;
+  that re-tags what it forged with the channel key it holds (also: a malicious
+  client's altered unmasking share or low-order public key);
 * replay -- a message of the same client from the previous round (same channel
   keys), or from another stage of this round;
 * equivocate -- the server tells some clients that a survivor dropped;
@@ -39,6 +40,7 @@ from secure_agg import crypto
 from secure_agg.errors import ProtocolAbortError
 from secure_agg.graph import CommunicationGraph
 from secure_agg.messages import (
+    AdvertiseKeys,
     KeyBroadcast,
     MaskedInput,
     ShareKeys,
@@ -72,7 +74,7 @@ _LISTS = {
 }
 
 NETWORK_KINDS = ["flip", "flip_body", "drop", "drop_entry", "duplicate", "dup_altered", "replay_round", "replay_stage"]
-INSIDER_KINDS = ["forge_drop_entry", "forge_share"]  # a lying server / malicious client re-tags
+INSIDER_KINDS = ["forge_drop_entry", "forge_share", "bad_key"]  # a lying server / malicious client re-tags
 LOSSY_KINDS = ["drop", "drop_entry"]  # without channel authentication
 
 
@@ -246,6 +248,12 @@ class Adversary:
                 return []
             forged = _drop_entry(msg, a.rnd)
             return [_retag(r, forged, upstream=up)] if forged is not None else [data]
+        if a.kind == "bad_key":  # a malicious client advertises a low-order X25519 point
+            if not isinstance(msg, AdvertiseKeys) or r.active:
+                return [data]
+            bad = (bytes(32), (1).to_bytes(32, "little"))[(a.rnd >> 1) % 2]
+            forged = dataclasses.replace(msg, **{("s_pk", "c_pk")[a.rnd % 2]: bad})
+            return [_retag(r, forged, upstream=True)]
         if a.kind == "forge_share":
             forged = _forge_share(msg, a.rnd)
             if forged is None or r.active:

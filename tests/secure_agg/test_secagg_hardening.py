@@ -243,3 +243,23 @@ def test_missing_channel_keys_are_a_config_error() -> None:
         SecAggServer(
             params=p, graph=CommunicationGraph.complete([1, 2, 3]), channel_keys={1: KEYS[1], 2: KEYS[2]}
         )
+
+
+@pytest.mark.parametrize("field", ["s_pk", "c_pk"])
+def test_low_order_public_key_rejects_its_sender(field: str) -> None:
+    """A malicious client's unusable key is refused at once, not in the server's unmasking."""
+    from secure_agg.messages import AdvertiseKeys
+
+    def bad_key(stage: Stage, direction: str, u: int, data: bytes) -> list[bytes]:
+        if stage is Stage.ADVERTISE_KEYS and direction == Direction.UP and u == 4:
+            msg = AdvertiseKeys.from_bytes(data)
+            return [_retag_up(dataclasses.replace(msg, **{field: bytes(32)}), KEYS[4])]
+        return [data]
+
+    xs = _inputs(5, 4)
+    res = run_secagg(
+        xs, params=SecAggParams(round_id=1, t=3, d=4), graph=CommunicationGraph.complete(xs),
+        intercept=bad_key, channel_keys={u: KEYS[u] for u in xs},
+    )
+    assert f"invalid X25519 public key ({field} of client 4)" in res.rejected[4]
+    assert np.array_equal(res.sum, _sum(xs, res.survivors)) and res.survivors == (1, 2, 3, 5)
