@@ -113,7 +113,7 @@ class SecAggPlusAggregator(Aggregator):
         self.eta = real_param(eta, "eta", low=0.0, low_open=True)
         self.active = flag_param(active, "active")
         self.dropout_rate = real_param(dropout_rate, "dropout_rate", low=0.0, high=1.0)
-        self.dropout_stage = _stage(dropout_stage, client="(every dropped client)", active=self.active)
+        self.dropout_stage = _stage(dropout_stage, what="(dropout_stage)", active=self.active)
         self.seed = int_param(seed, "seed", low=0)
         self.integer_input = flag_param(integer_input, "integer_input")
         if self.integer_input and not 2 <= self.ring_bits <= 52:

@@ -134,6 +134,8 @@ class CommunicationGraph:
         n = len(ids_t)
         if n < 2:
             raise SecAggConfigError(f"need at least 2 clients, got {n}")
+        if isinstance(k, np.integer):
+            k = int(k)
         if not isinstance(k, int) or k < 2:
             raise SecAggConfigError(f"degree k must be an int >= 2, got {k!r}")
         if k >= n - 1:
@@ -215,6 +217,8 @@ def choose_k_t(
     >>> k < 999 and k % 2 == 0
     True
     """
+    if isinstance(n, np.integer):
+        n = int(n)
     if not isinstance(n, int) or n < 2:
         raise SecAggConfigError(f"n must be an int >= 2, got {n!r}")
     if not (0.0 <= gamma < 1.0 and 0.0 <= delta < 1.0 and gamma + delta < 1.0):

@@ -59,7 +59,9 @@ def ring_dtype(ring_bits: int) -> np.dtype:
     >>> ring_dtype(20), ring_dtype(32), ring_dtype(33)
     (dtype('uint32'), dtype('uint32'), dtype('uint64'))
     """
-    if not isinstance(ring_bits, int) or not 2 <= ring_bits <= 64:
+    if isinstance(ring_bits, np.integer):
+        ring_bits = int(ring_bits)
+    if not isinstance(ring_bits, int) or isinstance(ring_bits, bool) or not 2 <= ring_bits <= 64:
         raise SecAggConfigError(f"ring_bits must be an int in [2, 64], got {ring_bits!r}")
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if ring_bits <= 8 * np.dtype(dt).itemsize:
@@ -89,6 +91,10 @@ class FixedPointEncoder:
     dtype: np.dtype = field(init=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.clip, np.floating | np.integer):  # NumPy scalars are valid values
+            object.__setattr__(self, "clip", float(self.clip))
+        if isinstance(self.ring_bits, np.integer):
+            object.__setattr__(self, "ring_bits", int(self.ring_bits))
         if not (isinstance(self.clip, int | float) and math.isfinite(self.clip) and self.clip > 0):
             raise SecAggConfigError(f"clip must be a finite float > 0, got {self.clip!r}")
         dtype = ring_dtype(self.ring_bits)

@@ -97,7 +97,7 @@ class RunResult:
         return sum(v.get(direction, 0) for v in self.bytes_sent.values())
 
 
-def _stage(value: object, *, client: object, active: bool) -> Stage:
+def _stage(value: object, *, what: str, active: bool) -> Stage:
     """A dropout stage given as a :class:`Stage`, its name (any case) or its number."""
     valid = [s for s in Stage if active or s is not Stage.CONSISTENCY_CHECK]
     names = ", ".join(s.name for s in valid)
@@ -111,7 +111,7 @@ def _stage(value: object, *, client: object, active: bool) -> Stage:
     if stage is None or stage not in valid:
         mode = "" if active else " (CONSISTENCY_CHECK exists only in the active setting)"
         raise SecAggConfigError(
-            f"dropout stage {value!r} of client {client!r} is not a stage of this round; "
+            f"dropout stage {value!r} {what} is not a stage of this round; "
             f"valid: {names}{mode}"
         )
     return stage
@@ -161,7 +161,7 @@ def run_secagg(
     if bad:
         raise SecAggConfigError(f"dropout schedule names unknown clients {bad}")
     dropouts = {
-        u: _stage(s, client=u, active=params.active) for u, s in (dropouts or {}).items()
+        u: _stage(s, what=f"of client {u!r}", active=params.active) for u, s in (dropouts or {}).items()
     }
     if params.authenticated and channel_keys is None:
         channel_keys = {u: os.urandom(CHANNEL_KEY_BYTES) for u in graph.ids}

@@ -60,6 +60,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from secure_agg.he.errors import HEConfigError, HEOverflowError, InsecureParametersError
 
 __all__ = [
@@ -441,6 +443,11 @@ def select_params(
     """
     if scheme not in ("auto", *SCHEMES):
         raise HEConfigError(f"scheme must be 'auto', 'bfv' or 'ckks', got {scheme!r}")
+    # NumPy scalars are valid values: np.int64(1000), np.float32(1.0)
+    d, n, weight_bound, precision_bits, security_bits = (
+        int(v) if isinstance(v, np.integer) else v for v in (d, n, weight_bound, precision_bits, security_bits)
+    )
+    clip = float(clip) if isinstance(clip, np.floating) else clip
     if security_bits not in SECURITY_TABLE:
         raise InsecureParametersError(
             f"security_bits must be one of {sorted(SECURITY_TABLE)}, got {security_bits!r}"

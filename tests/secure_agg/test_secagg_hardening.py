@@ -263,3 +263,19 @@ def test_low_order_public_key_rejects_its_sender(field: str) -> None:
     )
     assert f"invalid X25519 public key ({field} of client 4)" in res.rejected[4]
     assert np.array_equal(res.sum, _sum(xs, res.survivors)) and res.survivors == (1, 2, 3, 5)
+
+
+def test_numpy_scalars_in_the_lower_layers() -> None:
+    from secure_agg.graph import choose_k_t
+    from secure_agg.he.params import select_params
+    from secure_agg.quantize import FixedPointEncoder, ring_dtype
+
+    assert ring_dtype(np.int64(20)) == np.uint32
+    enc = FixedPointEncoder(clip=np.float32(1.0), ring_bits=np.int64(32), weight_bound=np.int64(3))
+    assert enc.clip == 1.0 and type(enc.clip) is float
+    g = CommunicationGraph.harary(range(1, 11), k=np.int64(4), rng=np.random.default_rng(0))
+    assert g.k == 4
+    assert choose_k_t(np.int64(100), gamma=0.05, delta=0.1) == choose_k_t(100, gamma=0.05, delta=0.1)
+    p = select_params(d=np.int64(10), n=np.int32(3), clip=np.float32(1.0), weight_bound=np.int64(3),
+                      precision_bits=np.int64(10), security_bits=np.int64(128))
+    assert p.n_values == 11
