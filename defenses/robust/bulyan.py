@@ -98,8 +98,9 @@ def closest_to_median_mean(selected: torch.Tensor, beta: int, rows: torch.Tensor
     keep the lower window). The window's values are then gathered and averaged.
     With ``rows`` given, only those rows of ``selected`` are used.
 
-    Overflow: the test compares halves, ``s_a / 2 + s_{a+beta} / 2 < m``
-    (halving is exact, so the comparisons are those of exact arithmetic), and
+    Overflow: when a value exceeds half the dtype's maximum the test compares
+    halves, ``s_a / 2 + s_{a+beta} / 2 < m`` (halving is exact, so the
+    comparisons are those of exact arithmetic), and
     the window's mean falls back to float64 if its running sum overflows: the
     result lies within the window's values, so it is representable.
 
@@ -115,9 +116,16 @@ def closest_to_median_mean(selected: torch.Tensor, beta: int, rows: torch.Tensor
     if span == 0:
         return safe_mean(srt)
     lo, hi = (theta - 1) // 2, theta // 2
-    median = 0.5 * srt[lo] + 0.5 * srt[hi]
-    # m - s_a > s_{a+beta} - m  <=>  s_a/2 + s_{a+beta}/2 < m, i.e. "a < start"; row by row
-    slide = [torch.lt(0.5 * srt[a] + 0.5 * srt[a + beta], median) for a in range(span)]
+    # m - s_a > s_{a+beta} - m  <=>  s_a + s_{a+beta} < 2m, i.e. "a < start"; row by row.
+    # Sums of two values cannot overflow while every value is at most max/2 (checked on the
+    # first and last sorted rows); otherwise compare halves, s_a/2 + s_{a+beta}/2 < m.
+    bound = torch.finfo(srt.dtype).max / 2
+    if bool(srt[0].abs().max() <= bound) and bool(srt[-1].abs().max() <= bound):
+        twice_median = srt[lo] + srt[hi]
+        slide = [torch.lt(srt[a] + srt[a + beta], twice_median) for a in range(span)]
+    else:
+        median = 0.5 * srt[lo] + 0.5 * srt[hi]
+        slide = [torch.lt(0.5 * srt[a] + 0.5 * srt[a + beta], median) for a in range(span)]
     if beta >= span:
         # rows [span, beta) are in every window; for a < span exactly one of s_a (a >= start)
         # and s_{a+beta} (a < start) is in the window: sum without gather or cancellation

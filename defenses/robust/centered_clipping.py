@@ -108,8 +108,8 @@ class CenteredClipping(RobustAggregator):
             if it == 0:
                 scores = norms
                 clipped = float(over.sum())
-            # a finite sum proves every difference finite (one reduction, as in validate_cohort)
-            exact_diff = bool(torch.isfinite(diff.sum()))
+            # no entry of x_i - v exceeds ||x_i - v||: if every norm fits the dtype, diff did not overflow
+            exact_diff = bool((norms <= torch.finfo(updates.dtype).max).all())
             v = v + (combine(scale / n, diff) if exact_diff else combine(scale / n, updates, center=v))
         self._v = v.detach().clone()
         return AggregationResult(

@@ -21,7 +21,7 @@ import torch
 from defenses.robust.base import RobustAggregator, check_positive, require
 from defenses.robust.distances import pairwise_cosine_similarity
 from defenses.robust.errors import StateMismatchError
-from defenses.robust.numerics import WIDE, combine
+from defenses.robust.numerics import WIDE, all_finite, combine
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
@@ -175,6 +175,9 @@ class FoolsGold(RobustAggregator):
         assert self._history is not None and self._exponent is not None
         mantissa, exponent = self._history[rows], self._exponent[rows]
         total = mantissa + updates
+        if bool((exponent == 0).all()) and all_finite(total):
+            self._history[rows] = total
+            return
         redo = (exponent != 0) | ~torch.isfinite(total).all(dim=1)
         if bool(redo.any()):
             r = redo.nonzero().squeeze(1)

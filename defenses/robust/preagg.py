@@ -152,10 +152,10 @@ class ARC(PreAggregator):
     Robust Federated Learning"). With ``k = floor(2 (f / n) (n - f))``, every
     update is clipped to ``C``, the norm of the ``(k + 1)``-th largest update:
     ``x_i * min(1, C / ||x_i||)``, so the ``k`` largest are scaled down to
-    ``C``. ``f = 0`` leaves the cohort unchanged. Norms are float64 and the
-    clipped rows are formed from their directions
-    (:func:`~defenses.robust.numerics.clip_rows`), so a clipped row has norm
-    ``C`` whatever its magnitude.
+    ``C``. ``f = 0`` leaves the cohort unchanged. Norms are float64; a row
+    whose factor ``C / ||x_i||`` is below the dtype's normal range is clipped
+    through its direction (:func:`~defenses.robust.numerics.clip_rows`), so a
+    clipped row has norm ``C`` whatever its magnitude.
 
     Parameters
     ----------
@@ -184,7 +184,11 @@ class ARC(PreAggregator):
             return PreAggregation(updates=updates.clone(), weights=weights, owner=owner)
         norms = row_norms(updates)
         threshold = torch.sort(norms, descending=True).values[k]
-        over = (norms > threshold).nonzero().squeeze(1)
-        clipped = updates.clone()
-        clipped[over] = clip_rows(updates, over, threshold)
+        scale = torch.where(norms > threshold, threshold / norms, torch.ones_like(norms))
+        clipped = updates * scale.to(updates.dtype)[:, None]
+        # a factor below the dtype's normal range (a huge row) keeps too few bits: clip by direction
+        fi = torch.finfo(updates.dtype)
+        coarse = (scale < fi.tiny / fi.eps).nonzero().squeeze(1)
+        if coarse.numel() > 0:
+            clipped[coarse] = clip_rows(updates, coarse, threshold)
         return PreAggregation(updates=clipped, weights=weights, owner=owner)
