@@ -8,12 +8,31 @@
 
 Layers, bottom up: :mod:`~secure_agg.shamir` (Shamir sharing over GF(2^31 - 1)),
 :mod:`~secure_agg.prg` (AES-CTR mask expansion keyed through HKDF),
-:mod:`~secure_agg.crypto` (X25519, AES-GCM, Ed25519), :mod:`~secure_agg.quantize`
+:mod:`~secure_agg.crypto` (X25519, AES-GCM, Ed25519, HMAC-SHA256), :mod:`~secure_agg.quantize`
 (fixed-point ring encoding), :mod:`~secure_agg.graph` (SecAgg+ graphs and the
 choice of k and t), :mod:`~secure_agg.messages` (typed messages, wire format),
 :mod:`~secure_agg.client` / :mod:`~secure_agg.server` (state machines),
 :mod:`~secure_agg.runner` (in-memory rounds with dropouts) and
 :mod:`~secure_agg.aggregator` (the fl_core plug-ins).
+
+Threat model per mode (a round never returns a wrong sum: it returns the exact
+sum of the survivors it names, or raises :class:`ProtocolAbortError`):
+
+* Passive (``SecAggParams(active=False)``, the default): the server follows the
+  protocol but is curious; any set of fewer than ``t`` clients may collude with
+  it. Every message carries an HMAC-SHA256 tag under the channel key its client
+  shares with the server (``authenticated=True``, the default), so a network
+  attacker can only make clients drop out, never alter, inject or replay a
+  message. The server holds the channel keys and could forge client messages.
+* Active (``active=True``): the server may lie. Client messages are Ed25519-signed
+  and the survivor list is confirmed by signatures. In both modes each masked
+  input commits to the peers it was masked with (the server unmasks with exactly
+  those pairs or refuses the input), and ``t > (k + 1) / 2`` stops a server that
+  equivocates about dropouts from collecting both secrets of a client. The
+  server can still abort or leave clients out.
+* ``authenticated=False``: only for a transport that authenticates each message
+  itself (mutual TLS). Without it a flipped byte gives a wrong sum; withheld
+  messages and relay entries are still handled.
 
 Examples
 --------

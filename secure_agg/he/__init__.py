@@ -15,6 +15,12 @@ checked decoding), :mod:`~secure_agg.he.messages` (SecAgg wire format, magic
 server only adds), :mod:`~secure_agg.he.runner` (in-memory rounds with dropouts)
 and :mod:`~secure_agg.he.aggregator` (the fl_core plug-ins).
 
+Threat model (details in :mod:`secure_agg.he.server`): the server cannot
+decrypt; inputs are Ed25519-signed and the aggregate is signed by default, and a
+rejected client contributes nothing; the server is not trusted for correctness
+(it can add an encryption of an offset, drop contributors or replay an older
+aggregate under the same key).
+
 Examples
 --------
 >>> import torch
