@@ -16,6 +16,11 @@ which keeps the ratios meaningful on a shared, noisy machine.
 ``f = max(1, (n - 3) // 4)``, the largest ``f`` Bulyan tolerates, for every rule.
 The goal for Krum, Multi-Krum and Bulyan is a ratio of at most 3.
 
+``--byzantine-scale A`` replaces the first ``f`` rows of the cohort the rules
+see by ``+A`` and ``-A`` (alternately) in every coordinate, e.g. ``3e38``: the
+cost of the overflow-safe paths the rules take for extreme finite rows. The
+floors are still measured on the ordinary cohort, so the ratios show that cost.
+
 Run it with ``flsec bench robust`` or ``python -m benchmarks.bench_robust robust``;
 it prints a rich table and writes ``bench_robust.csv`` and ``bench_robust.json``
 under ``--out``.
@@ -25,6 +30,8 @@ Examples
 >>> rows = run_robust_bench(ns=[5], ds=[100], device="cpu", repeats=1, rules=["krum"])
 >>> rows[0]["rule"], rows[0]["floor"], rows[0]["ratio"] > 0
 ('krum', 'dist', True)
+>>> run_robust_bench(ns=[5], ds=[10], repeats=1, rules=["median"], byzantine_scale=3e38)[0]["byzantine_scale"]
+3e+38
 """
 
 from __future__ import annotations
@@ -152,6 +159,7 @@ def run_robust_bench(
     repeats: int = 5,
     rules: Sequence[str] | None = None,
     seed: int = 0,
+    byzantine_scale: float | None = None,
 ) -> list[dict[str, Any]]:
     """Time each rule for each ``(n, d)``; return one row per (n, d, rule).
 
@@ -168,17 +176,22 @@ def run_robust_bench(
         Subset of :data:`CASES` (default: all).
     seed : int
         Seed of the cohorts and of the randomised rules.
+    byzantine_scale : float, optional
+        If given, the rules see the cohort with its first ``f`` rows set to
+        ``+byzantine_scale`` and ``-byzantine_scale`` alternately (finite, at
+        most the dtype's maximum); the floors keep the ordinary cohort.
 
     Returns
     -------
     list of dict
         Keys: ``n, d, f, device, rule, floor, seconds, floor_seconds, ratio,
-        mean_seconds, dist_seconds, goal``.
+        mean_seconds, dist_seconds, goal, byzantine_scale``.
 
     Raises
     ------
     ConfigError
-        On an unknown rule, ``n < 4``, ``d < 1`` or ``repeats < 1``.
+        On an unknown rule, ``n < 4``, ``d < 1``, ``repeats < 1`` or a
+        ``byzantine_scale`` that is not a finite float32 number.
     """
     dev = resolve_device(device)
     names = list(CASES) if rules is None else list(rules)
@@ -189,6 +202,8 @@ def run_robust_bench(
         raise ConfigError(f"repeats must be >= 1, got repeats={repeats}")
     if any(n < 4 for n in ns) or any(d < 1 for d in ds):
         raise ConfigError(f"need every n >= 4 and d >= 1, got ns={list(ns)}, ds={list(ds)}")
+    if byzantine_scale is not None and not 0 <= abs(byzantine_scale) <= torch.finfo(torch.float32).max:
+        raise ConfigError(f"byzantine_scale must be a finite float32 number, got {byzantine_scale!r}")
     rows: list[dict[str, Any]] = []
     # one untimed pass on a small cohort: first-call costs (thread pools, caches, lazy
     # imports) must not land in the first timed cell
@@ -201,13 +216,14 @@ def run_robust_bench(
             data_gen = torch_generator(seed, n, d)
             x = torch.randn(n, d, generator=data_gen).to(dev)
             f = max(1, (n - 3) // 4)
+            attacked = x if byzantine_scale is None else _with_byzantine_rows(x, f, byzantine_scale)
             calls: dict[str, Callable[[], Any]] = {
                 "floor:mean": lambda x=x: x.mean(dim=0),
                 "floor:dist": lambda x=x: pairwise_sq_distances(x),
             }
             for name in names:
                 call = CASES[name][1](n, f, x, torch_generator(seed, n, d, 1))
-                calls[name] = lambda call=call, x=x: call(x)
+                calls[name] = lambda call=call, x=attacked: call(x)
             best = _time_interleaved(calls, dev, repeats)
             floors = {"mean": best["floor:mean"], "dist": best["floor:dist"]}
             logger.info("n=%d d=%d floors: %s", n, d, floors)
@@ -228,18 +244,30 @@ def run_robust_bench(
                         "mean_seconds": floors["mean"],
                         "dist_seconds": floors["dist"],
                         "goal": GOAL.get(name),
+                        "byzantine_scale": byzantine_scale,
                     }
                 )
                 logger.info("n=%d d=%d %s: %.4fs (x%.2f %s)", n, d, name, seconds, rows[-1]["ratio"], floor)
-            del x, calls
+            del x, attacked, calls
     return rows
+
+
+def _with_byzantine_rows(x: torch.Tensor, f: int, scale: float) -> torch.Tensor:
+    """``x`` with rows ``0..f-1`` set to ``+scale`` (even rows) and ``-scale`` (odd rows)."""
+    out = x.clone()
+    out[:f:2] = scale
+    out[1:f:2] = -scale
+    return out
 
 
 def _ratio_table(rows: list[dict[str, Any]]) -> Table:
     configs = sorted({(r["n"], r["d"]) for r in rows})
     names = list(dict.fromkeys(r["rule"] for r in rows))
     by = {(r["rule"], r["n"], r["d"]): r for r in rows}
-    table = Table(title=f"robust rules: time / floor ({rows[0]['device']})", title_justify="left")
+    title = f"robust rules: time / floor ({rows[0]['device']})"
+    if rows[0].get("byzantine_scale") is not None:
+        title += f", f rows at +/-{rows[0]['byzantine_scale']:g}"
+    table = Table(title=title, title_justify="left")
     table.add_column("rule", style="bold")
     table.add_column("floor")
     for n, d in configs:
@@ -304,6 +332,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per cell (best of)")
     p.add_argument("--rules", type=_names, default=None, help=f"subset of {','.join(CASES)}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--byzantine-scale",
+        type=float,
+        default=None,
+        help="set the first f rows to +/- this value (e.g. 3e38) to time the overflow-safe paths",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=Path("runs/bench_robust"))
     p.set_defaults(func=main)
@@ -314,7 +348,13 @@ def main(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments; prints the ratio table and writes the outputs."""
     apply_threads(args.threads)
     rows = run_robust_bench(
-        ns=args.ns, ds=args.ds, device=args.device, repeats=args.repeats, rules=args.rules, seed=args.seed
+        ns=args.ns,
+        ds=args.ds,
+        device=args.device,
+        repeats=args.repeats,
+        rules=args.rules,
+        seed=args.seed,
+        byzantine_scale=args.byzantine_scale,
     )
     Console(width=max(100, 30 + 12 * len({(r["n"], r["d"]) for r in rows}))).print(_ratio_table(rows))
     for path in write_outputs(rows, args.out):
