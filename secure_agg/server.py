@@ -22,8 +22,11 @@ input is refused and ``u`` counts as dropped before ``U3`` (its pairwise masks
 are then removed from its neighbours' inputs with its reconstructed ``s_u^SK``,
 its own input, still hidden by ``b_u``, is not used). So every survivor's pairs
 with other survivors cancel and every pair with a non-survivor is removed: a
-withheld or lost relay entry costs that client, never the sum. A duplicate identical message is
-ignored. The final unmasking reconstructs ``b_u`` for every ``u in U3`` and
+withheld or lost relay entry costs that client, never the sum. (A masked input
+also names those peers, so unmasking uses exactly the pairs each survivor used,
+and refuses with a reason if two survivors disagree.)
+
+A duplicate identical message is ignored. The final unmasking reconstructs ``b_u`` for every ``u in U3`` and
 ``s_v^SK`` for every ``v in U2 \\ U3`` (vectorised Lagrange interpolation, grouped
 by share-holder set), checks them against the commitment ``H(b_u)`` and the
 advertised ``s_v^PK``, and removes the masks. Anything that cannot be done
