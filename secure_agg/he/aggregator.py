@@ -130,7 +130,7 @@ class HEAggregator(Aggregator):
             rng = numpy_generator(self.seed, self._calls)
             round_id = self._calls
         self._calls += 1
-        exact = self._exact_weights if self._exact_weights is not None else None
+        exact = self._exact_weights
         if exact is None or len(exact) != n:  # called without aggregate(): weights already cast
             exact = exact_weights(weights, error=HEConfigError) or [1] * n
         w_int = {u: exact[u - 1] for u in range(1, n + 1)}
