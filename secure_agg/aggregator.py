@@ -154,6 +154,24 @@ class SecAggPlusAggregator(Aggregator):
         finally:
             self._exact_weights = None
 
+    def check_tolerance(self, n: int) -> None:
+        """Raise :class:`SecAggConfigError` unless rounds of ``n`` clients have a secure ``(k, t)``.
+
+        ``Federation`` calls it at construction, so an impossible cohort fails before
+        any local training.
+
+        Examples
+        --------
+        >>> SecAggAggregator(clip=1.0, gamma=0.3, delta=0.3).check_tolerance(4)
+        Traceback (most recent call last):
+        ...
+        secure_agg.errors.SecAggConfigError: threshold t=4 leaves no room for delta=0.3 dropouts among n=4
+        """
+        n = int_param(n, "n", low=0)
+        if n < 2:
+            raise SecAggConfigError(f"secure aggregation needs at least 2 clients, got n={n}")
+        self._graph(list(range(1, n + 1)), np.random.default_rng(0))
+
     def _graph(self, ids: list[int], rng: np.random.Generator) -> tuple[CommunicationGraph, int]:
         k, t = choose_k_t(
             len(ids), gamma=self.gamma, delta=self.delta, sigma=self.sigma, eta=self.eta

@@ -279,3 +279,11 @@ def test_numpy_scalars_in_the_lower_layers() -> None:
     p = select_params(d=np.int64(10), n=np.int32(3), clip=np.float32(1.0), weight_bound=np.int64(3),
                       precision_bits=np.int64(10), security_bits=np.int64(128))
     assert p.n_values == 11
+
+
+def test_check_tolerance_fails_before_any_round() -> None:
+    with pytest.raises(SecAggConfigError, match="at least 2 clients"):
+        SecAggPlusAggregator(clip=1.0).check_tolerance(1)
+    with pytest.raises(SecAggConfigError, match="no \\(k, t\\) meets"):
+        SecAggPlusAggregator(clip=1.0, gamma=0.4, delta=0.4).check_tolerance(6)
+    SecAggAggregator(clip=1.0, gamma=0.0, delta=0.0).check_tolerance(np.int64(3))
