@@ -37,6 +37,7 @@ import torch
 
 from defenses.robust.errors import MissingGeneratorError
 from defenses.robust.formats import UpdatesLike, from_cohort, from_vector, to_cohort
+from defenses.robust.numerics import all_finite
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
 from fl_core.errors import ConfigError, ToleranceError
 from fl_core.updates import check_cohort, check_weights
@@ -63,13 +64,17 @@ def validate_cohort(cohort: torch.Tensor) -> torch.Tensor:
     finite at the cost of one reduction, while ``torch.isfinite(x).all()``
     costs about 40 times more on CPU (measured with torch 2.13: 0.77 s vs
     0.02 s for a ``(100, 1e6)`` float32 tensor, twice a distance matrix).
-    Anything else goes to ``check_cohort``, which raises the precise error
-    (or accepts a finite cohort whose sum overflowed).
+    When the total overflows (a valid Byzantine row of ``1e38``), the minimum
+    and maximum decide (one more reduction, as fast as the sum;
+    :func:`~defenses.robust.numerics.all_finite`). Anything non-finite goes to
+    ``check_cohort``, which raises the precise error.
 
     Examples
     --------
     >>> import torch
     >>> validate_cohort(torch.ones(2, 3)).shape
+    torch.Size([2, 3])
+    >>> validate_cohort(torch.full((2, 3), 3e38)).shape
     torch.Size([2, 3])
     """
     if (
@@ -78,9 +83,9 @@ def validate_cohort(cohort: torch.Tensor) -> torch.Tensor:
         and cohort.is_floating_point()
         and cohort.shape[0] >= 1
         and cohort.shape[1] >= 1
-        and bool(torch.isfinite(cohort.sum()))
     ):
-        return cohort
+        if all_finite(cohort):
+            return cohort
     return check_cohort(cohort)
 
 

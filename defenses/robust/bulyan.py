@@ -17,7 +17,7 @@ import torch
 
 from defenses.robust.base import RobustAggregator, require
 from defenses.robust.distances import scaled_sq_distances
-from defenses.robust.numerics import WIDE, safe_mean, unscale
+from defenses.robust.numerics import WIDE, all_finite, safe_mean, unscale
 from defenses.robust.registry import register
 from defenses.robust.sorting import sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
@@ -133,7 +133,7 @@ def closest_to_median_mean(selected: torch.Tensor, beta: int, rows: torch.Tensor
         for a, moved in enumerate(slide):
             total += torch.where(moved, srt[a + beta], srt[a])
         out = total / beta
-        if bool(torch.isfinite(out).all()):
+        if all_finite(out):
             return out
     start = torch.zeros(srt.shape[1], dtype=torch.int32, device=srt.device)
     for moved in slide:

@@ -24,7 +24,7 @@ from defenses.robust.base import (
     require,
     resolve_generator,
 )
-from defenses.robust.numerics import WIDE, combine, pow2_scale
+from defenses.robust.numerics import WIDE, abs_max, combine, pow2_scale
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
@@ -66,7 +66,7 @@ def outlier_scores(sub: torch.Tensor) -> torch.Tensor:
     if scores is not None:
         return scores
     wide = sub.to(WIDE)
-    scale = pow2_scale(wide.abs().amax()) if torch.finfo(sub.dtype).max >= torch.finfo(WIDE).max else None
+    scale = pow2_scale(abs_max(wide)) if torch.finfo(sub.dtype).max >= torch.finfo(WIDE).max else None
     if scale is not None:
         wide = wide * scale
     centred = wide - wide.mean(dim=0)

@@ -21,13 +21,16 @@ import torch
 from defenses.robust.base import RobustAggregator, check_positive, require
 from defenses.robust.distances import pairwise_cosine_similarity
 from defenses.robust.errors import StateMismatchError
-from defenses.robust.numerics import WIDE, all_finite, combine
+from defenses.robust.numerics import WIDE, abs_max, all_finite, combine, rows_finite
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 
 __all__ = ["FoolsGold", "foolsgold_weights"]
 
 logger = logging.getLogger(__name__)
+
+#: cosines within this many ``eps`` of the histories' dtype of 1 count as parallel
+_PARALLEL_EPS = 64
 
 
 def foolsgold_weights(history: torch.Tensor, *, kappa: float = 1.0) -> torch.Tensor:
@@ -41,7 +44,11 @@ def foolsgold_weights(history: torch.Tensor, *, kappa: float = 1.0) -> torch.Ten
     ``kappa * (ln(alpha / (1 - alpha)) + 0.5)`` clipped to ``[0, 1]``.
     The cosines are those of
     :func:`~defenses.robust.distances.pairwise_cosine_similarity`, exact in
-    range for any finite magnitude; the rates are float64.
+    range for any finite magnitude, and a cosine within ``64 eps`` of 1 (``eps``
+    of the histories' dtype) counts as 1: the Gram-based cosine of two parallel
+    vectors of different lengths can fall a rounding error short of 1, which
+    the rescaling by ``max alpha`` would otherwise amplify into a full rate
+    when every client has a parallel partner (``d = 1``). The rates are float64.
 
     Examples
     --------
@@ -52,6 +59,10 @@ def foolsgold_weights(history: torch.Tensor, *, kappa: float = 1.0) -> torch.Ten
     """
     n = history.shape[0]
     cs = pairwise_cosine_similarity(history)
+    # parallel histories of different magnitudes (Sybils scaling one update) get a cosine
+    # a rounding error short of 1: within the histories' precision it is 1
+    tolerance = _PARALLEL_EPS * torch.finfo(history.dtype).eps
+    cs = torch.where(cs >= 1.0 - tolerance, torch.ones_like(cs), cs)
     cs.fill_diagonal_(0.0)
     v = cs.max(dim=1).values
     # pardoning: cs_ij *= v_i / v_j where v_i < v_j (so v_j > v_i >= 0, never a division by 0)
@@ -86,8 +97,8 @@ def _renormalised_sum(
     >>> float(m[0, 0]) * 2.0 ** int(e[0]) == 2 * float(torch.tensor(3e38))
     True
     """
-    m_exp = torch.frexp(mantissa.abs().amax(dim=1).to(WIDE))[1].to(torch.int64) + exponent
-    x_exp = torch.frexp(updates.abs().amax(dim=1).to(WIDE))[1].to(torch.int64)
+    m_exp = torch.frexp(abs_max(mantissa, dim=1).to(WIDE))[1].to(torch.int64) + exponent
+    x_exp = torch.frexp(abs_max(updates, dim=1).to(WIDE))[1].to(torch.int64)
     new_exp = torch.maximum(m_exp, x_exp)
     two = torch.tensor(2.0, dtype=WIDE, device=updates.device)
     total = mantissa.to(WIDE) * torch.pow(two, (exponent - new_exp).to(WIDE))[:, None]
@@ -178,7 +189,7 @@ class FoolsGold(RobustAggregator):
         if bool((exponent == 0).all()) and all_finite(total):
             self._history[rows] = total
             return
-        redo = (exponent != 0) | ~torch.isfinite(total).all(dim=1)
+        redo = (exponent != 0) | ~rows_finite(total)
         if bool(redo.any()):
             r = redo.nonzero().squeeze(1)
             total[r], self._exponent[rows[r]] = _renormalised_sum(mantissa[r], exponent[r], updates[r])

@@ -185,10 +185,12 @@ class ARC(PreAggregator):
         norms = row_norms(updates)
         threshold = torch.sort(norms, descending=True).values[k]
         scale = torch.where(norms > threshold, threshold / norms, torch.ones_like(norms))
-        clipped = updates * scale.to(updates.dtype)[:, None]
-        # a factor below the dtype's normal range (a huge row) keeps too few bits: clip by direction
+        # a factor below the dtype's normal range (a huge row) keeps too few bits (and subnormal
+        # arithmetic is slow on CPUs): those rows are clipped through their direction instead
         fi = torch.finfo(updates.dtype)
-        coarse = (scale < fi.tiny / fi.eps).nonzero().squeeze(1)
+        coarse_mask = scale < fi.tiny / fi.eps
+        coarse = coarse_mask.nonzero().squeeze(1)
+        clipped = updates * scale.masked_fill(coarse_mask, 1.0).to(updates.dtype)[:, None]
         if coarse.numel() > 0:
             clipped[coarse] = clip_rows(updates, coarse, threshold)
         return PreAggregation(updates=clipped, weights=weights, owner=owner)
