@@ -17,7 +17,7 @@ import torch
 
 from defenses.robust.base import RobustAggregator, require
 from defenses.robust.distances import scaled_sq_distances
-from defenses.robust.numerics import WIDE, all_finite, safe_mean, unscale
+from defenses.robust.numerics import WIDE, abs_max, all_finite, safe_mean, unscale
 from defenses.robust.registry import register
 from defenses.robust.sorting import sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
@@ -120,7 +120,7 @@ def closest_to_median_mean(selected: torch.Tensor, beta: int, rows: torch.Tensor
     # Sums of two values cannot overflow while every value is at most max/2 (checked on the
     # first and last sorted rows); otherwise compare halves, s_a/2 + s_{a+beta}/2 < m.
     bound = torch.finfo(srt.dtype).max / 2
-    if bool(srt[0].abs().max() <= bound) and bool(srt[-1].abs().max() <= bound):
+    if bool(abs_max(srt[0]) <= bound) and bool(abs_max(srt[-1]) <= bound):
         twice_median = srt[lo] + srt[hi]
         slide = [torch.lt(srt[a] + srt[a + beta], twice_median) for a in range(span)]
     else:

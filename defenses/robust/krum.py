@@ -114,6 +114,11 @@ class Krum(RobustAggregator):
     f : int
         Byzantine clients to tolerate; needs ``n > 2f + 2``.
 
+    Notes
+    -----
+    ``scores`` are float64 (the squared distances of a float32 row of
+    ``3e38`` exceed float32), finite for any finite float32 input.
+
     Examples
     --------
     >>> import numpy as np

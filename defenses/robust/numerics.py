@@ -486,5 +486,5 @@ def clip_rows(x: torch.Tensor, rows: torch.Tensor, radius: torch.Tensor) -> torc
     """
     picked = x.index_select(0, rows)
     picked = scale_rows(picked, row_exponents(picked))
-    norms = torch.linalg.vector_norm(picked.to(WIDE) if picked.shape[1] == 0 else picked, dim=1).to(WIDE)
+    norms = torch.linalg.vector_norm(picked, dim=1).to(WIDE)
     return picked * (radius.to(WIDE) / norms).to(x.dtype)[:, None]
