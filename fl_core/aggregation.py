@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from fl_core.numerics import combine
 from fl_core.updates import check_cohort, check_weights
 
 __all__ = [
@@ -160,13 +161,10 @@ class WeightedMean(Aggregator):
     name = "mean"
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
-        agg = (weights / weights.sum()) @ updates
-        if not bool(torch.isfinite(agg).all()):
-            # a convex combination of finite rows is finite; only float32 rounding near
-            # finfo.max can overflow it: redo it in float64 (rare, so the fast path stays)
-            p = weights.to(torch.float64) / weights.to(torch.float64).sum()
-            agg = (p @ updates.to(torch.float64)).clamp(-torch.finfo(updates.dtype).max, torch.finfo(updates.dtype).max)
-            agg = agg.to(updates.dtype)
+        # normalised in float64 and summed without overflow (fl_core.numerics.combine): the
+        # mean of finite rows lies within their range, so it is finite for any finite input
+        w = weights.to(torch.float64)
+        agg = combine(w / w.sum(), updates)
         kept = torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
         return AggregationResult(aggregate=agg, kept=kept)
 

@@ -22,7 +22,7 @@ Examples
 >>> as_int("epochs", 1.5, minimum=1)
 Traceback (most recent call last):
 ...
-fl_core.errors.ConfigError: epochs must be an integer, got 1.5 (float)
+fl_core.errors.ConfigError: epochs must be an int, got 1.5 (float)
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def as_int(
     3
     """
     if not is_int(value):
-        raise error(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        raise error(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     v = int(value)
     if minimum is not None and v < minimum:
         raise error(f"{name} must be >= {minimum}, got {name}={v}")

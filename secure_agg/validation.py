@@ -20,11 +20,10 @@ secure_agg.errors.SecAggConfigError: secure aggregation weights must be integer 
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 
 import numpy as np
 
+from fl_core.checks import as_int, as_real
 from secure_agg.errors import SecAggConfigError
 
 __all__ = ["exact_weights", "flag_param", "int_param", "real_param"]
@@ -39,15 +38,10 @@ def real_param(
     low_open: bool = False,
     error: type[SecAggConfigError] = SecAggConfigError,
 ) -> float:
-    """``value`` as a finite float in ``[low, high)`` (``(low, high)`` if ``low_open``)."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise error(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    ok = math.isfinite(v) and (v > low if low_open else v >= low) and v < high
-    if not ok:
-        lo = "(" if low_open else "["
-        raise error(f"{name} must be a finite number in {lo}{low:g}, {high:g}), got {value!r}")
-    return v
+    """``value`` as a finite float in ``[low, high)`` (``(low, high)`` if ``low_open``); see ``fl_core.checks``."""
+    return as_real(
+        name, value, low=low, high=None if math.isinf(high) else high, low_open=low_open, high_open=True, error=error
+    )
 
 
 def int_param(
@@ -58,17 +52,8 @@ def int_param(
     high: int | None = None,
     error: type[SecAggConfigError] = SecAggConfigError,
 ) -> int:
-    """``value`` as an ``int`` in ``[low, high]`` (NumPy integers accepted, ``bool`` not)."""
-    if isinstance(value, bool | np.bool_):
-        raise error(f"{name} must be an int, got {value!r}")
-    try:
-        v = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise error(f"{name} must be an int, got {value!r}") from None
-    if v < low or (high is not None and v > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise error(f"{name} must be an int {bound}, got {value!r}")
-    return v
+    """``value`` as an ``int`` in ``[low, high]`` (NumPy integers accepted, ``bool`` not); see ``fl_core.checks``."""
+    return as_int(name, value, minimum=low, maximum=high, error=error)
 
 
 def flag_param(value: object, name: str, *, error: type[SecAggConfigError] = SecAggConfigError) -> bool:

@@ -36,7 +36,9 @@ from torch import nn
 
 from defenses.dp.errors import PrivacyConfigError, check_positive
 from fl_core.aggregation import RoundContext
-from fl_core.updates import check_cohort, scaled_row_norms
+from fl_core.numerics import clip_rows as direction_rows
+from fl_core.numerics import row_norms
+from fl_core.updates import check_cohort
 
 __all__ = ["AdaptiveClip", "L2Clip", "PerLayerClip", "clip_rows", "layer_sizes"]
 
@@ -47,7 +49,7 @@ def clip_rows(updates: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor, to
     """Scale each row to L2 norm at most ``clip_norm``; returns ``(clipped, norms before clipping)``.
 
     Rows already within the bound are multiplied by exactly 1. Norms are computed
-    without overflow for any finite row (:func:`fl_core.updates.scaled_row_norms`);
+    without overflow for any finite row (:func:`fl_core.numerics.row_norms`);
     a NaN/Inf row raises :class:`~fl_core.errors.InvalidUpdateError`.
 
     Examples
@@ -59,17 +61,12 @@ def clip_rows(updates: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor, to
     """
     c = check_positive(clip_norm, name="clip_norm")
     check_cohort(updates)
-    scale, unit = scaled_row_norms(updates)
-    norms = scale * unit  # for reporting; may be inf for float64 rows near finfo.max
-    # c / ||x|| as (c / scale) / unit: no overflow; a zero row gets a huge ratio, hence factor 1
-    ratio = (c / scale.where(scale > 0, 1.0)) / unit.clamp_min(torch.finfo(torch.float64).tiny)
-    factor = ratio.clamp(max=1.0)
-    out = updates * factor.to(updates.dtype).unsqueeze(1)
-    # a factor below the dtype's smallest normal (huge rows) is subnormal there and loses
-    # relative precision: scale those rows in float64 and round once
-    sub = factor < torch.finfo(updates.dtype).tiny
-    if bool(sub.any()):
-        out[sub] = (updates[sub].to(torch.float64) * factor[sub].unsqueeze(1)).to(updates.dtype)
+    norms = row_norms(updates)  # float64, no overflow (inf only for float64 rows beyond 1e308)
+    over = (norms > c).nonzero().squeeze(1)
+    out = updates.clone()
+    if over.numel():
+        # each row's direction is formed on a power-of-two rescaled copy: no subnormal factor
+        out[over] = direction_rows(updates, over, torch.tensor(c, dtype=torch.float64))
     # float rounding of the product may overshoot by an ulp: shrink those rows once more
     over = torch.linalg.vector_norm(out.to(torch.float64), dim=1) > c
     if bool(over.any()):

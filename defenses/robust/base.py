@@ -32,14 +32,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from defenses.robust.errors import MissingGeneratorError
 from defenses.robust.formats import UpdatesLike, from_cohort, from_vector, to_cohort
-from defenses.robust.numerics import all_finite
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.checks import as_int, is_real
 from fl_core.errors import ConfigError, ToleranceError
+from fl_core.numerics import all_finite
 from fl_core.updates import check_cohort, check_weights
 
 __all__ = [
@@ -66,7 +66,7 @@ def validate_cohort(cohort: torch.Tensor) -> torch.Tensor:
     0.02 s for a ``(100, 1e6)`` float32 tensor, twice a distance matrix).
     When the total overflows (a valid Byzantine row of ``1e38``), the minimum
     and maximum decide (one more reduction, as fast as the sum;
-    :func:`~defenses.robust.numerics.all_finite`). Anything non-finite goes to
+    :func:`~fl_core.numerics.all_finite`). Anything non-finite goes to
     ``check_cohort``, which raises the precise error.
 
     Examples
@@ -109,26 +109,7 @@ def check_count(name: str, value: Any, *, minimum: int = 0) -> int:
     >>> type(check_count("f", np.int32(1)))
     <class 'int'>
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    count = int(value)
-    if count < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {name}={count}")
-    return count
-
-
-def is_real(value: Any) -> bool:
-    """Whether ``value`` is a Python or NumPy real scalar (``bool`` and ``numpy.bool_`` excluded).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> is_real(np.float32(0.5)), is_real(np.int8(3)), is_real(True), is_real(np.bool_(True)), is_real("1")
-    (True, True, False, False, False)
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    return isinstance(value, (int, float, np.integer, np.floating))
+    return as_int(name, value, minimum=minimum)
 
 
 def check_positive(name: str, value: Any, *, allow_inf: bool = False) -> float:

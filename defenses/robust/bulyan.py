@@ -17,10 +17,10 @@ import torch
 
 from defenses.robust.base import RobustAggregator, require
 from defenses.robust.distances import scaled_sq_distances
-from defenses.robust.numerics import WIDE, abs_max, all_finite, safe_mean, unscale
 from defenses.robust.registry import register
 from defenses.robust.sorting import sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import WIDE, abs_max, all_finite, safe_mean, unscale
 
 __all__ = ["Bulyan", "bulyan_selection", "closest_to_median_mean"]
 

@@ -17,9 +17,9 @@ import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, check_count, check_positive, require
 from defenses.robust.errors import StateMismatchError
-from defenses.robust.numerics import combine, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import combine, row_norms
 
 __all__ = ["CenteredClipping"]
 
@@ -42,7 +42,7 @@ class CenteredClipping(RobustAggregator):
     Clients are expected to send momentum (as in the paper); the rule itself
     is unweighted. Each client moves the output by at most ``tau / n`` per
     iteration, whatever its magnitude: the distances are float64 and the
-    clipped sum is formed without overflow (:mod:`defenses.robust.numerics`),
+    clipped sum is formed without overflow (:mod:`fl_core.numerics`),
     so that bound holds for any finite input.
 
     Parameters

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from defenses.robust.numerics import (
+from fl_core.numerics import (
     WIDE,
     abs_max,
     in_safe_range,
@@ -64,7 +64,7 @@ def _gram(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     A row's Gram entries are accurate when its squared norm is finite, at most
     a quarter of the dtype's maximum (so ``||x_i||^2 + ||x_j||^2 - 2 <x_i, x_j>``
     cannot overflow) and above the underflow range (see
-    :func:`~defenses.robust.numerics.in_safe_range`), or the row is exactly
+    :func:`~fl_core.numerics.in_safe_range`), or the row is exactly
     zero. Each entry involves only its two rows, so the entries between
     accurate rows are valid whatever the other rows hold.
     """

@@ -24,9 +24,9 @@ from defenses.robust.base import (
     require,
     resolve_generator,
 )
-from defenses.robust.numerics import WIDE, abs_max, combine, pow2_scale
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import WIDE, abs_max, combine, pow2_scale
 
 __all__ = ["DnC", "outlier_scores"]
 

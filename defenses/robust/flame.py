@@ -22,11 +22,11 @@ from sklearn.cluster import HDBSCAN
 
 from defenses.robust.base import RobustAggregator, is_real, require, resolve_generator
 from defenses.robust.distances import pairwise_cosine_similarity
-from defenses.robust.numerics import WIDE, combine, row_norms
 from defenses.robust.registry import register
 from defenses.robust.sorting import column_median, sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.errors import ConfigError
+from fl_core.numerics import WIDE, combine, row_norms
 
 __all__ = ["FLAME", "flame_clusters"]
 
@@ -100,7 +100,7 @@ class FLAME(RobustAggregator):
     With ``f < n / 2`` Byzantine clients ``S_t`` is at most the largest honest
     norm, so without noise the aggregate's norm is at most that, whatever the
     Byzantine magnitudes: cosines, norms and ``S_t`` are float64 and the sum is
-    formed without overflow (:mod:`defenses.robust.numerics`); HDBSCAN sees
+    formed without overflow (:mod:`fl_core.numerics`); HDBSCAN sees
     finite cosine distances for any finite input.
 
     Parameters

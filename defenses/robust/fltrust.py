@@ -20,10 +20,10 @@ import torch
 from defenses.robust.base import RobustAggregator
 from defenses.robust.errors import MissingServerUpdateError
 from defenses.robust.formats import to_vector
-from defenses.robust.numerics import combine, row_dots, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.errors import ConfigError, InvalidUpdateError
+from fl_core.numerics import combine, row_dots, row_norms
 from fl_core.updates import check_update
 
 __all__ = ["FLTrust"]
@@ -52,7 +52,7 @@ class FLTrust(RobustAggregator):
     A zero update has trust 0. If every trust score is 0 the aggregate is the
     zero update (nobody is trusted) and a warning is logged. Norms, cosines and
     trust scores are float64 and the sum is formed without overflow
-    (:mod:`defenses.robust.numerics`), so every normalised update has norm
+    (:mod:`fl_core.numerics`), so every normalised update has norm
     ``||g0||`` and the aggregate norm at most ``||g0||`` for any finite input.
 
     How ``g0`` is supplied (pick one):

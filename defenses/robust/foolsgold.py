@@ -21,9 +21,9 @@ import torch
 from defenses.robust.base import RobustAggregator, check_positive, require
 from defenses.robust.distances import pairwise_cosine_similarity
 from defenses.robust.errors import StateMismatchError
-from defenses.robust.numerics import WIDE, abs_max, all_finite, combine, rows_finite
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import WIDE, abs_max, all_finite, combine, rows_finite
 
 __all__ = ["FoolsGold", "foolsgold_weights"]
 

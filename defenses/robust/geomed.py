@@ -15,9 +15,9 @@ from typing import ClassVar
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, check_count, check_positive, require
-from defenses.robust.numerics import WIDE, combine, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import WIDE, combine, row_norms
 
 __all__ = ["GeometricMedian", "trimmed_start"]
 
@@ -100,7 +100,7 @@ class GeometricMedian(RobustAggregator):
     passes). The fixed point, the geometric median, does not depend
     on the start where it is unique (points not all on a line). Norms and
     weights are float64 and the weighted sums are formed without overflow
-    (:mod:`defenses.robust.numerics`), so the rule is finite for any finite input.
+    (:mod:`fl_core.numerics`), so the rule is finite for any finite input.
 
     Parameters
     ----------

@@ -24,9 +24,9 @@ import torch
 
 from defenses.robust.base import RobustAggregator, check_count, require
 from defenses.robust.distances import scaled_sq_distances
-from defenses.robust.numerics import WIDE, combine, unscale
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import WIDE, combine, unscale
 
 __all__ = ["Krum", "MultiKrum", "krum_order", "krum_scores", "krum_winner"]
 

@@ -14,10 +14,10 @@ from typing import ClassVar
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept
-from defenses.robust.numerics import WIDE, combine
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext, WeightedMean
 from fl_core.errors import ToleranceError
+from fl_core.numerics import WIDE, combine
 
 __all__ = ["Mean"]
 
@@ -31,7 +31,7 @@ class Mean(RobustAggregator, WeightedMean):
     :class:`fl_core.aggregation.WeightedMean` with the three input forms; a
     single Byzantine client can move it arbitrarily, so it tolerates ``f = 0``.
     The weights are normalised and the sum accumulated without overflow
-    (:func:`~defenses.robust.numerics.combine`): the mean of finite values lies
+    (:func:`~fl_core.numerics.combine`): the mean of finite values lies
     within their range, so it is finite for any finite input.
 
     Parameters

@@ -14,9 +14,9 @@ from typing import ClassVar
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, check_positive
-from defenses.robust.numerics import WIDE, combine, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import WIDE, combine, row_norms
 
 __all__ = ["NormBound"]
 
@@ -35,7 +35,7 @@ class NormBound(RobustAggregator):
     with the FedAvg weights. It bounds, not removes, each client's influence:
     client ``i`` moves the aggregate by at most ``M w_i / sum w``, whatever its
     magnitude (norms in float64, the clipped sum without overflow; see
-    :mod:`defenses.robust.numerics`).
+    :mod:`fl_core.numerics`).
 
     Parameters
     ----------

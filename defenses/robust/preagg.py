@@ -27,9 +27,9 @@ from defenses.robust.base import (
     resolve_generator,
 )
 from defenses.robust.distances import scaled_sq_distances
-from defenses.robust.numerics import WIDE, clip_rows, mix_rows, row_norms
 from defenses.robust.registry import register
 from fl_core.aggregation import RoundContext
+from fl_core.numerics import WIDE, clip_rows, mix_rows, row_norms
 
 __all__ = ["ARC", "NNM", "Bucketing"]
 
@@ -52,7 +52,7 @@ class NNM(PreAggregator):
     in Euclidean distance (itself included). One ``(n, n)`` distance matrix
     and one ``(n, n) x (n, d)`` product. ``f = 0`` maps every row to the mean.
     Distances and means are computed without overflow
-    (:mod:`defenses.robust.distances`, :mod:`defenses.robust.numerics`): an
+    (:mod:`defenses.robust.distances`, :mod:`fl_core.numerics`): an
     honest row's ``n - f`` nearest neighbours include no Byzantine row of large
     magnitude, so its mixed row stays in the honest hull.
 
@@ -154,7 +154,7 @@ class ARC(PreAggregator):
     ``x_i * min(1, C / ||x_i||)``, so the ``k`` largest are scaled down to
     ``C``. ``f = 0`` leaves the cohort unchanged. Norms are float64; a row
     whose factor ``C / ||x_i||`` is below the dtype's normal range is clipped
-    through its direction (:func:`~defenses.robust.numerics.clip_rows`), so a
+    through its direction (:func:`~fl_core.numerics.clip_rows`), so a
     clipped row has norm ``C`` whatever its magnitude.
 
     Parameters

@@ -14,10 +14,10 @@ from typing import ClassVar
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, require
-from defenses.robust.numerics import safe_mean
 from defenses.robust.registry import register
 from defenses.robust.sorting import sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.numerics import safe_mean
 
 __all__ = ["TrimmedMean"]
 
@@ -36,7 +36,7 @@ class TrimmedMean(RobustAggregator):
     ``beta = f / n``) and average the ``n - 2f`` others. ``f = 0`` is the mean;
     with at most ``f`` Byzantine rows each coordinate lies within the honest
     range. Unweighted, as in the paper. The mean is computed without overflow
-    (:func:`~defenses.robust.numerics.safe_mean`) for any finite input.
+    (:func:`~fl_core.numerics.safe_mean`) for any finite input.
 
     Parameters
     ----------

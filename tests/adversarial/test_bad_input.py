@@ -120,9 +120,9 @@ def test_suite_report_names_a_damaged_cell_file(tmp_path):
 
 def test_local_training_config_refuses_non_integers_and_accepts_numpy_scalars():
     for kw, msg in [
-        ({"epochs": 1.5}, "local epochs must be an integer, got 1.5"),
-        ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
-        ({"epochs": True}, "local epochs must be an integer, got True"),
+        ({"epochs": 1.5}, "local epochs must be an int, got 1.5"),
+        ({"batch_size": 2.5}, "batch_size must be an int, got 2.5"),
+        ({"epochs": True}, "local epochs must be an int, got True"),
         ({"lr": math.inf}, "lr must be finite"),
         ({"momentum": 1.0}, "momentum must be < 1.0"),
         ({"max_steps": 0}, "max_steps must be >= 1"),

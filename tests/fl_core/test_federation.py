@@ -150,7 +150,7 @@ def test_federation_config_errors(digits):
     clients = make_clients(digits.train, [np.arange(10), np.arange(10, 20)])
     with pytest.raises(ConfigError, match=r"clients_per_round must be <= 2, got clients_per_round=3"):
         Federation(model_name="mlp", clients=clients, test_data=digits.test, clients_per_round=3)
-    with pytest.raises(ConfigError, match=r"clients_per_round must be an integer, got 1.5"):
+    with pytest.raises(ConfigError, match=r"clients_per_round must be an int, got 1.5"):
         Federation(model_name="mlp", clients=clients, test_data=digits.test, clients_per_round=1.5)
     # NumPy integers are integers
     fed = Federation(model_name="mlp", clients=clients, test_data=digits.test, clients_per_round=np.int64(2))

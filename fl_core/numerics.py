@@ -1,4 +1,6 @@
-"""Overflow-safe kernels shared by the robust rules: norms, dot products and weighted sums.
+"""Overflow-safe kernels: norms, dot products and weighted sums of cohorts of updates.
+
+Shared by fl_core (the weighted mean, input checks), the robust rules and DP clipping.
 
 Finite but extreme updates are valid input (a Byzantine row of ``3e38`` in
 float32): a rule must keep its guarantee for them, so no intermediate value may
