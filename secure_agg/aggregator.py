@@ -48,14 +48,14 @@ from secure_agg.messages import Stage
 from secure_agg.params import SecAggParams
 from secure_agg.quantize import FixedPointEncoder, ring_dtype
 from secure_agg.runner import Direction, _stage, run_secagg
-from secure_agg.validation import exact_weights, flag_param, int_param, real_param
+from secure_agg.validation import ExactWeights, flag_param, int_param, real_param
 
 __all__ = ["SecAggAggregator", "SecAggPlusAggregator"]
 
 logger = logging.getLogger(__name__)
 
 
-class SecAggPlusAggregator(Aggregator):
+class SecAggPlusAggregator(ExactWeights, Aggregator):
     """Weighted mean through SecAgg+ (Bell, Bonawitz, Gascon, Lepoint, Raykova, CCS 2020).
 
     Parameters
@@ -123,36 +123,13 @@ class SecAggPlusAggregator(Aggregator):
         if not self.integer_input:  # fails now, not at the first round, if b cannot hold 1 level
             FixedPointEncoder(clip=self.clip, ring_bits=self.ring_bits, weight_bound=1)
         self._calls = 0
-        self._exact_weights: list[int] | None = None
 
     def reset(self) -> None:
         """Restart the round counter used without a context."""
         self._calls = 0
 
-    def aggregate(
-        self,
-        updates: torch.Tensor,
-        weights: torch.Tensor | None = None,
-        *,
-        ctx: RoundContext | None = None,
-    ) -> AggregationResult:
-        """Validate, then aggregate; weights are checked as exact integers before any cast.
-
-        The base class casts weights to the updates' dtype (float32 rounds
-        ``10000000.5`` to ``10000000``), so the integer check runs here first, on
-        the caller's values.
-
-        Raises
-        ------
-        SecAggConfigError
-            If a weight is not a non-negative integer example count (naming it).
-        """
-        exact = None if self.integer_input else exact_weights(weights)
-        self._exact_weights = exact
-        try:
-            return super().aggregate(updates, weights, ctx=ctx)
-        finally:
-            self._exact_weights = None
+    def _wants_exact_weights(self) -> bool:
+        return not self.integer_input  # integer inputs carry their own weighting
 
     def check_tolerance(self, n: int) -> None:
         """Raise :class:`SecAggConfigError` unless rounds of ``n`` clients have a secure ``(k, t)``.
@@ -196,10 +173,7 @@ class SecAggPlusAggregator(Aggregator):
         self._calls += 1
         if self.integer_input:
             return self._aggregate_integers(updates, rng, round_id)
-        if self._exact_weights is not None and len(self._exact_weights) == n:
-            w_int = list(self._exact_weights)
-        else:  # called without aggregate(): the weights are already the updates' dtype
-            w_int = exact_weights(weights) or [1] * n
+        w_int = self.integer_weights(weights, n)
         enc = FixedPointEncoder(
             clip=self.clip, ring_bits=self.ring_bits, weight_bound=max(1, sum(w_int))
         )

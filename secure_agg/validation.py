@@ -26,7 +26,7 @@ import numpy as np
 from fl_core.checks import as_int, as_real
 from secure_agg.errors import SecAggConfigError
 
-__all__ = ["exact_weights", "flag_param", "int_param", "real_param"]
+__all__ = ["ExactWeights", "exact_weights", "flag_param", "int_param", "real_param"]
 
 
 def real_param(
@@ -94,3 +94,42 @@ def exact_weights(
             raise error(f"secure aggregation weights must be >= 0, got {v!r}")
         out.append(int(v))
     return out
+
+
+class ExactWeights:
+    """Mixin for aggregators over integer rings: the caller's weights, checked as exact integers before any cast.
+
+    ``fl_core``'s :meth:`~fl_core.aggregation.Aggregator.aggregate` casts weights to
+    the updates' dtype (float32 rounds ``10000000.5`` to ``10000000``), so this
+    ``aggregate`` checks them first, on the values as passed, and
+    :meth:`integer_weights` hands the exact integers to ``_aggregate``.
+    """
+
+    #: Error class raised for a weight that is not an integer count.
+    weights_error: type[SecAggConfigError] = SecAggConfigError
+    _exact_weights: list[int] | None = None
+
+    def _wants_exact_weights(self) -> bool:
+        return True
+
+    def aggregate(self, updates, weights=None, *, ctx=None):  # type: ignore[no-untyped-def]
+        """Check the weights as exact integer example counts, then validate and aggregate.
+
+        Raises
+        ------
+        SecAggConfigError
+            If a weight is not a non-negative integer example count (naming it).
+        """
+        wanted = self._wants_exact_weights()
+        self._exact_weights = exact_weights(weights, error=self.weights_error) if wanted else None
+        try:
+            return super().aggregate(updates, weights, ctx=ctx)  # type: ignore[misc]
+        finally:
+            self._exact_weights = None
+
+    def integer_weights(self, weights: object, n: int) -> list[int]:
+        """The round's ``n`` weights as integers: the exact ones checked by :meth:`aggregate`, else ``weights``."""
+        exact = self._exact_weights
+        if exact is None or len(exact) != n:  # called without aggregate(): weights already cast
+            exact = exact_weights(weights, error=self.weights_error) or [1] * n
+        return list(exact)

@@ -37,14 +37,14 @@ from secure_agg.he.messages import HEStage
 from secure_agg.he.params import SECURITY_TABLE, select_params
 from secure_agg.he.runner import run_he
 from secure_agg.runner import Direction
-from secure_agg.validation import exact_weights, flag_param, int_param, real_param
+from secure_agg.validation import ExactWeights, flag_param, int_param, real_param
 
 __all__ = ["BFVAggregator", "CKKSAggregator", "HEAggregator"]
 
 logger = logging.getLogger(__name__)
 
 
-class HEAggregator(Aggregator):
+class HEAggregator(ExactWeights, Aggregator):
     """Weighted mean by homomorphic encryption; use :class:`BFVAggregator` or :class:`CKKSAggregator`.
 
     Parameters
@@ -70,6 +70,8 @@ class HEAggregator(Aggregator):
 
     scheme = ""
 
+    weights_error = HEConfigError
+
     def __init__(
         self,
         *,
@@ -94,27 +96,6 @@ class HEAggregator(Aggregator):
         self.seed = int_param(seed, "seed", low=0, error=HEConfigError)
         self._calls = 0
         self._key_holder: KeyHolder | None = None
-        self._exact_weights: list[int] | None = None
-
-    def aggregate(
-        self,
-        updates: torch.Tensor,
-        weights: torch.Tensor | None = None,
-        *,
-        ctx: RoundContext | None = None,
-    ) -> AggregationResult:
-        """Validate, then aggregate; weights are checked as exact integers before any cast.
-
-        Raises
-        ------
-        HEConfigError
-            If a weight is not a non-negative integer example count (naming it).
-        """
-        self._exact_weights = exact_weights(weights, error=HEConfigError)
-        try:
-            return super().aggregate(updates, weights, ctx=ctx)
-        finally:
-            self._exact_weights = None
 
     def reset(self) -> None:
         """Forget the keys and the round counter."""
@@ -130,9 +111,7 @@ class HEAggregator(Aggregator):
             rng = numpy_generator(self.seed, self._calls)
             round_id = self._calls
         self._calls += 1
-        exact = self._exact_weights
-        if exact is None or len(exact) != n:  # called without aggregate(): weights already cast
-            exact = exact_weights(weights, error=HEConfigError) or [1] * n
+        exact = self.integer_weights(weights, n)
         w_int = {u: exact[u - 1] for u in range(1, n + 1)}
         params = select_params(d=d, n=n, clip=self.clip, weight_bound=max(1, sum(w_int.values())),
                                precision_bits=self.precision_bits, scheme=self.scheme,
