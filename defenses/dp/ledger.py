@@ -26,6 +26,12 @@ which events an accountant may compose, and how.
   and record the event for that many; they call :meth:`note` so that the ledger
   reports ``dp_conservative_dropouts = 1``.
 
+A privacy budget survives a restart: :meth:`PrivacyLedger.state_dict` is a
+JSON-serialisable dict (events, notes, flags, the Opacus accountant's own
+``state_dict`` and the Renyi curve), and :meth:`PrivacyLedger.load_state_dict`
+validates it (:class:`fl_core.state.StateError`) and replays its events, so the
+restored ledger reports the same epsilon and composes the next event the same way.
+
 Examples
 --------
 >>> from defenses.dp.events import GaussianEvent
@@ -38,9 +44,11 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -49,6 +57,7 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 from defenses.dp.errors import PrivacyBudgetError, PrivacyConfigError, check_delta, check_epsilon, check_positive
 from defenses.dp.events import GaussianEvent, PrivacyEvent, PureDPEvent, RenyiEvent
 from defenses.dp.mechanisms import INTEGER_ORDERS, _calibrate_rdp
+from fl_core.state import StateError, check_state, state_bool, state_float
 
 __all__ = ["ACCOUNTANTS", "PerClientLedger", "PrivacyLedger", "calibrate_noise_multiplier", "planned_epsilon"]
 
@@ -89,6 +98,66 @@ def _curve_epsilon(acc: RDPAccountant, curve: dict[int, float], delta: float) ->
         warnings.simplefilter("ignore", UserWarning)
         eps, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=total, delta=delta)
     return float(eps)
+
+
+#: ``type`` tag of each event class in a ledger's state.
+_EVENT_TAGS: dict[type, str] = {GaussianEvent: "gaussian", PureDPEvent: "pure_dp", RenyiEvent: "renyi"}
+_EVENT_CLASSES = {tag: cls for cls, tag in _EVENT_TAGS.items()}
+_NUMBER_FIELDS = ("noise_multiplier", "sample_rate", "epsilon")
+
+
+def _event_state(event: PrivacyEvent) -> dict[str, Any]:
+    """One event as a JSON-able dict (``type`` tag plus its fields; tuples as lists)."""
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(event).items()}
+    return {"type": _EVENT_TAGS[type(event)], **fields}
+
+
+def _check_event_field(name: str, value: object) -> object:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = {
+        "steps": type(value) is int,
+        "gaussian_exact": isinstance(value, bool),
+        "mechanism": isinstance(value, str),
+        "orders": isinstance(value, list | tuple) and all(type(a) is int for a in value),
+        "rdp": isinstance(value, list | tuple)
+        and all(isinstance(r, int | float) and not isinstance(r, bool) for r in value),
+    }.get(name, number if name in _NUMBER_FIELDS else False)
+    if not ok:
+        raise StateError(f"PrivacyLedger state: event field {name}={value!r} has the wrong type")
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _event_from_state(obj: object) -> PrivacyEvent:
+    """Rebuild an event saved by :func:`_event_state`; :class:`StateError` if it is not one."""
+    if not isinstance(obj, Mapping) or obj.get("type") not in _EVENT_CLASSES:
+        raise StateError(f"PrivacyLedger state: not a saved privacy event: {obj!r}")
+    cls = _EVENT_CLASSES[obj["type"]]
+    names = {f.name for f in dataclasses.fields(cls)}
+    if set(obj) - {"type"} != names:
+        raise StateError(f"PrivacyLedger state: a {obj['type']} event needs exactly the fields {sorted(names)}")
+    args = {name: _check_event_field(name, obj[name]) for name in names}
+    try:
+        return cls(**args)  # type: ignore[arg-type]
+    except PrivacyConfigError as exc:
+        raise StateError(f"PrivacyLedger state: invalid event {obj!r}: {exc}") from exc
+
+
+def _str_list(state: Mapping[str, Any], key: str) -> list[str]:
+    value = state[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise StateError(f"PrivacyLedger state: {key} must be a list of str, got {value!r}")
+    return list(value)
+
+
+def _json_equal(a: object, b: object) -> bool:
+    """Equality up to JSON's tuple -> list (bools not equal to ints)."""
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return bool(a == b)
 
 
 def planned_epsilon(
@@ -265,6 +334,112 @@ class PrivacyLedger:
             return _curve_epsilon(self._acc, self._curve, d) + self._pure_epsilon  # type: ignore[arg-type]
         return _accountant_epsilon(self._acc, d, integer_orders=self._integer) + self._pure_epsilon
 
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "delta": self.delta,
+            "accountant": self.accountant_name,
+            "amplify_integer_noise": self.amplify_integer_noise,
+            "target_epsilon": self.target_epsilon,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ledger's state as a JSON-serialisable dict (no tensors).
+
+        Keys: ``kind``, ``version``, ``config`` (delta, accountant,
+        amplify_integer_noise, target_epsilon), ``events`` (each a dict with a
+        ``type`` tag), ``notes``, ``conservative_dropouts``, ``accountant_state``
+        (Opacus' ``state_dict`` of the accountant, history as lists),
+        ``renyi_curve`` (``[order, rdp]`` pairs), ``pure_epsilon`` and ``integer_noise``.
+
+        Examples
+        --------
+        >>> import json
+        >>> from defenses.dp.events import GaussianEvent
+        >>> led = PrivacyLedger(delta=1e-5)
+        >>> led.record(GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=100))
+        >>> restored = PrivacyLedger(delta=1e-5)
+        >>> restored.load_state_dict(json.loads(json.dumps(led.state_dict())))
+        >>> restored.epsilon() == led.epsilon()
+        True
+        """
+        acc = self._acc.state_dict()
+        return {
+            "kind": type(self).__name__,
+            "version": self.STATE_VERSION,
+            "config": self._config(),
+            "events": [_event_state(ev) for ev in self.events],
+            "notes": list(self.notes),
+            "conservative_dropouts": self.conservative_dropouts,
+            "accountant_state": {"history": [list(h) for h in acc["history"]], "mechanism": acc["mechanism"]},
+            "renyi_curve": [[a, r] for a, r in sorted(self._curve.items())],
+            "pure_epsilon": self._pure_epsilon,
+            "integer_noise": self._integer,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict` of a ledger with the same configuration.
+
+        The events are replayed into a fresh ledger; the saved accountant
+        history, Renyi curve, pure-DP epsilon and flags must equal what they
+        give, so a corrupted state is refused, never half-loaded.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, missing or unexpected keys,
+            a malformed event, or derived values that disagree with the events.
+        """
+        state = check_state(
+            state,
+            kind=type(self).__name__,
+            version=self.STATE_VERSION,
+            keys=("events", "notes", "conservative_dropouts", "accountant_state", "renyi_curve",
+                  "pure_epsilon", "integer_noise"),
+            config=self._config(),
+        )
+        dropouts = state_bool(state, "conservative_dropouts", kind="PrivacyLedger")
+        trial = self._replay(state)
+        self._check_derived(state, trial)
+        self.events, self._acc, self._curve = trial.events, trial._acc, trial._curve
+        self._pure_epsilon, self._integer = trial._pure_epsilon, trial._integer
+        self.notes, self.conservative_dropouts = _str_list(state, "notes"), dropouts
+
+    def _replay(self, state: Mapping[str, Any]) -> PrivacyLedger:
+        events = state["events"]
+        if not isinstance(events, list):
+            raise StateError(f"PrivacyLedger state: events must be a list, got {type(events).__name__}")
+        trial = PrivacyLedger(
+            delta=self.delta, accountant=self.accountant_name, amplify_integer_noise=self.amplify_integer_noise
+        )
+        for obj in events:
+            try:
+                trial.record(_event_from_state(obj))
+            except PrivacyConfigError as exc:
+                raise StateError(f"PrivacyLedger state: event {obj!r} cannot be composed: {exc}") from exc
+        return trial
+
+    def _check_derived(self, state: Mapping[str, Any], trial: PrivacyLedger) -> None:
+        acc = trial._acc.state_dict()
+        expected = {
+            "accountant_state": {"history": [list(h) for h in acc["history"]], "mechanism": acc["mechanism"]},
+            "renyi_curve": [[a, r] for a, r in sorted(trial._curve.items())],
+            "pure_epsilon": trial._pure_epsilon,
+            "integer_noise": trial._integer,
+        }
+        state_float(state, "pure_epsilon", kind="PrivacyLedger")
+        for key, want in expected.items():
+            if not _json_equal(state[key], want):
+                raise StateError(
+                    f"PrivacyLedger state: {key} does not match its events (corrupted state): "
+                    f"saved {state[key]!r}, the events give {want!r}"
+                )
+        notes = _str_list(state, "notes")
+        if missing := [n for n in trial.notes if n not in notes]:
+            raise StateError(f"PrivacyLedger state: notes lack what the events imply: {missing}")
+
     @property
     def releases(self) -> int:
         """Number of releases recorded."""
@@ -298,6 +473,60 @@ class PerClientLedger:
         _new_accountant(accountant)
         self.accountant_name = accountant
         self.ledgers: dict[Hashable, PrivacyLedger] = {}
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+
+    def _config(self) -> dict[str, Any]:
+        return {"delta": self.delta, "accountant": self.accountant_name}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every client's ledger state (:meth:`PrivacyLedger.state_dict`) as ``[client_id, state]`` pairs.
+
+        JSON-serialisable when the client ids are ints or strs (a list of pairs,
+        so int ids stay ints through JSON).
+
+        Examples
+        --------
+        >>> import json
+        >>> from defenses.dp.events import GaussianEvent
+        >>> led = PerClientLedger(delta=1e-5)
+        >>> led.record(3, GaussianEvent(noise_multiplier=2.0))
+        >>> restored = PerClientLedger(delta=1e-5)
+        >>> restored.load_state_dict(json.loads(json.dumps(led.state_dict())))
+        >>> restored.epsilon(3) == led.epsilon(3)
+        True
+        """
+        return {
+            "kind": type(self).__name__,
+            "version": self.STATE_VERSION,
+            "config": self._config(),
+            "ledgers": [[cid, led.state_dict()] for cid, led in self.ledgers.items()],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict` with the same ``delta`` and accountant.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            As :meth:`PrivacyLedger.load_state_dict`, for the whole state or any client's,
+            or a client id that is repeated or not hashable.
+        """
+        state = check_state(
+            state, kind=type(self).__name__, version=self.STATE_VERSION, keys=("ledgers",), config=self._config()
+        )
+        pairs = state["ledgers"]
+        if not isinstance(pairs, list) or not all(isinstance(p, list | tuple) and len(p) == 2 for p in pairs):
+            raise StateError("PerClientLedger state: ledgers must be a list of [client_id, ledger state] pairs")
+        ledgers: dict[Hashable, PrivacyLedger] = {}
+        for cid, sub in pairs:
+            if not isinstance(cid, Hashable) or cid in ledgers:
+                raise StateError(f"PerClientLedger state: client id {cid!r} is repeated or not hashable")
+            led = PrivacyLedger(delta=self.delta, accountant=self.accountant_name)
+            led.load_state_dict(sub)
+            ledgers[cid] = led
+        self.ledgers = ledgers
 
     def record(self, client_id: Hashable, event: PrivacyEvent) -> None:
         """Compose ``event`` into ``client_id``'s ledger."""
