@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from secure_agg import crypto
+import secure_agg.crypto as crypto
 from secure_agg.errors import (
     MessageRejectedError,
     ProtocolAbortError,

@@ -56,7 +56,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secure_agg import crypto
+import secure_agg.crypto as crypto
 from secure_agg.client import PAIR_MASK_PURPOSE, SELF_MASK_PURPOSE
 from secure_agg.errors import (
     MessageRejectedError,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attacks import AttackEnv, AttackPlan, AttackSchedule, ThreatModel, build_attack
-from benchmarks.suite.spec import _NO_F_DEFAULT, Cell, ComponentSpec, Setting, SuiteError
+from benchmarks.suite.schema import Cell, ComponentSpec, Setting, SuiteError
 from defenses.robust.compose import Compose
 from defenses.robust.registry import get as get_rule
 from fl_core import (
@@ -27,6 +27,8 @@ from fl_core.rng import Stream, numpy_generator, torch_generator
 from fl_core.root_update import RootDatasetUpdate
 
 __all__ = ["CellRun", "attack_env", "build_cell", "build_defense", "instantiate_rule", "preflight_attacks"]
+
+_NO_F_DEFAULT = {"mean"}  # the undefended FedAvg baseline declares f = 0
 
 
 def instantiate_rule(spec: ComponentSpec, *, f: int, seed: int, server_update: Callable | None = None):
@@ -74,7 +76,7 @@ def preflight_attacks(attacks: Sequence[ComponentSpec], setting: Setting, train:
     """Build every attack of the grid on the real data once, before any cell runs.
 
     A value its constructor refuses (a target class out of range, a negative scale)
-    raises :class:`~benchmarks.suite.spec.SuiteError` naming ``attacks[i]``.
+    raises :class:`~benchmarks.suite.schema.SuiteError` naming ``attacks[i]``.
     """
     env = attack_env(train)
     threat = ThreatModel(malicious=frozenset({0}), omniscient=setting.omniscient)

@@ -49,7 +49,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,10 @@ import torch
 
 from attacks import attack_names, attack_parameters
 from attacks.registry import attack_builder
+from benchmarks.suite.build import build_defense
+from benchmarks.suite.schema import Cell, ComponentSpec, Setting, SuiteError, SuiteSpec
 from defenses.robust.registry import get as get_rule
-from fl_core import DATASETS, MODELS, PARTITIONS, SERVER_OPTIMIZERS, ConfigError, FlsecError
+from fl_core import DATASETS, MODELS, PARTITIONS, SERVER_OPTIMIZERS, FlsecError
 from fl_core.aggregation import RoundContext
 from fl_core.checks import is_int, is_real
 from fl_core.device import resolve_device
@@ -78,90 +80,6 @@ __all__ = [
 ]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "suites"
-_NO_F_DEFAULT = {"mean"}  # the undefended FedAvg baseline declares f = 0
-
-
-class SuiteError(ConfigError):
-    """A suite file is malformed; the message starts with the offending key path."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-@dataclass(frozen=True)
-class Setting:
-    """The federation every cell of the suite runs."""
-
-    dataset: str = "fashion-mnist"
-    data_path: str | None = None
-    model: str = "mlp"
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    shards_per_client: int = 2
-    clients: int = 10
-    clients_per_round: int | None = None
-    rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    server_opt: str = "fedavg"
-    server_lr: float | None = None
-    seeds: tuple[int, ...] = (0,)
-    malicious_fraction: float = 0.2
-    omniscient: bool = True
-    attack_start: int = 0
-    attack_end: int | None = None
-    attack_every: int = 1
-    root_size: int = 100
-    device: str = "cpu"
-
-    @property
-    def m(self) -> int:
-        """Clients per round."""
-        return self.clients_per_round or self.clients
-
-    @property
-    def expected_f(self) -> int:
-        """Expected attackers per cohort: ``round(malicious_fraction * m)``."""
-        return round(self.malicious_fraction * self.m)
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """An attack or a defense of the grid."""
-
-    name: str
-    label: str
-    params: dict[str, Any] = field(default_factory=dict)
-    pre: tuple[ComponentSpec, ...] = ()
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run: an attack against a defense with one seed."""
-
-    attack: ComponentSpec
-    defense: ComponentSpec
-    seed: int
-
-    @property
-    def cell_id(self) -> str:
-        return f"{self.attack.label}__{self.defense.label}__seed{self.seed}"
-
-
-@dataclass(frozen=True)
-class SuiteSpec:
-    name: str
-    description: str
-    setting: Setting
-    attacks: tuple[ComponentSpec, ...]
-    defenses: tuple[ComponentSpec, ...]
-    source: str
-
-    def cells(self) -> list[Cell]:
-        return [Cell(a, d, s) for s in self.setting.seeds for a in self.attacks for d in self.defenses]
 
 
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
@@ -355,8 +273,6 @@ def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None
                 raise SuiteError(f"{key}.params.{k}", f"{comp.name!r} takes no {k!r}; it takes {allowed}")
         _check_param_types(entry.cls.__init__, comp.params, key, repr(comp.name))
     # tolerance and parameter ranges: build the defense and aggregate a tiny cohort of m rows
-    from benchmarks.suite.build import build_defense
-
     try:
         agg = build_defense(spec, setting=setting, server_update=lambda ctx: torch.ones(4) * 0.1)
         g = torch.Generator().manual_seed(0)
