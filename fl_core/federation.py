@@ -8,7 +8,9 @@ One round (McMahan et al., AISTATS 2017, generalised as in Reddi et al., ICLR 20
     (server DP) -> server optimiser (FedAvg, FedAvgM, FedAdam) -> new x
 
 Every random choice draws from a generator derived from ``seed`` and the round
-and client ids (:mod:`fl_core.rng`), so the same seed gives the same history.
+and client ids (:mod:`fl_core.rng`), so the same seed gives the same history; each
+stage of the round (client transform, aggregator, server transform) has its own
+(:class:`StageKind`), so changing one stage leaves the others' draws unchanged.
 Clients train one after the other on ``device``.
 
 Examples
@@ -31,7 +33,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -57,9 +59,22 @@ from fl_core.server_opt import FedAvg, ServerOptimizer
 from fl_core.training import LocalTrainingConfig, TrainingHook, evaluate, local_train
 from fl_core.updates import check_update
 
-__all__ = ["Client", "Federation", "make_clients"]
+__all__ = ["Client", "Federation", "StageKind", "make_clients"]
 
 log = logging.getLogger(__name__)
+
+
+class StageKind:
+    """Keys of the per-stage random streams of a round (after ``Stream.PLUGIN`` and the round).
+
+    Each stage draws from its own generator, derived from ``(seed, round, kind, position)``:
+    changing one stage (another attack, more client transforms) leaves the draws of every
+    other stage unchanged, so the defense and the server noise see the same randomness.
+    """
+
+    CLIENT_TRANSFORM = 1
+    AGGREGATOR = 2
+    SERVER_TRANSFORM = 3
 
 
 @dataclass(frozen=True)
@@ -218,10 +233,10 @@ class Federation:
             client_ids=tuple(c.id for c in cohort),
             weights=weights,
             global_params=x,
-            generator=torch_generator(self.seed, Stream.PLUGIN, round_idx),
+            generator=self._stage_generator(round_idx, StageKind.AGGREGATOR, 0),
         )
-        for transform in self.update_transforms:
-            updates = transform(updates, ctx)
+        for i, transform in enumerate(self.update_transforms):
+            updates = transform(updates, self._stage_ctx(ctx, StageKind.CLIENT_TRANSFORM, i))
             if updates.shape != (len(cohort), x.shape[0]):
                 raise InvalidUpdateError(
                     f"update transform {type(transform).__name__} returned shape {tuple(updates.shape)}, "
@@ -229,8 +244,8 @@ class Federation:
                 )
         result = self.aggregator.aggregate(updates, weights, ctx=ctx)
         delta = result.aggregate
-        for transform in self.aggregate_transforms:
-            delta = transform(delta, ctx)
+        for j, transform in enumerate(self.aggregate_transforms):
+            delta = transform(delta, self._stage_ctx(ctx, StageKind.SERVER_TRANSFORM, j))
         check_update(delta, d=x.shape[0], name="aggregate")
         unflatten_into(self.model, self.server_optimizer.step(x, delta))
         evaluated = force_eval or (round_idx + 1) % self.eval_every == 0
@@ -259,6 +274,13 @@ class Federation:
             record.seconds,
         )
         return record
+
+    def _stage_generator(self, round_idx: int, kind: int, index: int) -> torch.Generator:
+        """The generator of one stage in one round: derived from (seed, round, stage kind, position)."""
+        return torch_generator(self.seed, Stream.PLUGIN, round_idx, kind, index)
+
+    def _stage_ctx(self, ctx: RoundContext, kind: int, index: int) -> RoundContext:
+        return replace(ctx, generator=self._stage_generator(ctx.round_idx, kind, index))
 
     def run(self, *, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> History:
         """Run ``rounds`` more rounds; the last one is always evaluated."""

@@ -242,3 +242,47 @@ def test_hooks_learn_the_round_and_global_model(digits):
     fed.run(rounds=2)
     assert [r for r, _ in seen] == [0, 1]
     assert torch.equal(seen[0][1], x0) and not torch.equal(seen[1][1], x0)
+
+
+class _DrawingMean(Aggregator):
+    """Mean that records one draw of its stage generator per round."""
+
+    def __init__(self):
+        self.draws = []
+
+    def _aggregate(self, updates, weights, ctx):
+        self.draws.append(torch.rand(4, generator=ctx.generator).tolist())
+        return AggregationResult(aggregate=updates.mean(0), kept=torch.ones(len(updates), dtype=torch.bool))
+
+
+def _noise_recorder(draws):
+    def noise(delta, ctx):
+        draws.append(torch.rand(4, generator=ctx.generator).tolist())
+        return delta
+
+    return noise
+
+
+def _attack(amount):
+    """An 'attack' that consumes ``amount`` draws of its stage generator and perturbs the first row."""
+
+    def transform(updates, ctx):
+        out = updates.clone()
+        out[0] += 0.01 * torch.randn(amount, generator=ctx.generator).sum()
+        return out
+
+    return transform
+
+
+def test_each_stage_has_its_own_random_stream(digits):
+    """Changing the attack (how much it draws) leaves the defense's and the server noise's draws unchanged."""
+    runs = []
+    for amount in (1, 1000):
+        agg, noise = _DrawingMean(), []
+        fed = _fed(digits, aggregator=agg, update_transforms=[_attack(amount)],
+                   aggregate_transforms=[_noise_recorder(noise)])
+        fed.run(rounds=2)
+        runs.append((agg.draws, noise))
+    assert runs[0] == runs[1]
+    (agg_draws, noise_draws), _ = runs
+    assert agg_draws[0] != agg_draws[1] and agg_draws[0] != noise_draws[0]  # distinct per round and per stage
