@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from defenses.dp.errors import PrivacyConfigError, check_positive
 from fl_core.aggregation import RoundContext
 from fl_core.numerics import clip_rows as direction_rows
 from fl_core.numerics import row_norms
+from fl_core.state import StateError, check_state, state_float, state_int
 from fl_core.updates import check_cohort
 
 __all__ = ["AdaptiveClip", "L2Clip", "PerLayerClip", "clip_rows", "layer_sizes"]
@@ -179,7 +181,18 @@ class AdaptiveClip:
     >>> _ = clip(torch.tensor([[0.1], [0.2]]))   # both below C: C shrinks
     >>> round(clip.clip_norm, 4)
     0.9048
+
+    The clip norm survives a restart (:meth:`state_dict` is JSON-serialisable):
+
+    >>> resumed = AdaptiveClip(initial_clip_norm=1.0, target_quantile=0.5, learning_rate=0.2,
+    ...                        count_noise_std=0.0, expected_clients=2)
+    >>> resumed.load_state_dict(clip.state_dict())
+    >>> resumed.clip_norm == clip.clip_norm, resumed.rounds
+    (True, 1)
     """
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
 
     def __init__(
         self,
@@ -201,6 +214,7 @@ class AdaptiveClip:
         self.expected_clients = expected_clients
         self.last_clip_norm = self.clip_norm
         self.last_unclipped_fraction = float("nan")
+        self.rounds = 0
 
     def update_noise_multiplier(self, noise_multiplier: float) -> float:
         """Noise multiplier of the update sum so that update + count spend ``noise_multiplier``.
@@ -234,8 +248,60 @@ class AdaptiveClip:
         b = unclipped / self.expected_clients
         self.last_clip_norm, self.last_unclipped_fraction = c, b
         self.clip_norm = c * math.exp(-self.learning_rate * (b - self.target_quantile))
+        self.rounds += 1
         log.debug("adaptive clip: C %.4g -> %.4g (noisy unclipped fraction %.3f)", c, self.clip_norm, b)
         return out
 
     def round_metrics(self) -> dict[str, float]:
         return {"clip_norm": self.last_clip_norm, "noisy_unclipped_fraction": self.last_unclipped_fraction}
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "target_quantile": self.target_quantile,
+            "learning_rate": self.learning_rate,
+            "count_noise_std": self.count_noise_std,
+            "expected_clients": self.expected_clients,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The clip norm and its round counter, as a JSON-serialisable dict (no tensors).
+
+        Keys besides ``kind``, ``version`` and ``config``: ``clip_norm`` (the next
+        round's), ``last_clip_norm``, ``last_unclipped_fraction`` (``None`` before
+        the first round) and ``rounds``.
+
+        The initial clip norm is not part of the configuration checked on load:
+        the state's ``clip_norm`` replaces it.
+        """
+        frac = self.last_unclipped_fraction
+        return {
+            "kind": type(self).__name__,
+            "version": self.STATE_VERSION,
+            "config": self._config(),
+            "clip_norm": self.clip_norm,
+            "last_clip_norm": self.last_clip_norm,
+            "last_unclipped_fraction": None if math.isnan(frac) else frac,
+            "rounds": self.rounds,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict` of an ``AdaptiveClip`` with the same configuration.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, missing or unexpected keys, a clip norm
+            that is not a finite number > 0, or a negative round count.
+        """
+        kind = type(self).__name__
+        keys = ("clip_norm", "last_clip_norm", "last_unclipped_fraction", "rounds")
+        state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=keys, config=self._config())
+        clip_norm = state_float(state, "clip_norm", kind=kind, positive=True)
+        last = state_float(state, "last_clip_norm", kind=kind, positive=True)
+        frac = state_float(state, "last_unclipped_fraction", kind=kind, allow_none=True)
+        rounds = state_int(state, "rounds", kind=kind)
+        if (frac is None) != (rounds == 0):
+            raise StateError(f"{kind} state: last_unclipped_fraction is None exactly before the first round")
+        self.clip_norm, self.last_clip_norm = clip_norm, last
+        self.last_unclipped_fraction = float("nan") if frac is None else frac
+        self.rounds = rounds

@@ -30,7 +30,10 @@ True
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -39,6 +42,7 @@ from defenses.dp.errors import PrivacyConfigError, check_positive
 from defenses.dp.events import GaussianEvent
 from defenses.dp.ledger import PerClientLedger, PrivacyLedger
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.state import StateError, check_state
 from fl_core.updates import check_cohort
 
 __all__ = ["CentralDPFedAvg", "CentralGaussianNoise", "FixedDenominatorMean", "LocalGaussianDP"]
@@ -215,6 +219,68 @@ class CentralDPFedAvg:
         """Keyword arguments ``update_transforms``, ``aggregator``, ``aggregate_transforms`` of a ``Federation``."""
         return {"update_transforms": [self.clip], "aggregator": self.aggregator, "aggregate_transforms": [self.noise]}
 
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "noise_multiplier": self.noise.noise_multiplier,
+            "expected_clients": int(self.aggregator.denominator),
+            "sample_rate": self.noise.sample_rate,
+            "clip": type(self.clip).__name__,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ledger's state and, with adaptive clipping, the clip's; JSON-serialisable.
+
+        Keys besides ``kind``, ``version`` and ``config``: ``ledger``
+        (:meth:`PrivacyLedger.state_dict`) and ``clip``
+        (:meth:`AdaptiveClip.state_dict`, or ``None`` for the stateless clips).
+
+        Examples
+        --------
+        >>> import json
+        >>> dp = CentralDPFedAvg(clip_norm=1.0, noise_multiplier=1.0, expected_clients=10, sample_rate=0.1,
+        ...                      delta=1e-5)
+        >>> dp.ledger.record(GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=50))
+        >>> resumed = CentralDPFedAvg(clip_norm=1.0, noise_multiplier=1.0, expected_clients=10, sample_rate=0.1,
+        ...                           delta=1e-5)
+        >>> resumed.load_state_dict(json.loads(json.dumps(dp.state_dict())))
+        >>> resumed.ledger.epsilon() == dp.ledger.epsilon()
+        True
+        """
+        clip = self.clip.state_dict() if isinstance(self.clip, AdaptiveClip) else None
+        return {
+            "kind": type(self).__name__,
+            "version": self.STATE_VERSION,
+            "config": self._config(),
+            "ledger": self.ledger.state_dict(),
+            "clip": clip,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state of a pipeline with the same configuration (delegates to the ledger and the clip).
+
+        The clip's state is checked on a copy first and the ledger loads all or
+        nothing, so a bad state leaves this object unchanged.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, or a bad ledger or clip state.
+        """
+        kind = type(self).__name__
+        state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=("ledger", "clip"),
+                            config=self._config())
+        adaptive = isinstance(self.clip, AdaptiveClip)
+        if adaptive == (state["clip"] is None):
+            raise StateError(f"{kind} state: clip state must be given exactly with adaptive clipping")
+        if isinstance(self.clip, AdaptiveClip):
+            copy.deepcopy(self.clip).load_state_dict(state["clip"])  # validate before touching anything
+        self.ledger.load_state_dict(state["ledger"])
+        if isinstance(self.clip, AdaptiveClip):
+            self.clip.load_state_dict(state["clip"])
+
 
 class LocalGaussianDP:
     """Local DP: each client clips to ``C`` and adds ``N(0, (z * 2C)^2)`` itself (an ``UpdateTransform``).
@@ -245,6 +311,36 @@ class LocalGaussianDP:
         self.noise_multiplier = check_positive(noise_multiplier, name="noise_multiplier", allow_zero=True)
         self.ledgers = PerClientLedger(delta=delta, accountant=accountant)
         self.last_clip_norm = self.clip_norm
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+
+    def _config(self) -> dict[str, Any]:
+        return {"clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-client ledgers' state (:meth:`PerClientLedger.state_dict`, key ``ledgers``).
+
+        JSON-serialisable when the client ids are ints or strs.
+        """
+        return {
+            "kind": type(self).__name__,
+            "version": self.STATE_VERSION,
+            "config": self._config(),
+            "ledgers": self.ledgers.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state of a ``LocalGaussianDP`` with the same configuration (delegates to the ledgers).
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, or a bad ledger state.
+        """
+        state = check_state(state, kind=type(self).__name__, version=self.STATE_VERSION, keys=("ledgers",),
+                            config=self._config())
+        self.ledgers.load_state_dict(state["ledgers"])
 
     @property
     def sigma(self) -> float:

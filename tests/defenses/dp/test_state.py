@@ -6,9 +6,14 @@ import copy
 import json
 
 import pytest
+import torch
 
+from defenses.dp.clipping import AdaptiveClip
+from defenses.dp.distributed import DistributedDiscreteGaussian
+from defenses.dp.dp_fedavg import CentralDPFedAvg, LocalGaussianDP
 from defenses.dp.events import GaussianEvent, PureDPEvent, RenyiEvent
 from defenses.dp.ledger import PerClientLedger, PrivacyLedger
+from fl_core.aggregation import RoundContext
 from fl_core.errors import FlsecError
 from fl_core.state import StateError
 
@@ -158,3 +163,120 @@ def test_per_client_ledger_corrupted() -> None:
         PerClientLedger(delta=1e-3).load_state_dict(state)
     with pytest.raises(StateError, match="kind"):
         PrivacyLedger(delta=1e-5).load_state_dict(state)
+
+
+def _clip() -> AdaptiveClip:
+    return AdaptiveClip(initial_clip_norm=1.0, target_quantile=0.5, learning_rate=0.3, count_noise_std=0.5,
+                        expected_clients=6)
+
+
+def _ctx(round_idx: int) -> RoundContext:
+    gen = torch.Generator().manual_seed(100 + round_idx)
+    return RoundContext(round_idx, tuple(range(6)), torch.ones(6), torch.zeros(4), gen)
+
+
+def _cohort(round_idx: int) -> torch.Tensor:
+    return torch.randn(6, 4, generator=torch.Generator().manual_seed(round_idx)) * (1 + round_idx)
+
+
+@pytest.mark.parametrize("through_json", [False, True])
+def test_adaptive_clip_restored_mid_run_is_bit_identical(through_json: bool) -> None:
+    original = _clip()
+    for r in range(3):
+        original(_cohort(r), _ctx(r))
+    state = original.state_dict()
+    if through_json:
+        state = json.loads(json.dumps(state, allow_nan=False))
+    resumed = _clip()
+    resumed.load_state_dict(state)
+    assert resumed.rounds == 3
+    for r in range(3, 6):
+        assert torch.equal(resumed(_cohort(r), _ctx(r)), original(_cohort(r), _ctx(r)))
+        assert resumed.clip_norm == original.clip_norm
+        assert resumed.round_metrics() == original.round_metrics()
+
+
+def test_adaptive_clip_fresh_state_round_trips() -> None:
+    resumed = _clip()
+    resumed.load_state_dict(json.loads(json.dumps(_clip().state_dict(), allow_nan=False)))
+    assert resumed.rounds == 0 and resumed.clip_norm == 1.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("clip_norm", 0.0, "> 0"),
+        ("clip_norm", float("nan"), "finite"),
+        ("clip_norm", "1.0", "finite"),
+        ("rounds", -1, "int >= 0"),
+        ("rounds", 2.0, "int >= 0"),
+        ("last_unclipped_fraction", None, "before the first round"),
+        ("kind", "L2Clip", "kind"),
+        ("version", "1", "version"),
+    ],
+)
+def test_adaptive_clip_corrupted_state(key: str, value: object, match: str) -> None:
+    original = _clip()
+    original(_cohort(0), _ctx(0))
+    target = _clip()
+    with pytest.raises(StateError, match=match):
+        target.load_state_dict({**original.state_dict(), key: value})
+    assert target.clip_norm == 1.0 and target.rounds == 0
+
+
+def test_adaptive_clip_other_configuration() -> None:
+    other = AdaptiveClip(initial_clip_norm=1.0, target_quantile=0.9, learning_rate=0.3, count_noise_std=0.5,
+                         expected_clients=6)
+    with pytest.raises(StateError, match=r"target_quantile=0\.5"):
+        other.load_state_dict(_clip().state_dict())
+
+
+def test_central_dp_fedavg_delegates_to_ledger_and_adaptive_clip() -> None:
+    def build() -> CentralDPFedAvg:
+        clip = AdaptiveClip(initial_clip_norm=1.0, count_noise_std=5.0, expected_clients=6)
+        return CentralDPFedAvg(clip=clip, noise_multiplier=1.0, expected_clients=6, sample_rate=0.1, delta=1e-5)
+
+    original = build()
+    for r in range(3):
+        original.noise(original.aggregator(original.clip(_cohort(r), _ctx(r))), _ctx(r))
+    resumed = build()
+    resumed.load_state_dict(json.loads(json.dumps(original.state_dict(), allow_nan=False)))
+    assert resumed.ledger.epsilon() == original.ledger.epsilon()
+    assert resumed.noise.ledger is resumed.ledger
+    for r in range(3, 5):
+        out_o = original.noise(original.aggregator(original.clip(_cohort(r), _ctx(r))), _ctx(r))
+        out_r = resumed.noise(resumed.aggregator(resumed.clip(_cohort(r), _ctx(r))), _ctx(r))
+        assert torch.equal(out_o, out_r)
+    assert resumed.noise.round_metrics() == original.noise.round_metrics()
+
+    bad = original.state_dict()
+    bad["clip"]["clip_norm"] = -1.0
+    before = resumed.state_dict()
+    with pytest.raises(StateError, match="clip_norm"):
+        resumed.load_state_dict(bad)
+    assert resumed.state_dict() == before
+    flat = CentralDPFedAvg(clip_norm=1.0, noise_multiplier=1.0, expected_clients=6, sample_rate=0.1, delta=1e-5)
+    with pytest.raises(StateError, match="another configuration"):
+        flat.load_state_dict(original.state_dict())
+
+
+def test_local_dp_and_ddg_delegate_to_their_ledgers() -> None:
+    ldp = LocalGaussianDP(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
+    ldp(torch.zeros(6, 4), _ctx(0))
+    resumed = LocalGaussianDP(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
+    resumed.load_state_dict(json.loads(json.dumps(ldp.state_dict())))
+    assert resumed.round_metrics() == ldp.round_metrics()
+    with pytest.raises(StateError, match="noise_multiplier"):
+        LocalGaussianDP(clip_norm=1.0, noise_multiplier=2.0, delta=1e-5).load_state_dict(ldp.state_dict())
+
+    def ddg(min_survivors: int = 3) -> DistributedDiscreteGaussian:
+        return DistributedDiscreteGaussian(clip_norm=1.0, noise_multiplier=1.0, expected_clients=4,
+                                           min_survivors=min_survivors, sample_rate=0.5, delta=1e-5)
+
+    original = ddg()
+    original.ledger.record(original.event(8))
+    restored = ddg()
+    restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
+    assert restored.ledger.round_metrics() == original.ledger.round_metrics()
+    with pytest.raises(StateError, match="min_survivors"):
+        ddg(min_survivors=4).load_state_dict(original.state_dict())
