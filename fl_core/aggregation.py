@@ -110,9 +110,6 @@ class Aggregator(abc.ABC):
     input the same way. ``__call__`` returns only the aggregate tensor.
     """
 
-    #: Registry name; set by subclasses.
-    name: str = ""
-
     def aggregate(
         self,
         updates: torch.Tensor,
@@ -157,8 +154,6 @@ class WeightedMean(Aggregator):
     >>> WeightedMean()(torch.tensor([[1.0], [3.0]]))
     tensor([2.])
     """
-
-    name = "mean"
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         # normalised in float64 and summed without overflow (fl_core.numerics.combine): the

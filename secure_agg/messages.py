@@ -184,8 +184,6 @@ class Message(abc.ABC):
     """Common header fields of every message; subclasses add the body."""
 
     TYPE: ClassVar[MsgType]
-    STAGE: ClassVar[Stage]
-    FROM_CLIENT: ClassVar[bool]
 
     round_id: int
     sender: int
@@ -342,8 +340,6 @@ class AdvertiseKeys(Message):
     """
 
     TYPE = MsgType.ADVERTISE_KEYS
-    STAGE = Stage.ADVERTISE_KEYS
-    FROM_CLIENT = True
     c_pk: bytes
     s_pk: bytes
     signature: bytes = b""
@@ -376,8 +372,6 @@ class ShareKeys(Message):
     """
 
     TYPE = MsgType.SHARE_KEYS
-    STAGE = Stage.SHARE_KEYS
-    FROM_CLIENT = True
     b_commitment: bytes
     ciphertexts: tuple[tuple[int, bytes], ...]
 
@@ -412,8 +406,6 @@ class MaskedInput(Message):
     """
 
     TYPE = MsgType.MASKED_INPUT
-    STAGE = Stage.MASKED_INPUT
-    FROM_CLIENT = True
     ring_bits: int
     y: np.ndarray
     masked_with: tuple[int, ...] = ()
@@ -470,8 +462,6 @@ class ConsistencySignature(Message):
     """Round 3, client -> server: ``SIG(d_u^SK, round || U3)`` (active setting only)."""
 
     TYPE = MsgType.CONSISTENCY_SIGNATURE
-    STAGE = Stage.CONSISTENCY_CHECK
-    FROM_CLIENT = True
     signature: bytes
 
     def __post_init__(self) -> None:
@@ -496,8 +486,6 @@ class UnmaskShares(Message):
     """
 
     TYPE = MsgType.UNMASK_SHARES
-    STAGE = Stage.UNMASKING
-    FROM_CLIENT = True
     shares: tuple[tuple[int, ShareKind, bytes], ...]
 
     def __post_init__(self) -> None:
@@ -533,8 +521,6 @@ class KeyBroadcast(Message):
     """Round 0 answer, server -> client: the advertised keys of the receiver's neighbours."""
 
     TYPE = MsgType.KEY_BROADCAST
-    STAGE = Stage.ADVERTISE_KEYS
-    FROM_CLIENT = False
     entries: tuple[KeyEntry, ...]
 
     def __post_init__(self) -> None:
@@ -567,8 +553,6 @@ class ShareRelay(Message):
     """Round 1 answer, server -> client: ``(sender u, ciphertext e_{u,v})`` for receiver ``v``."""
 
     TYPE = MsgType.SHARE_RELAY
-    STAGE = Stage.SHARE_KEYS
-    FROM_CLIENT = False
     ciphertexts: tuple[tuple[int, bytes], ...]
 
     def __post_init__(self) -> None:
@@ -593,8 +577,6 @@ class SurvivorList(Message):
     """Round 2 answer, server -> client: ``U3``, the clients whose masked input arrived."""
 
     TYPE = MsgType.SURVIVOR_LIST
-    STAGE = Stage.MASKED_INPUT
-    FROM_CLIENT = False
     survivors: tuple[int, ...]
 
     def __post_init__(self) -> None:
@@ -615,8 +597,6 @@ class SignatureBroadcast(Message):
     """Round 3 answer, server -> client: neighbours' consistency signatures ``(v, sigma'_v)``."""
 
     TYPE = MsgType.SIGNATURE_BROADCAST
-    STAGE = Stage.CONSISTENCY_CHECK
-    FROM_CLIENT = False
     signatures: tuple[tuple[int, bytes], ...]
 
     def __post_init__(self) -> None:

@@ -256,8 +256,6 @@ def _rule_params(cls: type) -> list[str]:
 
 
 def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None:
-    from defenses.robust.compose import Compose  # noqa: F401  (checked below through build)
-
     for i, comp in enumerate([*spec.pre, spec]):
         key = f"{where}.pre[{i}]" if i < len(spec.pre) else where
         try:

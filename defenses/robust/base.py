@@ -30,7 +30,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -173,18 +173,15 @@ class RobustAggregator(Aggregator):
 
     Subclasses implement ``_aggregate(updates, weights, ctx)`` on a validated
     ``(n, d)`` tensor and override :meth:`check_tolerance` with their bound.
+    Most robust rules are unweighted in their papers (a Byzantine client could
+    inflate a reported example count); they still validate the weights they are
+    given.
 
     Parameters
     ----------
     f : int
         Number of Byzantine clients the rule must tolerate (keyword-only).
     """
-
-    name: ClassVar[str] = ""
-    #: Whether the rule uses the per-client weights. Most robust rules are
-    #: unweighted in their papers (a Byzantine client could inflate a reported
-    #: example count); they still validate the weights they are given.
-    uses_weights: ClassVar[bool] = False
 
     def __init__(self, *, f: int = 0) -> None:
         self.f = check_count("f", f)
@@ -271,8 +268,6 @@ class PreAggregator(abc.ABC):
     ``transform`` validates and returns a :class:`PreAggregation`;
     ``pre(updates)`` returns only the transformed cohort in the input's form.
     """
-
-    name: ClassVar[str] = ""
 
     def __init__(self, *, f: int = 0) -> None:
         self.f = check_count("f", f)

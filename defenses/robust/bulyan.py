@@ -10,8 +10,6 @@ tensor([0.3000])
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 import torch
 
@@ -186,8 +184,6 @@ class Bulyan(RobustAggregator):
     >>> Bulyan(f=0)(np.array([[1.0], [2.0], [6.0]]))
     array([3.])
     """
-
-    name: ClassVar[str] = "bulyan"
 
     def check_tolerance(self, n: int) -> None:
         require(n >= 4 * self.f + 3, f"Bulyan needs n >= 4f + 3, got n={n}, f={self.f}")

@@ -14,7 +14,6 @@ tensor([0.3000])
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import torch
 
@@ -58,8 +57,6 @@ class Compose(RobustAggregator):
     >>> Compose(ARC(f=1), Mean())(np.array([[1.0], [2.0], [100.0]]))
     array([1.66666667])
     """
-
-    name: ClassVar[str] = "compose"
 
     def __init__(self, *stages: PreAggregator | Aggregator) -> None:
         if not stages:

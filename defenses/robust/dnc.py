@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import ClassVar
 
 import torch
 
@@ -123,8 +122,6 @@ class DnC(RobustAggregator):
     >>> DnC(f=0)(np.array([[1.0, 2.0], [3.0, 4.0]]))
     array([2., 3.])
     """
-
-    name: ClassVar[str] = "dnc"
 
     def __init__(
         self,

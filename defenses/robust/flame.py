@@ -14,7 +14,6 @@ Examples
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -134,8 +133,6 @@ class FLAME(RobustAggregator):
     >>> rule(np.array([[1.0, 0.0], [1.0, 0.1], [1.0, -0.1]]))
     array([1., 0.])
     """
-
-    name: ClassVar[str] = "flame"
 
     def __init__(self, *, f: int = 0, lam: float = 0.001, generator: torch.Generator | None = None) -> None:
         super().__init__(f=f)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -89,8 +89,6 @@ class FLTrust(RobustAggregator):
     >>> rule(np.array([[0.0, 4.0], [0.0, -4.0]]))
     array([0., 1.])
     """
-
-    name: ClassVar[str] = "fltrust"
 
     def __init__(self, *, f: int = 0, server_update: ServerUpdateFn | None = None) -> None:
         super().__init__(f=f)

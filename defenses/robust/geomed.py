@@ -10,8 +10,6 @@ tensor([0.7887, 0.7887], dtype=torch.float64)
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, check_count, check_positive, require
@@ -124,9 +122,6 @@ class GeometricMedian(RobustAggregator):
     >>> GeometricMedian()(np.array([[0.0], [1.0], [10.0]])).round(3)
     array([1.])
     """
-
-    name: ClassVar[str] = "geomed"
-    uses_weights: ClassVar[bool] = True
 
     def __init__(self, *, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7) -> None:
         super().__init__(f=f)

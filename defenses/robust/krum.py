@@ -18,8 +18,6 @@ tensor([0.1500])
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from defenses.robust.base import RobustAggregator, check_count, require
@@ -126,8 +124,6 @@ class Krum(RobustAggregator):
     array([1.])
     """
 
-    name: ClassVar[str] = "krum"
-
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f + 2, f"{self.label} needs n > 2f + 2, got n={n}, f={self.f}")
 
@@ -172,8 +168,6 @@ class MultiKrum(Krum):
     >>> MultiKrum(f=1, m=2)(torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]]))
     tensor([1.5000])
     """
-
-    name: ClassVar[str] = "multi_krum"
 
     def __init__(self, *, f: int = 0, m: int | None = None) -> None:
         super().__init__(f=f)

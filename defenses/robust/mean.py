@@ -9,8 +9,6 @@ array([1.5, 3.5])
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept
@@ -50,9 +48,6 @@ class Mean(RobustAggregator, WeightedMean):
     >>> Mean()(torch.tensor([[1.0], [3.0]]))
     tensor([2.])
     """
-
-    name: ClassVar[str] = "mean"
-    uses_weights: ClassVar[bool] = True
 
     def __init__(self, *, f: int = 0) -> None:
         super().__init__(f=f)

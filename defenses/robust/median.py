@@ -9,8 +9,6 @@ tensor([1., 5.])
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, require
@@ -43,8 +41,6 @@ class Median(RobustAggregator):
     >>> Median(f=1)(np.array([[1.0], [2.0], [4.0], [1e9]]))
     array([3.])
     """
-
-    name: ClassVar[str] = "median"
 
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"Median needs n > 2f, got n={n}, f={self.f}")

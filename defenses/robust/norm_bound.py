@@ -9,8 +9,6 @@ tensor([0.2500, 0.5000])
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, check_positive
@@ -55,9 +53,6 @@ class NormBound(RobustAggregator):
     >>> NormBound(M=5.0)(np.array([[3.0, 4.0], [30.0, 40.0]]))
     array([3., 4.])
     """
-
-    name: ClassVar[str] = "norm_bound"
-    uses_weights: ClassVar[bool] = True
 
     def __init__(self, *, f: int = 0, M: float) -> None:
         super().__init__(f=f)

@@ -15,7 +15,6 @@ tensor([[0.5000],
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 
@@ -69,8 +68,6 @@ class NNM(PreAggregator):
            [1.]])
     """
 
-    name: ClassVar[str] = "nnm"
-
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"NNM needs n > 2f, got n={n}, f={self.f}")
 
@@ -113,8 +110,6 @@ class Bucketing(PreAggregator):
     >>> tuple(b(torch.zeros(5, 3)).shape)
     (3, 3)
     """
-
-    name: ClassVar[str] = "bucketing"
 
     def __init__(self, *, s: int = 2, f: int = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(f=f)
@@ -170,8 +165,6 @@ class ARC(PreAggregator):
             [0.0000, 2.0000],
             [1.2000, 1.6000]])
     """
-
-    name: ClassVar[str] = "arc"
 
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"ARC needs n > 2f, got n={n}, f={self.f}")

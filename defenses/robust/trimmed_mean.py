@@ -9,8 +9,6 @@ tensor([1.5000])
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from defenses.robust.base import RobustAggregator, all_kept, require
@@ -49,8 +47,6 @@ class TrimmedMean(RobustAggregator):
     >>> TrimmedMean(f=0)(np.array([[1.0], [2.0]]))
     array([1.5])
     """
-
-    name: ClassVar[str] = "trimmed_mean"
 
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"TrimmedMean needs n > 2f, got n={n}, f={self.f}")

@@ -108,7 +108,6 @@ class HEMessage(Message):
     """Common header of the HE messages (the fields and checks of :class:`secure_agg.messages.Message`)."""
 
     TYPE: ClassVar[HEMsgType]  # type: ignore[assignment]
-    STAGE: ClassVar[HEStage]  # type: ignore[assignment]
 
     def to_bytes(self) -> bytes:
         """The wire encoding (see the module docstring)."""
@@ -187,8 +186,6 @@ class PublicContext(HEMessage):
     """Setup, key holder -> server: the TenSEAL context serialised without the secret key."""
 
     TYPE = HEMsgType.PUBLIC_CONTEXT
-    STAGE = HEStage.SETUP
-    FROM_CLIENT = True
     scheme: str
     key_id: bytes
     context: bytes
@@ -215,8 +212,6 @@ class EncryptedInput(HEMessage):
     """Client -> server: ``ceil(n_values / slots)`` ciphertexts of the packed, weighted update."""
 
     TYPE = HEMsgType.ENCRYPTED_INPUT
-    STAGE = HEStage.ENCRYPTED_INPUT
-    FROM_CLIENT = True
     scheme: str
     key_id: bytes
     n_values: int
@@ -250,8 +245,6 @@ class EncryptedAggregate(HEMessage):
     """Server -> clients: the ciphertext sum over ``contributors`` (those whose input was accepted)."""
 
     TYPE = HEMsgType.ENCRYPTED_AGGREGATE
-    STAGE = HEStage.AGGREGATE
-    FROM_CLIENT = False
     scheme: str
     key_id: bytes
     n_values: int
