@@ -11,7 +11,8 @@ tensor([0.6667])
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -20,6 +21,7 @@ from defenses.robust.errors import StateMismatchError
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.numerics import combine, row_norms
+from fl_core.state import check_state, state_tensor
 
 __all__ = ["CenteredClipping"]
 
@@ -65,9 +67,21 @@ class CenteredClipping(RobustAggregator):
     >>> import numpy as np
     >>> CenteredClipping(tau=float("inf"))(np.array([[1.0], [3.0]]))
     array([2.])
+
+    The reference survives a restart through :meth:`state_dict` / :meth:`load_state_dict`:
+
+    >>> cc = CenteredClipping(tau=1.0)
+    >>> _ = cc(np.array([[1.0], [3.0]]))
+    >>> resumed = CenteredClipping(tau=1.0)
+    >>> resumed.load_state_dict(cc.state_dict())
+    >>> resumed.reference.tolist()
+    [1.0]
     """
 
     name: ClassVar[str] = "centered_clipping"
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION: ClassVar[int] = 1
 
     def __init__(self, *, f: int = 0, tau: float = 10.0, L: int = 1) -> None:
         super().__init__(f=f)
@@ -83,6 +97,36 @@ class CenteredClipping(RobustAggregator):
     def reset(self) -> None:
         """Forget the reference: the next round starts from zero."""
         self._v = None
+
+    def _config(self) -> dict[str, Any]:
+        return {"f": self.f, "tau": self.tau, "L": self.L}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference ``v_0`` (key ``reference``): a clone of the ``(d,)`` tensor, or ``None`` before round 1.
+
+        The rest (kind, version, config) is JSON-serialisable; ``tau = inf``
+        is written as JSON's non-standard ``Infinity``.
+        """
+        return {
+            "kind": type(self).__name__,
+            "version": self.STATE_VERSION,
+            "config": self._config(),
+            "reference": None if self._v is None else self._v.detach().clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a reference saved by :meth:`state_dict` of a rule with the same ``f``, ``tau`` and ``L``.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, missing or unexpected keys, or a
+            reference that is not a finite floating-point ``(d,)`` tensor.
+        """
+        kind = type(self).__name__
+        state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=("reference",),
+                            config=self._config())
+        self._v = state_tensor(state, "reference", kind=kind, ndim=1, allow_none=True)
 
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"CenteredClipping needs n > 2f, got n={n}, f={self.f}")

@@ -14,7 +14,8 @@ Examples
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,6 +25,7 @@ from defenses.robust.errors import StateMismatchError
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.numerics import WIDE, abs_max, all_finite, combine, rows_finite
+from fl_core.state import StateError, check_state, state_tensor
 
 __all__ = ["FoolsGold", "foolsgold_weights"]
 
@@ -151,9 +153,21 @@ class FoolsGold(RobustAggregator):
     >>> import numpy as np
     >>> FoolsGold()(np.array([[1.0, 0.0], [0.0, 1.0]]))
     array([0.5, 0.5])
+
+    The histories survive a restart through :meth:`state_dict` / :meth:`load_state_dict`:
+
+    >>> fg = FoolsGold()
+    >>> _ = fg(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> resumed = FoolsGold()
+    >>> resumed.load_state_dict(fg.state_dict())
+    >>> resumed.history(1).tolist()
+    [0.0, 1.0]
     """
 
     name: ClassVar[str] = "foolsgold"
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION: ClassVar[int] = 1
 
     def __init__(self, *, f: int = 0, kappa: float = 1.0) -> None:
         super().__init__(f=f)
@@ -167,6 +181,55 @@ class FoolsGold(RobustAggregator):
         self._rows = {}
         self._history = None
         self._exponent = None
+
+    def _config(self) -> dict[str, Any]:
+        return {"f": self.f, "kappa": self.kappa}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every client's history: ``client_ids`` (a list, in row order) and two tensors.
+
+        ``history`` is the ``(rows, d)`` tensor of mantissas ``m_i`` in the updates'
+        dtype and ``exponent`` the ``(rows,)`` int64 tensor of the powers ``e_i``
+        (``h_i = m_i 2^e_i``); both are ``None`` before the first round. The
+        tensors are clones (torch's convention: save with ``torch.save``); the
+        rest is JSON-serialisable.
+        """
+        history, exponent = self._history, self._exponent
+        return {
+            "kind": type(self).__name__,
+            "version": self.STATE_VERSION,
+            "config": self._config(),
+            "client_ids": [int(c) for c in self._rows],
+            "history": None if history is None else history.detach().clone(),
+            "exponent": None if exponent is None else exponent.detach().clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore histories saved by :meth:`state_dict` of a FoolsGold with the same ``f`` and ``kappa``.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, missing or unexpected keys,
+            client ids that are not distinct ints, or tensors of the wrong type,
+            shape or with NaN/Inf.
+        """
+        kind = type(self).__name__
+        state = check_state(state, kind=kind, version=self.STATE_VERSION,
+                            keys=("client_ids", "history", "exponent"), config=self._config())
+        ids = state["client_ids"]
+        if not isinstance(ids, list | tuple) or any(type(c) is not int for c in ids) or len(set(ids)) != len(ids):
+            raise StateError(f"{kind} state: client_ids must be a list of distinct ints, got {ids!r}")
+        rows = len(ids)
+        history = state_tensor(state, "history", kind=kind, ndim=2, shape=(rows, None), allow_none=True)
+        exponent = state_tensor(state, "exponent", kind=kind, ndim=1, shape=(rows,), floating=False,
+                                allow_none=True)
+        if (history is None) != (exponent is None) or (history is None and rows):
+            raise StateError(f"{kind} state: history and exponent must both be tensors when clients were seen")
+        if exponent is not None and history is not None:
+            exponent = exponent.to(history.device)
+        self._rows = {c: r for r, c in enumerate(ids)}
+        self._history, self._exponent = history, exponent
 
     def history(self, client_id: int) -> torch.Tensor | None:
         """The summed past updates of ``client_id`` (``None`` if never seen).
