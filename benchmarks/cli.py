@@ -48,6 +48,7 @@ def _bench_modules() -> list:
         "benchmarks.bench_secagg",
         "benchmarks.bench_crypto",
         "benchmarks.bench_fm",
+        "benchmarks.bench_round",
     ):
         try:
             found.append(importlib.import_module(name))
