@@ -9,6 +9,9 @@ The aggregate ``delta`` is the (robust, secure, noised) mean of the clients'
   ``m <- b1 m + (1 - b1) delta``; ``v <- b2 v + (1 - b2) delta^2``;
   ``x <- x + eta * m / (sqrt(v) + tau)`` (no bias correction, as in the paper).
 
+Every optimiser has ``state_dict()`` / ``load_state_dict()`` (momentum, moments,
+step count), so a run resumed after a restart takes the same next step.
+
 Examples
 --------
 >>> import torch
@@ -20,10 +23,13 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
 from fl_core.errors import ConfigError, UnknownNameError
+from fl_core.state import StateError, check_state, state_int, state_tensor
 
 __all__ = ["SERVER_OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "ServerOptimizer", "build_server_optimizer"]
 
@@ -46,8 +52,57 @@ class ServerOptimizer(abc.ABC):
     def step(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Return the new global parameters (``x`` is not modified)."""
 
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION: ClassVar[int] = 1
+
+    #: The keys of :meth:`state_dict` besides ``kind``, ``version`` and ``config``.
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ()
+
     def reset(self) -> None:
         """Forget the optimiser state (momentum, moments)."""
+
+    def _config(self) -> dict[str, Any]:
+        """Hyperparameters a state only fits with."""
+        return {}
+
+    def _state(self) -> dict[str, Any]:
+        """The mutable state (tensors cloned)."""
+        return {}
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        """Assign a state :meth:`load_state_dict` has checked the header of; validate every value first."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimiser's state: ``kind``, ``version``, ``config`` (JSON types) and the class's state keys.
+
+        Momentum and moments are tensor clones (``None`` before the first step);
+        ``steps`` counts the steps taken since construction or :meth:`reset`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> opt = FedAvgM(lr=1.0, momentum=0.5)
+        >>> x = opt.step(torch.zeros(1), torch.ones(1))
+        >>> resumed = FedAvgM(lr=1.0, momentum=0.5)
+        >>> resumed.load_state_dict(opt.state_dict())
+        >>> resumed.step(x, torch.ones(1)), resumed.steps
+        (tensor([2.5000]), 2)
+        """
+        return {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(), **self._state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state saved by :meth:`state_dict` of the same class with the same hyperparameters.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, missing or unexpected keys, or
+            a value of the wrong type, shape, or with NaN/Inf.
+        """
+        state = check_state(
+            state, kind=type(self).__name__, version=self.STATE_VERSION, keys=self.STATE_KEYS, config=self._config()
+        )
+        self._load(state)
 
 
 class FedAvg(ServerOptimizer):
@@ -59,6 +114,9 @@ class FedAvg(ServerOptimizer):
 
     def step(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return x + self.lr * delta
+
+    def _config(self) -> dict[str, Any]:
+        return {"lr": self.lr}
 
 
 class FedAvgM(ServerOptimizer):
@@ -78,13 +136,31 @@ class FedAvgM(ServerOptimizer):
             raise ConfigError(f"server momentum must be in [0, 1), got {momentum}")
         self.lr, self.momentum = lr, momentum
         self._v: torch.Tensor | None = None
+        self.steps = 0
+
+    STATE_KEYS = ("steps", "v")
 
     def step(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         self._v = delta.clone() if self._v is None else self.momentum * self._v + delta
+        self.steps += 1
         return x + self.lr * self._v
 
     def reset(self) -> None:
         self._v = None
+        self.steps = 0
+
+    def _config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "momentum": self.momentum}
+
+    def _state(self) -> dict[str, Any]:
+        return {"steps": self.steps, "v": None if self._v is None else self._v.detach().clone()}
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        kind = type(self).__name__
+        steps = state_int(state, "steps", kind=kind)
+        v = state_tensor(state, "v", kind=kind, ndim=1, allow_none=True)
+        _check_started(kind, steps, v is not None)
+        self.steps, self._v = steps, v
 
 
 class FedAdam(ServerOptimizer):
@@ -107,6 +183,9 @@ class FedAdam(ServerOptimizer):
         self.lr, self.beta1, self.beta2, self.tau = lr, beta1, beta2, tau
         self._m: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
+        self.steps = 0
+
+    STATE_KEYS = ("steps", "m", "v")
 
     def step(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         if self._m is None or self._v is None:
@@ -114,10 +193,43 @@ class FedAdam(ServerOptimizer):
             self._v = torch.full_like(delta, self.tau**2)
         self._m = self.beta1 * self._m + (1 - self.beta1) * delta
         self._v = self.beta2 * self._v + (1 - self.beta2) * delta * delta
+        self.steps += 1
         return x + self.lr * self._m / (self._v.sqrt() + self.tau)
 
     def reset(self) -> None:
         self._m = self._v = None
+        self.steps = 0
+
+    def _config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
+
+    def _state(self) -> dict[str, Any]:
+        m, v = self._m, self._v
+        return {
+            "steps": self.steps,
+            "m": None if m is None else m.detach().clone(),
+            "v": None if v is None else v.detach().clone(),
+        }
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        kind = type(self).__name__
+        steps = state_int(state, "steps", kind=kind)
+        m = state_tensor(state, "m", kind=kind, ndim=1, allow_none=True)
+        v = state_tensor(state, "v", kind=kind, ndim=1, allow_none=True)
+        if (m is None) != (v is None):
+            raise StateError(f"{kind} state: m and v must both be tensors or both None")
+        _check_started(kind, steps, m is not None)
+        if m is not None and v is not None:
+            if m.shape != v.shape or m.dtype != v.dtype:
+                raise StateError(f"{kind} state: m {tuple(m.shape)} {m.dtype} and v {tuple(v.shape)} {v.dtype} differ")
+            if bool((v < 0).any()):
+                raise StateError(f"{kind} state: the second moment v must be >= 0")
+        self.steps, self._m, self._v = steps, m, v
+
+
+def _check_started(kind: str, steps: int, has_state: bool) -> None:
+    if (steps > 0) != has_state:
+        raise StateError(f"{kind} state: steps={steps} but the momentum is {'set' if has_state else 'None'}")
 
 
 def build_server_optimizer(name: str, *, lr: float | None = None, momentum: float = 0.9) -> ServerOptimizer:
