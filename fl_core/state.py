@@ -38,6 +38,7 @@ import torch
 from fl_core.errors import FlsecError
 
 __all__ = [
+    "RoundCounterState",
     "StateError",
     "check_state",
     "state_bool",
@@ -203,3 +204,51 @@ def state_tensor(
     elif value.dtype != torch.int64:
         raise StateError(f"{kind} state: {key} must be an int64 tensor, got {value.dtype}")
     return value.detach().clone()
+
+
+class RoundCounterState:
+    """Mixin for objects whose only state is a round counter ``_calls`` (the secure-aggregation aggregators).
+
+    The class supplies ``_config()``: the constructor arguments, in JSON types.
+    ``state_dict()`` is JSON-serialisable: ``kind``, ``version``, ``config``, ``calls``.
+
+    Examples
+    --------
+    >>> class Counter(RoundCounterState):
+    ...     def __init__(self, seed: int) -> None:
+    ...         self.seed, self._calls = seed, 0
+    ...     def _config(self) -> dict[str, Any]:
+    ...         return {"seed": self.seed}
+    >>> c = Counter(1); c._calls = 5
+    >>> d = Counter(1); d.load_state_dict(c.state_dict()); d._calls
+    5
+    >>> Counter(2).load_state_dict(c.state_dict())
+    Traceback (most recent call last):
+    ...
+    fl_core.state.StateError: Counter state was saved with another configuration: seed=1 (this object: 2)
+    """
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+    _calls: int
+
+    def _config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """``kind``, ``version``, ``config`` and ``calls`` (rounds run so far), all JSON types."""
+        return {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(),
+                "calls": self._calls}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the round counter from a state of the same class and configuration.
+
+        Raises
+        ------
+        StateError
+            Another kind, version or configuration, missing or unexpected keys, or a
+            ``calls`` that is not an int >= 0.
+        """
+        kind = type(self).__name__
+        state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=("calls",), config=self._config())
+        self._calls = state_int(state, "calls", kind=kind)

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
 from fl_core.rng import numpy_generator
+from fl_core.state import RoundCounterState
 from secure_agg.errors import SecAggConfigError
 from secure_agg.graph import CommunicationGraph, choose_k_t, secure_threshold
 from secure_agg.messages import Stage
@@ -55,7 +57,7 @@ __all__ = ["SecAggAggregator", "SecAggPlusAggregator"]
 logger = logging.getLogger(__name__)
 
 
-class SecAggPlusAggregator(ExactWeights, Aggregator):
+class SecAggPlusAggregator(RoundCounterState, ExactWeights, Aggregator):
     """Weighted mean through SecAgg+ (Bell, Bonawitz, Gascon, Lepoint, Raykova, CCS 2020).
 
     Parameters
@@ -81,6 +83,23 @@ class SecAggPlusAggregator(ExactWeights, Aggregator):
     integer_input : bool
         Integer mode: sum integer-valued rows mod ``2^ring_bits`` exactly (no fixed-point
         encoding, no weights, no clipping); ``ring_bits <= 52``.
+
+    Notes
+    -----
+    The only state is the round counter of rounds run without a context (their
+    seeds and round ids derive from ``seed`` and it): ``state_dict()`` /
+    ``load_state_dict()`` (:class:`fl_core.state.RoundCounterState`) save and
+    restore it with the configuration, as JSON types.
+
+    Examples
+    --------
+    >>> import torch
+    >>> agg = SecAggPlusAggregator(clip=1.0, gamma=0.0, delta=0.0)
+    >>> _ = agg(torch.tensor([[0.5], [0.25], [0.0]]))
+    >>> resumed = SecAggPlusAggregator(clip=1.0, gamma=0.0, delta=0.0)
+    >>> resumed.load_state_dict(agg.state_dict())
+    >>> resumed.state_dict()["calls"]
+    1
     """
 
     name = "secagg+"
@@ -127,6 +146,21 @@ class SecAggPlusAggregator(ExactWeights, Aggregator):
     def reset(self) -> None:
         """Restart the round counter used without a context."""
         self._calls = 0
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "clip": self.clip,
+            "ring_bits": self.ring_bits,
+            "gamma": self.gamma,
+            "delta": self.delta,
+            "sigma": self.sigma,
+            "eta": self.eta,
+            "active": self.active,
+            "dropout_rate": self.dropout_rate,
+            "dropout_stage": self.dropout_stage.name,
+            "seed": self.seed,
+            "integer_input": self.integer_input,
+        }
 
     def _wants_exact_weights(self) -> bool:
         return not self.integer_input  # integer inputs carry their own weighting

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
 from fl_core.rng import numpy_generator
+from fl_core.state import RoundCounterState
 from secure_agg.he.errors import HEConfigError, InsecureParametersError
 from secure_agg.he.keys import KeyHolder
 from secure_agg.he.messages import HEStage
@@ -44,7 +46,7 @@ __all__ = ["BFVAggregator", "CKKSAggregator", "HEAggregator"]
 logger = logging.getLogger(__name__)
 
 
-class HEAggregator(ExactWeights, Aggregator):
+class HEAggregator(RoundCounterState, ExactWeights, Aggregator):
     """Weighted mean by homomorphic encryption; use :class:`BFVAggregator` or :class:`CKKSAggregator`.
 
     Parameters
@@ -66,6 +68,17 @@ class HEAggregator(ExactWeights, Aggregator):
         Fewest contributors for which the sum is released.
     seed : int
         Seed for rounds run without a :class:`RoundContext`.
+
+    Notes
+    -----
+    ``state_dict()`` / ``load_state_dict()`` (:class:`fl_core.state.RoundCounterState`)
+    save and restore the round counter of rounds run without a context, with the
+    configuration, as JSON types. The state deliberately **excludes the key
+    holder**: it holds the TenSEAL secret key, and a state dict is meant to be
+    written to checkpoints and logs, where a secret key must never go. Loading
+    a state leaves the current keys as they are; a restored aggregator without
+    keys makes fresh ones at its next round (the mean does not depend on which
+    keys encrypted it).
     """
 
     scheme = ""
@@ -101,6 +114,18 @@ class HEAggregator(ExactWeights, Aggregator):
         """Forget the keys and the round counter."""
         self._calls = 0
         self._key_holder = None
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "clip": self.clip,
+            "precision_bits": self.precision_bits,
+            "security_bits": self.security_bits,
+            "dropout_rate": self.dropout_rate,
+            "authenticate": self.authenticate,
+            "min_clients": self.min_clients,
+            "seed": self.seed,
+        }
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         n, d = updates.shape
