@@ -130,6 +130,8 @@ class FedAvgM(ServerOptimizer):
     tensor([2.5000])
     """
 
+    STATE_KEYS = ("steps", "v")
+
     def __init__(self, *, lr: float = 1.0, momentum: float = 0.9) -> None:
         _check_lr(lr)
         if not 0 <= momentum < 1:
@@ -137,8 +139,6 @@ class FedAvgM(ServerOptimizer):
         self.lr, self.momentum = lr, momentum
         self._v: torch.Tensor | None = None
         self.steps = 0
-
-    STATE_KEYS = ("steps", "v")
 
     def step(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         self._v = delta.clone() if self._v is None else self.momentum * self._v + delta
@@ -173,6 +173,8 @@ class FedAdam(ServerOptimizer):
     tensor([ 0.1000, -0.1000])
     """
 
+    STATE_KEYS = ("steps", "m", "v")
+
     def __init__(self, *, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
         _check_lr(lr)
         for name, b in (("beta1", beta1), ("beta2", beta2)):
@@ -184,8 +186,6 @@ class FedAdam(ServerOptimizer):
         self._m: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
         self.steps = 0
-
-    STATE_KEYS = ("steps", "m", "v")
 
     def step(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         if self._m is None or self._v is None:

@@ -41,6 +41,7 @@ __all__ = [
     "RoundCounterState",
     "StateError",
     "check_state",
+    "json_equal",
     "state_bool",
     "state_float",
     "state_int",
@@ -104,16 +105,24 @@ def _check_config(kind: str, got: object, expected: Mapping[str, Any]) -> None:
         raise StateError(f"{kind} state: config must be a dict, got {type(got).__name__}")
     if set(got) != set(expected):
         raise StateError(f"{kind} state: config keys {sorted(map(str, got))} differ from {sorted(expected)}")
-    differ = [name for name, want in expected.items() if not _same(got[name], want)]
+    differ = [name for name, want in expected.items() if not json_equal(got[name], want)]
     if differ:
         detail = ", ".join(f"{name}={got[name]!r} (this object: {expected[name]!r})" for name in differ)
         raise StateError(f"{kind} state was saved with another configuration: {detail}")
 
 
-def _same(a: object, b: object) -> bool:
-    """Equality as JSON would keep it (tuples as lists; NaN equal to NaN)."""
+def json_equal(a: object, b: object) -> bool:
+    """Equality of values as JSON keeps them: tuples equal lists, NaN equals NaN, a bool never equals an int.
+
+    Examples
+    --------
+    >>> json_equal({"h": [(1.0, 0.1, 3)]}, {"h": [[1.0, 0.1, 3]]}), json_equal(True, 1)
+    (True, False)
+    """
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(json_equal(a[k], b[k]) for k in a)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, bool) != isinstance(b, bool):

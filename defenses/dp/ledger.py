@@ -57,7 +57,7 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 from defenses.dp.errors import PrivacyBudgetError, PrivacyConfigError, check_delta, check_epsilon, check_positive
 from defenses.dp.events import GaussianEvent, PrivacyEvent, PureDPEvent, RenyiEvent
 from defenses.dp.mechanisms import INTEGER_ORDERS, _calibrate_rdp
-from fl_core.state import StateError, check_state, state_bool, state_float
+from fl_core.state import StateError, check_state, json_equal, state_bool, state_float
 
 __all__ = ["ACCOUNTANTS", "PerClientLedger", "PrivacyLedger", "calibrate_noise_multiplier", "planned_epsilon"]
 
@@ -147,17 +147,6 @@ def _str_list(state: Mapping[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise StateError(f"PrivacyLedger state: {key} must be a list of str, got {value!r}")
     return list(value)
-
-
-def _json_equal(a: object, b: object) -> bool:
-    """Equality up to JSON's tuple -> list (bools not equal to ints)."""
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return set(a) == set(b) and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, bool) != isinstance(b, bool):
-        return False
-    return bool(a == b)
 
 
 def planned_epsilon(
@@ -431,7 +420,7 @@ class PrivacyLedger:
         }
         state_float(state, "pure_epsilon", kind="PrivacyLedger")
         for key, want in expected.items():
-            if not _json_equal(state[key], want):
+            if not json_equal(state[key], want):
                 raise StateError(
                     f"PrivacyLedger state: {key} does not match its events (corrupted state): "
                     f"saved {state[key]!r}, the events give {want!r}"
