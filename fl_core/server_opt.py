@@ -62,8 +62,12 @@ class ServerOptimizer(abc.ABC):
         """Forget the optimiser state (momentum, moments)."""
 
     def _config(self) -> dict[str, Any]:
-        """Hyperparameters a state only fits with."""
-        return {}
+        """Hyperparameters a state only fits with; a subclass with state overrides ``_state`` and ``_load`` too.
+
+        The default refuses, so that an optimiser that never declared its state
+        cannot save an empty one and lose it silently.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement state_dict() / load_state_dict()")
 
     def _state(self) -> dict[str, Any]:
         """The mutable state (tensors cloned)."""

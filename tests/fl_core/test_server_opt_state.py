@@ -107,3 +107,14 @@ def test_other_optimiser_or_configuration_refused() -> None:
         FedAvgM(lr=0.5, momentum=0.9).load_state_dict({**momentum.state_dict(), "v": None})
     with pytest.raises(StateError, match="lr"):
         FedAvg(lr=1.0).load_state_dict(FedAvg(lr=0.5).state_dict())
+
+
+def test_optimiser_without_declared_state_refuses_to_save() -> None:
+    class Custom(ServerOptimizer):
+        def step(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+            return x + delta
+
+    with pytest.raises(NotImplementedError, match="Custom"):
+        Custom().state_dict()
+    with pytest.raises(NotImplementedError, match="Custom"):
+        Custom().load_state_dict(FedAvg().state_dict())
