@@ -354,7 +354,6 @@ class PrivacyLedger:
         >>> restored.epsilon() == led.epsilon()
         True
         """
-        acc = self._acc.state_dict()
         return {
             "kind": type(self).__name__,
             "version": self.STATE_VERSION,
@@ -362,6 +361,13 @@ class PrivacyLedger:
             "events": [_event_state(ev) for ev in self.events],
             "notes": list(self.notes),
             "conservative_dropouts": self.conservative_dropouts,
+            **self._derived_state(),
+        }
+
+    def _derived_state(self) -> dict[str, Any]:
+        """The part of the state the events determine (accountant, Renyi curve, pure-DP epsilon, flag)."""
+        acc = self._acc.state_dict()
+        return {
             "accountant_state": {"history": [list(h) for h in acc["history"]], "mechanism": acc["mechanism"]},
             "renyi_curve": [[a, r] for a, r in sorted(self._curve.items())],
             "pure_epsilon": self._pure_epsilon,
@@ -411,15 +417,8 @@ class PrivacyLedger:
         return trial
 
     def _check_derived(self, state: Mapping[str, Any], trial: PrivacyLedger) -> None:
-        acc = trial._acc.state_dict()
-        expected = {
-            "accountant_state": {"history": [list(h) for h in acc["history"]], "mechanism": acc["mechanism"]},
-            "renyi_curve": [[a, r] for a, r in sorted(trial._curve.items())],
-            "pure_epsilon": trial._pure_epsilon,
-            "integer_noise": trial._integer,
-        }
         state_float(state, "pure_epsilon", kind="PrivacyLedger")
-        for key, want in expected.items():
+        for key, want in trial._derived_state().items():
             if not json_equal(state[key], want):
                 raise StateError(
                     f"PrivacyLedger state: {key} does not match its events (corrupted state): "
