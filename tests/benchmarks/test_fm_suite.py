@@ -87,15 +87,47 @@ def test_tiny_fm_suite_runs_resumes_and_reports(tmp_path):
     spec = parse_fm_suite(TINY)
     results = run_fm_suite(spec, out=tmp_path, progress=False)
     assert [r["cell_id"] for r in results] == [c.cell_id for c in spec.cells()]
+    by = {r["cell_id"]: r for r in results}
     for r in results:
         s = r["summary"]
-        assert 0.0 <= s["final_accuracy"] <= 1.0 and 0.0 <= s["final_asr"] <= 1.0
         assert len(r["rounds"]) == 1
-    by = {r["cell_id"]: r for r in results}
+        # MiniLM features + one fine-tuned layer learn the 5 BBC classes (chance 0.2): seeded final
+        # accuracy 0.847 to 0.863 on the 444 test texts; 0.75 leaves some 45 texts for float differences
+        # on other platforms, and a broken pipeline (features, aggregation, head) lands near chance
+        assert s["final_accuracy"] >= 0.75
+        # the seeded outcome: neither tiny backdoor survives federated fine-tuning of a fresh head. Every
+        # cell ends at a seeded ASR of 0.012 (4 of the 342 triggered texts), 0.015 after fine-pruning;
+        # 0.05 (17 texts) is the bound
+        assert s["final_asr"] <= 0.05 and s["max_asr"] <= 0.05
+    for attack in ("compromised-fm", "fm-public-data"):
+        none = by[f"{attack}__none__seed0"]
+        # the scan flags no token of either FM at this size (texts = 4, top_k = 8; seeded top tokens
+        # 'insurgents' and 'adele', not the trigger 'cf'), so nothing is stripped and the cell is the
+        # undefended run, round for round (same seed); a scan that changed the texts or the RNG would not be
+        scan_cell = by[f"{attack}__trigger-scan__seed0"]
+        assert all(v["flagged"] == [] for v in scan_cell["info"]["scan"].values())
+        assert scan_cell["rounds"][0]["test_accuracy"] == none["rounds"][0]["test_accuracy"]
+        assert scan_cell["summary"] == none["summary"]
+        # fine-pruning prunes after the same training, keeps the pruned validation accuracy within its
+        # max_drop (0.04) of the unpruned model, and costs at most a point of test accuracy (seeded:
+        # 0.000 and 0.002 after its fine-tuning)
+        fp = by[f"{attack}__fine-pruning__seed0"]
+        assert fp["summary"]["accuracy_before_posthoc"] == none["summary"]["final_accuracy"]
+        info = fp["info"]["fine_pruning"]
+        assert 0 < info["fraction"] < 1 and info["val_pruned"] >= info["val_before"] - 0.04 - 1e-9
+        assert fp["summary"]["final_accuracy"] >= none["summary"]["final_accuracy"] - 0.01
     scan = by["compromised-fm__trigger-scan__seed0"]["info"]["scan"]
     assert set(scan) == {by["compromised-fm__none__seed0"]["info"]["base_fm"]}
-    pub = by["fm-public-data__none__seed0"]["info"]["public_set"]
+    pub_cell = by["fm-public-data__none__seed0"]["info"]
+    pub = pub_cell["public_set"]
     assert pub["size"] == 20 and pub["poisoned"] == 10
+    # the compromised FM labels the clean half of the public set mostly right (seeded 7 of 10; a labeller
+    # at chance would agree on 2) ...
+    assert pub["label_accuracy"] >= 0.5
+    # ... and the server's model trained on that set carries the backdoor before the federated rounds:
+    # seeded ASR 0.213 (73 of 342 triggered texts) against 0.012 once fine-tuned; a poisoner that
+    # planted no trigger would leave it at the clean model's level
+    assert pub_cell["after_public_pretraining"]["asr"] >= 0.1
     assert "fine_pruning" in by["compromised-fm__fine-pruning__seed0"]["info"]
     # the compromised FM was made once and stored; both attacks used it
     assert len(list((tmp_path / "artifacts").glob("*.pt"))) == 1
@@ -107,13 +139,9 @@ def test_tiny_fm_suite_runs_resumes_and_reports(tmp_path):
     report = render_fm_report(tmp_path).read_text()
     assert "### Clean test accuracy" in report and "### Attack success rate" in report
     assert "compromised-fm__trigger-scan__seed0" in report
-    # the verdict follows the data: judged only where the undefended attack succeeds (this tiny backdoor is weak)
-    judged = by["compromised-fm__none__seed0"]["summary"]["final_asr"] >= 0.2
-    assert ("| compromised-fm | trigger-scan |" in report) == judged
-    assert ("Not judged (undefended ASR already below 20%): " in report) == (
-        not judged
-        or not all(by[f"{a}__none__seed0"]["summary"]["final_asr"] >= 0.2 for a in ("compromised-fm", "fm-public-data"))
-    )
+    # the seeded verdict: both attacks already fail undefended (ASR 0.012 < 20 %), so none is judged
+    assert "Not judged (undefended ASR already below 20%): compromised-fm, fm-public-data." in report
+    assert "### Verdict" not in report and "| compromised-fm | trigger-scan |" not in report
     assert (tmp_path / "curve_compromised-fm_attack_success_rate.png").is_file()
 
 
