@@ -48,9 +48,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -362,60 +363,82 @@ class SecAggServer:
             raise ProtocolAbortError(f"advance called in state {st.name}")
         inbox = {u: m for u, (_, m) in self._inbox.items() if u not in self.rejected}
         self._inbox = {}
-        nb = self.graph.neighbours
+        return self._CLOSE_STAGE[st](self, inbox)
+
+    def _close_keys(self, inbox: dict[int, Message]) -> dict[int, bytes]:
+        """Round 0 -> 1: fix U1 and send each client its neighbours' public keys."""
+        u1 = self._close("U1", inbox)
+        self._keys = {u: inbox[u] for u in u1}  # type: ignore[misc]
         out: dict[int, bytes] = {}
-        if st is ServerState.COLLECT_KEYS:
-            u1 = self._close("U1", inbox)
-            self._keys = {u: inbox[u] for u in u1}  # type: ignore[misc]
-            for u in sorted(u1):
-                entries = tuple(
-                    KeyEntry(v, self._keys[v].c_pk, self._keys[v].s_pk, self._keys[v].signature)
-                    for v in sorted(nb[u] & u1)
-                )
-                out[u] = self._send(KeyBroadcast, u, entries=entries)
-            self.state = ServerState.COLLECT_SHARES
-        elif st is ServerState.COLLECT_SHARES:
-            u2 = self._close("U2", inbox)
-            self._shares = {u: inbox[u] for u in u2}  # type: ignore[misc]
-            relay: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
-            for u in sorted(u2):
-                for v, ct in self._shares[u].ciphertexts:
-                    if v in u2:
-                        relay[v].append((u, ct))
-            for v in sorted(u2):
-                self._relayed[v] = frozenset(u for u, _ in relay[v])
-                out[v] = self._send(ShareRelay, v, ciphertexts=tuple(relay[v]))
-            self.state = ServerState.COLLECT_INPUTS
-        elif st is ServerState.COLLECT_INPUTS:
-            u3 = self._close("U3", inbox)
-            self._inputs = {u: inbox[u].y for u in u3}  # type: ignore[attr-defined]
-            self._masked_with = {u: frozenset(inbox[u].masked_with) for u in u3}  # type: ignore[attr-defined]
-            survivors = tuple(sorted(u3))
-            for u in survivors:
-                out[u] = self._send(SurvivorList, u, survivors=survivors)
-            self.state = (
-                ServerState.COLLECT_SIGNATURES if self.params.active else ServerState.COLLECT_UNMASK
+        for u in sorted(u1):
+            entries = tuple(
+                KeyEntry(v, self._keys[v].c_pk, self._keys[v].s_pk, self._keys[v].signature)
+                for v in sorted(self.graph.neighbours[u] & u1)
             )
-            if not self.params.active:
-                self._sets["U4"] = u3
-        elif st is ServerState.COLLECT_SIGNATURES:
-            u4 = self._close("U4", inbox)
-            self._sigs = {u: inbox[u].signature for u in u4}  # type: ignore[attr-defined]
-            for u in sorted(u4):
-                sigs = tuple((v, self._sigs[v]) for v in sorted(nb[u] & u4))
-                out[u] = self._send(SignatureBroadcast, u, signatures=sigs)
-            self.state = ServerState.COLLECT_UNMASK
-        else:
-            u5 = self._close("U5", inbox)
-            self._unmask = {u: inbox[u] for u in u5}  # type: ignore[misc]
-            try:
-                self._result = self._finish()
-            except ProtocolAbortError:
-                raise
-            except SecAggError as e:  # backstop: no other error leaves a live server
-                self._fail(f"unmasking failed: {e}")
-            self.state = ServerState.DONE
+            out[u] = self._send(KeyBroadcast, u, entries=entries)
+        self.state = ServerState.COLLECT_SHARES
         return out
+
+    def _close_shares(self, inbox: dict[int, Message]) -> dict[int, bytes]:
+        """Round 1 -> 2: fix U2 and relay to each client the encrypted shares addressed to it."""
+        u2 = self._close("U2", inbox)
+        self._shares = {u: inbox[u] for u in u2}  # type: ignore[misc]
+        relay: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for u in sorted(u2):
+            for v, ct in self._shares[u].ciphertexts:
+                if v in u2:
+                    relay[v].append((u, ct))
+        out: dict[int, bytes] = {}
+        for v in sorted(u2):
+            self._relayed[v] = frozenset(u for u, _ in relay[v])
+            out[v] = self._send(ShareRelay, v, ciphertexts=tuple(relay[v]))
+        self.state = ServerState.COLLECT_INPUTS
+        return out
+
+    def _close_inputs(self, inbox: dict[int, Message]) -> dict[int, bytes]:
+        """Round 2 -> 3: fix U3 (the survivors) and announce it; in the passive setting U4 = U3."""
+        u3 = self._close("U3", inbox)
+        self._inputs = {u: inbox[u].y for u in u3}  # type: ignore[attr-defined]
+        self._masked_with = {u: frozenset(inbox[u].masked_with) for u in u3}  # type: ignore[attr-defined]
+        survivors = tuple(sorted(u3))
+        out = {u: self._send(SurvivorList, u, survivors=survivors) for u in survivors}
+        self.state = ServerState.COLLECT_SIGNATURES if self.params.active else ServerState.COLLECT_UNMASK
+        if not self.params.active:
+            self._sets["U4"] = u3
+        return out
+
+    def _close_signatures(self, inbox: dict[int, Message]) -> dict[int, bytes]:
+        """Round 3 -> 4 (active setting): fix U4 and send each client its neighbours' signatures of U3."""
+        u4 = self._close("U4", inbox)
+        self._sigs = {u: inbox[u].signature for u in u4}  # type: ignore[attr-defined]
+        out: dict[int, bytes] = {}
+        for u in sorted(u4):
+            sigs = tuple((v, self._sigs[v]) for v in sorted(self.graph.neighbours[u] & u4))
+            out[u] = self._send(SignatureBroadcast, u, signatures=sigs)
+        self.state = ServerState.COLLECT_UNMASK
+        return out
+
+    def _close_unmask(self, inbox: dict[int, Message]) -> dict[int, bytes]:
+        """Round 4 -> done: fix U5, reconstruct the secrets and unmask the sum; nothing more to send."""
+        u5 = self._close("U5", inbox)
+        self._unmask = {u: inbox[u] for u in u5}  # type: ignore[misc]
+        try:
+            self._result = self._finish()
+        except ProtocolAbortError:
+            raise
+        except SecAggError as e:  # backstop: no other error leaves a live server
+            self._fail(f"unmasking failed: {e}")
+        self.state = ServerState.DONE
+        return {}
+
+    #: What :meth:`advance` does in each collecting state.
+    _CLOSE_STAGE: ClassVar[dict[ServerState, Callable[[SecAggServer, dict[int, Message]], dict[int, bytes]]]] = {
+        ServerState.COLLECT_KEYS: _close_keys,
+        ServerState.COLLECT_SHARES: _close_shares,
+        ServerState.COLLECT_INPUTS: _close_inputs,
+        ServerState.COLLECT_SIGNATURES: _close_signatures,
+        ServerState.COLLECT_UNMASK: _close_unmask,
+    }
 
     # ------------------------------------------------------------------ unmasking
     def _reconstruct(self, wanted: dict[int, ShareKind]) -> dict[int, bytes]:
