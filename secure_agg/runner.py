@@ -22,12 +22,16 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -117,6 +121,166 @@ def _stage(value: object, *, what: str, active: bool) -> Stage:
     return stage
 
 
+class _Wire:
+    """The in-memory network of one round: delivers each message through ``intercept`` and counts its bytes."""
+
+    def __init__(self, intercept: Callable[[Any, str, int, bytes], list[bytes]] | None) -> None:
+        self.intercept = intercept
+        self.bytes_sent: dict[str, dict[str, int]] = defaultdict(lambda: {Direction.UP: 0, Direction.DOWN: 0})
+
+    def send(self, stage: Enum, direction: str, u: int, data: bytes) -> list[bytes]:
+        """The messages actually delivered when ``data`` goes to or from client ``u`` in ``stage``."""
+        msgs = self.intercept(stage, direction, u, data) if self.intercept else [data]
+        self.bytes_sent[stage.name.lower()][direction] += sum(len(m) for m in msgs)
+        return msgs
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """``totals()[stage][direction]``: bytes on the wire so far."""
+        return {k: dict(v) for k, v in self.bytes_sent.items()}
+
+
+class _Stopwatch:
+    """Seconds spent in the server role and in each client role (added up even when the call raises)."""
+
+    def __init__(self) -> None:
+        self.server_seconds = 0.0
+        self.client_seconds: dict[int, float] = defaultdict(float)
+
+    @contextmanager
+    def server(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.server_seconds += time.perf_counter() - t0
+
+    @contextmanager
+    def client(self, u: int) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.client_seconds[u] += time.perf_counter() - t0
+
+
+def _check_schedule(
+    inputs: Mapping[int, np.ndarray],
+    graph: CommunicationGraph,
+    dropouts: Mapping[int, Stage | str | int] | None,
+    *,
+    active: bool,
+) -> dict[int, Stage]:
+    """The dropout schedule as ``{client: Stage}``, after checking the ids of inputs, graph and schedule."""
+    if set(inputs) != set(graph.ids):
+        raise SecAggConfigError(
+            f"input ids {sorted(inputs)} differ from graph ids {sorted(graph.ids)}"
+        )
+    bad = [u for u in dropouts or {} if u not in inputs]
+    if bad:
+        raise SecAggConfigError(f"dropout schedule names unknown clients {bad}")
+    return {u: _stage(s, what=f"of client {u!r}", active=active) for u, s in (dropouts or {}).items()}
+
+
+def _roles(
+    inputs: Mapping[int, np.ndarray],
+    params: SecAggParams,
+    graph: CommunicationGraph,
+    channel_keys: Mapping[int, bytes] | None,
+) -> tuple[dict[int, SecAggClient], SecAggServer]:
+    """The clients and the server of the round, with fresh channel keys (when none are given) and, in the
+    active setting, fresh Ed25519 keys (a simulated PKI)."""
+    if params.authenticated and channel_keys is None:
+        channel_keys = {u: os.urandom(CHANNEL_KEY_BYTES) for u in graph.ids}
+    ckeys = dict(channel_keys or {})
+    signing: dict[int, Ed25519PrivateKey] = {}
+    if params.active:
+        signing = {u: Ed25519PrivateKey.generate() for u in graph.ids}
+    vks = {u: k.public_key() for u, k in signing.items()} if params.active else None
+    clients = {
+        u: SecAggClient(
+            u,
+            inputs[u],
+            params=params,
+            signing_key=signing.get(u),
+            verify_keys=vks,
+            channel_key=ckeys.get(u),
+        )
+        for u in graph.ids
+    }
+    server = SecAggServer(params=params, graph=graph, verify_keys=vks, channel_keys=ckeys or None)
+    return clients, server
+
+
+def _stages(*, active: bool) -> list[Stage]:
+    """The client stages of a round, in order (CONSISTENCY_CHECK only in the active setting)."""
+    stages = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT]
+    if active:
+        stages.append(Stage.CONSISTENCY_CHECK)
+    stages.append(Stage.UNMASKING)
+    return stages
+
+
+@dataclass
+class _SecAggRound:
+    """The roles of one round on one wire, with who dropped out or aborted so far."""
+
+    clients: dict[int, SecAggClient]
+    server: SecAggServer
+    dropouts: dict[int, Stage]
+    wire: _Wire
+    clock: _Stopwatch = field(default_factory=_Stopwatch)
+    aborts: dict[int, str] = field(default_factory=dict)
+    silent: set[int] = field(default_factory=set)
+
+    def speaks(self, u: int, stage: Stage) -> bool:
+        """Whether client ``u`` still takes part in ``stage``; it goes silent at its scheduled dropout."""
+        if u in self.silent or u in self.aborts:
+            return False
+        if self.dropouts.get(u) == stage:
+            self.silent.add(u)
+            return False
+        return True
+
+    def upload(self, stage: Stage, u: int, data: bytes) -> None:
+        """Client ``u``'s message of ``stage``, over the wire to the server."""
+        for m in self.wire.send(stage, Direction.UP, u, data):
+            with self.clock.server():
+                self.server.receive(u, m)
+
+    def advertise_keys(self) -> None:
+        """The first stage: every client that speaks sends its public keys unprompted."""
+        for u in self.server.graph.ids:
+            if self.speaks(u, Stage.ADVERTISE_KEYS):
+                with self.clock.client(u):
+                    reply = self.clients[u].advertise_keys()
+                self.upload(Stage.ADVERTISE_KEYS, u, reply)
+
+    def respond(self, previous: Stage, stage: Stage, outbox: Mapping[int, bytes]) -> None:
+        """A later stage: the server's messages closing ``previous`` go down, the clients' replies of ``stage``
+        come up. A client the server left out of ``outbox`` sends nothing; one that rejects its message aborts."""
+        for u in self.server.graph.ids:
+            if not self.speaks(u, stage) or u not in outbox:
+                continue
+            for m in self.wire.send(previous, Direction.DOWN, u, outbox[u]):
+                reply = self.deliver(u, m)
+                if reply is not None:
+                    self.upload(stage, u, reply)
+
+    def deliver(self, u: int, message: bytes) -> bytes | None:
+        """Client ``u`` handles a server message; its reply, or None if it aborted (the reason is recorded)."""
+        with self.clock.client(u):
+            try:
+                return self.clients[u].handle(message)
+            except ProtocolAbortError as e:
+                self.aborts.setdefault(u, e.reason)
+                return None
+
+    def advance(self) -> dict[int, bytes]:
+        """The server closes the stage; its messages for the next one, per client."""
+        with self.clock.server():
+            return self.server.advance()
+
+
 def run_secagg(
     inputs: Mapping[int, np.ndarray],
     *,
@@ -153,98 +317,23 @@ def run_secagg(
     SecAggConfigError
         For ids that differ from the graph's or an unknown dropout stage.
     """
-    if set(inputs) != set(graph.ids):
-        raise SecAggConfigError(
-            f"input ids {sorted(inputs)} differ from graph ids {sorted(graph.ids)}"
-        )
-    bad = [u for u in dropouts or {} if u not in inputs]
-    if bad:
-        raise SecAggConfigError(f"dropout schedule names unknown clients {bad}")
-    dropouts = {
-        u: _stage(s, what=f"of client {u!r}", active=params.active) for u, s in (dropouts or {}).items()
-    }
-    if params.authenticated and channel_keys is None:
-        channel_keys = {u: os.urandom(CHANNEL_KEY_BYTES) for u in graph.ids}
-    ckeys = dict(channel_keys or {})
-    signing: dict[int, Ed25519PrivateKey] = {}
-    if params.active:
-        signing = {u: Ed25519PrivateKey.generate() for u in graph.ids}
-    vks = {u: k.public_key() for u, k in signing.items()} if params.active else None
-    clients = {
-        u: SecAggClient(
-            u,
-            inputs[u],
-            params=params,
-            signing_key=signing.get(u),
-            verify_keys=vks,
-            channel_key=ckeys.get(u),
-        )
-        for u in graph.ids
-    }
-    server = SecAggServer(params=params, graph=graph, verify_keys=vks, channel_keys=ckeys or None)
-    nbytes: dict[str, dict[str, int]] = defaultdict(lambda: {Direction.UP: 0, Direction.DOWN: 0})
-    ctime: dict[int, float] = defaultdict(float)
-    stime = 0.0
-    aborts: dict[int, str] = {}
-    silent: set[int] = set()
-
-    def wire(stage: Stage, direction: str, u: int, data: bytes) -> list[bytes]:
-        msgs = intercept(stage, direction, u, data) if intercept else [data]
-        nbytes[stage.name.lower()][direction] += sum(len(m) for m in msgs)
-        return msgs
-
-    def upload(stage: Stage, u: int, data: bytes) -> None:
-        nonlocal stime
-        for m in wire(stage, Direction.UP, u, data):
-            t0 = time.perf_counter()
-            server.receive(u, m)
-            stime += time.perf_counter() - t0
-
-    stages = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT]
-    if params.active:
-        stages.append(Stage.CONSISTENCY_CHECK)
-    stages.append(Stage.UNMASKING)
-    outbox: dict[int, bytes] = {}
-    for i, stage in enumerate(stages):
-        for u in graph.ids:
-            if u in silent or u in aborts:
-                continue
-            if dropouts.get(u) == stage:
-                silent.add(u)
-                continue
-            if i == 0:
-                t0 = time.perf_counter()
-                reply = clients[u].advertise_keys()
-                ctime[u] += time.perf_counter() - t0
-                upload(stage, u, reply)
-                continue
-            if u not in outbox:
-                continue  # the server did not include u in this stage
-            for m in wire(stages[i - 1], Direction.DOWN, u, outbox[u]):
-                t0 = time.perf_counter()
-                try:
-                    reply = clients[u].handle(m)
-                except ProtocolAbortError as e:
-                    aborts.setdefault(u, e.reason)
-                    reply = None
-                finally:
-                    ctime[u] += time.perf_counter() - t0
-                if reply is not None:
-                    upload(stage, u, reply)
-        t0 = time.perf_counter()
-        try:
-            outbox = server.advance()
-        finally:
-            stime += time.perf_counter() - t0
+    schedule = _check_schedule(inputs, graph, dropouts, active=params.active)
+    clients, server = _roles(inputs, params, graph, channel_keys)
+    rnd = _SecAggRound(clients=clients, server=server, dropouts=schedule, wire=_Wire(intercept))
+    rnd.advertise_keys()
+    outbox = rnd.advance()
+    for previous, stage in itertools.pairwise(_stages(active=params.active)):
+        rnd.respond(previous, stage, outbox)
+        outbox = rnd.advance()
     res = server.result()
     return RunResult(
         sum=res.sum,
         survivors=res.survivors,
         sets=res.sets,
         rejected=res.rejected,
-        client_aborts=aborts,
-        bytes_sent={k: dict(v) for k, v in nbytes.items()},
-        server_seconds=stime,
-        client_seconds=dict(ctime),
+        client_aborts=rnd.aborts,
+        bytes_sent=rnd.wire.totals(),
+        server_seconds=rnd.clock.server_seconds,
+        client_seconds=dict(rnd.clock.client_seconds),
         n_masks_removed=res.n_masks_removed,
     )

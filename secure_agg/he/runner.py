@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_agg.errors import ProtocolAbortError, SecAggConfigError, SecAggError
 from secure_agg.he.client import HEClient, HEClientResult, open_aggregate
@@ -42,7 +41,7 @@ from secure_agg.he.keys import KeyHolder
 from secure_agg.he.messages import KEY_HOLDER_ID, HEStage, PublicContext
 from secure_agg.he.params import HEParams
 from secure_agg.he.server import HEServer
-from secure_agg.runner import Direction, RunResult
+from secure_agg.runner import Direction, RunResult, _Stopwatch, _Wire
 
 __all__ = ["HEIntercept", "HERunResult", "run_he"]
 
@@ -98,6 +97,121 @@ def _he_stage(value: object, *, client: int) -> HEStage:
     return stage
 
 
+def _check_schedule(
+    inputs: Mapping[int, np.ndarray],
+    weights: Mapping[int, float],
+    params: HEParams,
+    key_holder: KeyHolder,
+    dropouts: Mapping[int, HEStage | str | int] | None,
+) -> dict[int, HEStage]:
+    """The dropout schedule as ``{client: HEStage}``, after checking ids, the key holder and ``n_max``."""
+    if set(inputs) != set(weights):
+        raise SecAggConfigError(f"input ids {sorted(inputs)} differ from weight ids {sorted(weights)}")
+    if not key_holder.compatible(params):
+        raise SecAggConfigError("the key holder's context does not match params")
+    if len(inputs) > params.n_max:
+        raise SecAggConfigError(f"{len(inputs)} clients exceed params.n_max={params.n_max}")
+    bad = [u for u in dropouts or {} if u not in inputs]
+    if bad:
+        raise SecAggConfigError(f"dropout schedule names unknown clients {bad}")
+    return {u: _he_stage(s, client=u) for u, s in (dropouts or {}).items()}
+
+
+@dataclass
+class _HERound:
+    """The key holder, the server and the wire of one round, with what the clients did so far."""
+
+    params: HEParams
+    round_id: int
+    key_holder: KeyHolder
+    public_context: bytes
+    server: HEServer
+    server_key: Ed25519PublicKey | None
+    dropouts: dict[int, HEStage]
+    wire: _Wire
+    clock: _Stopwatch = field(default_factory=_Stopwatch)
+    clients: dict[int, HEClient] = field(default_factory=dict)
+    encrypt_seconds: dict[int, float] = field(default_factory=dict)
+    aborts: dict[int, str] = field(default_factory=dict)
+
+    def send_public_context(self) -> None:
+        """``SETUP``: the key holder's public context goes to the server; a refusal aborts the round."""
+        setup = PublicContext(round_id=self.round_id, sender=KEY_HOLDER_ID, receiver=0, scheme=self.params.scheme,
+                              key_id=self.key_holder.key_id, context=self.public_context).to_bytes()
+        for m in self.wire.send(HEStage.SETUP, Direction.UP, KEY_HOLDER_ID, setup):
+            try:
+                with self.clock.server():
+                    self.server.receive(KEY_HOLDER_ID, m)
+            except SecAggError as e:  # no usable public key: the round cannot run
+                raise ProtocolAbortError(f"the server refused the key holder's public context: {e}") from None
+
+    def send_inputs(
+        self,
+        inputs: Mapping[int, np.ndarray],
+        weights: Mapping[int, float],
+        signing: Mapping[int, Ed25519PrivateKey],
+    ) -> None:
+        """``ENCRYPTED_INPUT``: every client not scheduled to drop encrypts its weighted update and uploads it."""
+        secret = self.key_holder.client_context()
+        for u in sorted(inputs):
+            if self.dropouts.get(u) == HEStage.ENCRYPTED_INPUT:
+                continue
+            with self.clock.client(u):
+                self.clients[u] = HEClient(u, inputs[u], weight=weights[u], params=self.params, context=secret,
+                                           round_id=self.round_id, signing_key=signing.get(u),
+                                           public_context=self.public_context, server_key=self.server_key)
+                data = self.clients[u].encrypt_input()
+            self.encrypt_seconds[u] = self.clock.client_seconds[u]
+            for m in self.wire.send(HEStage.ENCRYPTED_INPUT, Direction.UP, u, data):
+                with self.clock.server():
+                    self.server.receive(u, m)
+
+    def advance(self) -> dict[int, bytes]:
+        """The server sums the inputs; the aggregate message for each contributor."""
+        with self.clock.server():
+            return self.server.advance()
+
+    def fetch_aggregate(self, outbox: Mapping[int, bytes], *, decrypt_all: bool) -> tuple[HEClientResult | None, float]:
+        """``AGGREGATE``: the sum goes to every contributor still there; the first (or, with ``decrypt_all``,
+        every) receiver verifies and decrypts it. Returns the first opened result, or None if no client
+        opened one, and the seconds of the last successful decryption."""
+        opened: HEClientResult | None = None
+        dec_s = 0.0
+        for u, data in outbox.items():
+            if self.dropouts.get(u) == HEStage.AGGREGATE:
+                continue
+            for m in self.wire.send(HEStage.AGGREGATE, Direction.DOWN, u, data):
+                if opened is not None and not decrypt_all:
+                    continue
+                dt = self._decrypt(u, m)
+                if dt is not None:
+                    dec_s = dt
+                    opened = opened or self.clients[u].result
+        return opened, dec_s
+
+    def _decrypt(self, u: int, message: bytes) -> float | None:
+        """Seconds client ``u`` took to verify and decrypt ``message``; None if it rejected it (recorded)."""
+        t0 = time.perf_counter()
+        try:
+            self.clients[u].handle(message)
+        except ProtocolAbortError as e:
+            self.aborts.setdefault(u, e.reason)
+            return None
+        finally:
+            dt = time.perf_counter() - t0
+            self.clock.client_seconds[u] += dt
+        return dt
+
+    def open_at_key_holder(self, aggregate: bytes) -> tuple[HEClientResult, float]:
+        """No client received the sum: the key holder opens it (a client-side check failure aborts instead)."""
+        if self.aborts:
+            raise ProtocolAbortError(f"every client rejected the aggregate: {self.aborts}")
+        t0 = time.perf_counter()
+        opened = open_aggregate(self.key_holder.context, self.params, aggregate, key_id=self.key_holder.key_id,
+                                round_id=self.round_id, server_key=self.server_key)
+        return opened, time.perf_counter() - t0
+
+
 def run_he(
     inputs: Mapping[int, np.ndarray],
     *,
@@ -147,104 +261,37 @@ def run_he(
         If the server aborts (too few contributors, no valid public context) or
         the aggregate is bad.
     """
-    if set(inputs) != set(weights):
-        raise SecAggConfigError(f"input ids {sorted(inputs)} differ from weight ids {sorted(weights)}")
-    if not key_holder.compatible(params):
-        raise SecAggConfigError("the key holder's context does not match params")
-    if len(inputs) > params.n_max:
-        raise SecAggConfigError(f"{len(inputs)} clients exceed params.n_max={params.n_max}")
-    bad = [u for u in dropouts or {} if u not in inputs]
-    if bad:
-        raise SecAggConfigError(f"dropout schedule names unknown clients {bad}")
-    dropouts = {u: _he_stage(s, client=u) for u, s in (dropouts or {}).items()}
+    schedule = _check_schedule(inputs, weights, params, key_holder, dropouts)
     ids = sorted(inputs)
-    nbytes: dict[str, dict[str, int]] = defaultdict(lambda: {Direction.UP: 0, Direction.DOWN: 0})
-    ctime: dict[int, float] = defaultdict(float)
-    enc_time: dict[int, float] = {}
-    stime = 0.0
-
-    def wire(stage: HEStage, direction: str, u: int, data: bytes) -> list[bytes]:
-        msgs = intercept(stage, direction, u, data) if intercept else [data]
-        nbytes[stage.name.lower()][direction] += sum(len(m) for m in msgs)
-        return msgs
-
     signing = {u: Ed25519PrivateKey.generate() for u in ids} if authenticate else {}
     server_sk = Ed25519PrivateKey.generate() if authenticate else None
-    server_vk = server_sk.public_key() if server_sk is not None else None
     server = HEServer(params=params, round_id=round_id, client_ids=ids, min_clients=min_clients,
                       verify_keys={u: k.public_key() for u, k in signing.items()} if authenticate else None,
                       allow_unauthenticated=not authenticate, signing_key=server_sk)
-    public = key_holder.public_context()
-    setup = PublicContext(round_id=round_id, sender=KEY_HOLDER_ID, receiver=0, scheme=params.scheme,
-                          key_id=key_holder.key_id, context=public).to_bytes()
-    for m in wire(HEStage.SETUP, Direction.UP, KEY_HOLDER_ID, setup):
-        t0 = time.perf_counter()
-        try:
-            server.receive(KEY_HOLDER_ID, m)
-        except SecAggError as e:  # no usable public key: the round cannot run
-            raise ProtocolAbortError(f"the server refused the key holder's public context: {e}") from None
-        finally:
-            stime += time.perf_counter() - t0
-    secret = key_holder.client_context()
-    clients: dict[int, HEClient] = {}
-    for u in ids:
-        if dropouts.get(u) == HEStage.ENCRYPTED_INPUT:
-            continue
-        t0 = time.perf_counter()
-        clients[u] = HEClient(u, inputs[u], weight=weights[u], params=params, context=secret, round_id=round_id,
-                              signing_key=signing.get(u), public_context=public, server_key=server_vk)
-        data = clients[u].encrypt_input()
-        enc_time[u] = ctime[u] = time.perf_counter() - t0
-        for m in wire(HEStage.ENCRYPTED_INPUT, Direction.UP, u, data):
-            t0 = time.perf_counter()
-            server.receive(u, m)
-            stime += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
-        outbox = server.advance()
-    finally:
-        stime += time.perf_counter() - t0
+    rnd = _HERound(params=params, round_id=round_id, key_holder=key_holder,
+                   public_context=key_holder.public_context(), server=server,
+                   server_key=server_sk.public_key() if server_sk is not None else None, dropouts=schedule,
+                   wire=_Wire(intercept))
+    rnd.send_public_context()
+    rnd.send_inputs(inputs, weights, signing)
+    outbox = rnd.advance()
     res = server.result()
-    opened: HEClientResult | None = None
-    aborts: dict[int, str] = {}
-    dec_s = 0.0
-    for u, data in outbox.items():
-        if dropouts.get(u) == HEStage.AGGREGATE:
-            continue
-        for m in wire(HEStage.AGGREGATE, Direction.DOWN, u, data):
-            if opened is not None and not decrypt_all:
-                continue
-            t0 = time.perf_counter()
-            try:
-                clients[u].handle(m)
-            except ProtocolAbortError as e:
-                aborts.setdefault(u, e.reason)
-                continue
-            finally:
-                dt = time.perf_counter() - t0
-                ctime[u] += dt
-            dec_s = dt
-            opened = opened or clients[u].result
+    opened, dec_s = rnd.fetch_aggregate(outbox, decrypt_all=decrypt_all)
     if opened is None:
-        if aborts:
-            raise ProtocolAbortError(f"every client rejected the aggregate: {aborts}")
-        t0 = time.perf_counter()
-        opened = open_aggregate(key_holder.context, params, res.aggregate, key_id=key_holder.key_id,
-                                round_id=round_id, server_key=server_vk)
-        dec_s = time.perf_counter() - t0
+        opened, dec_s = rnd.open_at_key_holder(res.aggregate)
     contributors = opened.contributors
     return HERunResult(
         sum=opened.decoded_sum,
         survivors=contributors,
         sets={"U1": tuple(ids), "U3": contributors},
         rejected=dict(res.rejected),
-        client_aborts=aborts,
-        bytes_sent={k: dict(v) for k, v in nbytes.items()},
-        server_seconds=stime,
-        client_seconds=dict(ctime),
+        client_aborts=rnd.aborts,
+        bytes_sent=rnd.wire.totals(),
+        server_seconds=rnd.clock.server_seconds,
+        client_seconds=dict(rnd.clock.client_seconds),
         mean=opened.mean,
         weight_sum=opened.weight_sum,
         error_bound=params.mean_error_bound(len(contributors), opened.weight_sum),
         decrypt_seconds=dec_s,
-        encrypt_seconds=enc_time,
+        encrypt_seconds=rnd.encrypt_seconds,
     )
