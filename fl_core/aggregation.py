@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from fl_core.contracts import StageContract
 from fl_core.numerics import combine
 from fl_core.updates import check_cohort, check_weights
 
@@ -128,6 +129,10 @@ class Aggregator(abc.ABC):
 
     def reset(self) -> None:
         """Forget any state kept across rounds (no-op for stateless rules)."""
+
+    def contract(self) -> StageContract:
+        """What this aggregator takes and outputs (:mod:`fl_core.contracts`): real rows, a mean, rows visible."""
+        return StageContract()
 
     def check_tolerance(self, n: int) -> None:
         """Raise a :class:`~fl_core.errors.FlsecError` if this aggregator cannot run on cohorts of ``n`` clients.

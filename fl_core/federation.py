@@ -48,6 +48,7 @@ from fl_core.aggregation import (
     collect_metrics,
 )
 from fl_core.checks import as_int
+from fl_core.contracts import check_round
 from fl_core.data.dataset import ArrayDataset, TextDataset
 from fl_core.device import resolve_device
 from fl_core.errors import ConfigError, InvalidUpdateError
@@ -166,6 +167,11 @@ class Federation:
                 raise ConfigError(f"aggregator must be an fl_core Aggregator, got {type(aggregator).__name__}")
             # a rule that cannot tolerate the cohort size fails now, not after a round of local training
             aggregator.check_tolerance(clients_per_round)
+        check_round(
+            update_transforms=update_transforms,
+            aggregator=aggregator or WeightedMean(),
+            aggregate_transforms=aggregate_transforms,
+        )
         self.device = resolve_device(device)
         self.clients = list(clients)
         self.test_data = test_data

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.contracts import StageContract
 from fl_core.rng import numpy_generator
 from fl_core.state import RoundCounterState
 from secure_agg.errors import SecAggConfigError
@@ -164,6 +165,12 @@ class SecAggPlusAggregator(RoundCounterState, ExactWeights, Aggregator):
 
     def _wants_exact_weights(self) -> bool:
         return not self.integer_input  # integer inputs carry their own weighting
+
+    def contract(self) -> StageContract:
+        """Hides the rows from the server; a mean of real rows, or the modular sum of ``integer_input`` rows."""
+        if self.integer_input:
+            return StageContract(accepts=("modular",), output="modular_sum", hides_rows=True)
+        return StageContract(output="mean", hides_rows=True)
 
     def check_tolerance(self, n: int) -> None:
         """Raise :class:`SecAggConfigError` unless rounds of ``n`` clients have a secure ``(k, t)``.

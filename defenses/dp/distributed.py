@@ -66,6 +66,7 @@ from defenses.dp.events import GaussianEvent
 from defenses.dp.ledger import PrivacyLedger
 from defenses.dp.mechanisms import sample_discrete_gaussian
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.contracts import StageContract
 from fl_core.rng import torch_generator
 from fl_core.state import check_state
 from fl_core.updates import check_cohort
@@ -179,6 +180,10 @@ class ModularSum(Aggregator):
     """
 
     name = "modular_sum"
+
+    def contract(self) -> StageContract:
+        """Takes integers modulo ``m`` and outputs their exact modular sum."""
+        return StageContract(accepts=("modular",), output="modular_sum")
 
     def __init__(self, *, modulus: int) -> None:
         if not isinstance(modulus, int) or not 2 <= modulus <= 2**52:
@@ -360,6 +365,10 @@ class DDGEncode:
     Returns float64 rows of integers in ``[0, m)``.
     """
 
+    def contract(self) -> StageContract:
+        """Its rows are integers modulo ``2^bits``, for an exact modular sum only."""
+        return StageContract(rows="modular")
+
     def __init__(self, config: DistributedDiscreteGaussian) -> None:
         self.config = config
         self.last_retries = 0
@@ -395,6 +404,10 @@ class DDGEncode:
 
 class DDGDecode:
     """Server side: centre the modular sum, unscale, unrotate, divide by ``n``; records the round's event."""
+
+    def contract(self) -> StageContract:
+        """Decodes an exact modular sum; anything else (a robust rule's output) is refused."""
+        return StageContract(needs_output=("modular_sum",))
 
     def __init__(self, config: DistributedDiscreteGaussian) -> None:
         self.config = config

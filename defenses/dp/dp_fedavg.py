@@ -42,6 +42,7 @@ from defenses.dp.errors import PrivacyConfigError, check_positive
 from defenses.dp.events import GaussianEvent
 from defenses.dp.ledger import PerClientLedger, PrivacyLedger
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.contracts import StageContract
 from fl_core.state import StateError, check_state
 from fl_core.updates import check_cohort
 
@@ -73,6 +74,10 @@ class FixedDenominatorMean(Aggregator):
     """
 
     name = "fixed_denominator_mean"
+
+    def contract(self) -> StageContract:
+        """A fixed-denominator mean: the aggregate :class:`CentralGaussianNoise` is calibrated for."""
+        return StageContract(output="fixed_denominator_mean")
 
     def __init__(self, *, denominator: float, weight_cap: float | None = None) -> None:
         self.denominator = check_positive(denominator, name="denominator")
@@ -108,6 +113,10 @@ class CentralGaussianNoise:
     ledger : PrivacyLedger
         Where the round's event goes; its metrics are reported each round.
     """
+
+    def contract(self) -> StageContract:
+        """Sized for the fixed-denominator mean's sensitivity ``C / (q W)``; any other aggregate is refused."""
+        return StageContract(needs_output=("fixed_denominator_mean",))
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ from defenses.robust.errors import MissingGeneratorError
 from defenses.robust.formats import UpdatesLike, from_cohort, from_vector, to_cohort
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
 from fl_core.checks import as_int, is_real
+from fl_core.contracts import StageContract
 from fl_core.errors import ConfigError, ToleranceError
 from fl_core.numerics import all_finite
 from fl_core.updates import check_cohort, check_weights
@@ -182,6 +183,10 @@ class RobustAggregator(Aggregator):
     f : int
         Number of Byzantine clients the rule must tolerate (keyword-only).
     """
+
+    def contract(self) -> StageContract:
+        """Robust rules read the plaintext rows and output a robust statistic (not a mean, other sensitivity)."""
+        return StageContract(output="robust")
 
     def __init__(self, *, f: int = 0) -> None:
         self.f = check_count("f", f)

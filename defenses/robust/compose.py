@@ -19,6 +19,7 @@ import torch
 
 from defenses.robust.base import PreAggregator, RobustAggregator
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.contracts import CompositionError, StageContract
 from fl_core.errors import ConfigError
 
 __all__ = ["Compose"]
@@ -67,9 +68,19 @@ class Compose(RobustAggregator):
         for i, p in enumerate(pre):
             if not isinstance(p, PreAggregator):
                 raise ConfigError(f"stage {i} of Compose must be a PreAggregator, got {type(p).__name__}")
+        if pre and rule.contract().hides_rows:
+            raise CompositionError(
+                f"{type(pre[0]).__name__} reads and mixes the plaintext rows on the server before "
+                f"{type(rule).__name__} hides them: the secure aggregation would protect nothing. "
+                "Pre-aggregate only before a rule that reads plaintext rows"
+            )
         super().__init__(f=getattr(rule, "f", 0))
         self.pre: tuple[PreAggregator, ...] = tuple(pre)
         self.rule: Aggregator = rule
+
+    def contract(self) -> StageContract:
+        """The rule's contract (the pre-aggregators only reshape the cohort before it)."""
+        return self.rule.contract()
 
     @property
     def label(self) -> str:

@@ -14,6 +14,7 @@ import torch
 from defenses.robust.base import RobustAggregator, all_kept
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext, WeightedMean
+from fl_core.contracts import StageContract
 from fl_core.errors import ToleranceError
 from fl_core.numerics import WIDE, combine
 
@@ -48,6 +49,10 @@ class Mean(RobustAggregator, WeightedMean):
     >>> Mean()(torch.tensor([[1.0], [3.0]]))
     tensor([2.])
     """
+
+    def contract(self) -> StageContract:
+        """The plain weighted mean (what mean-calibrated server noise expects)."""
+        return StageContract(output="mean")
 
     def __init__(self, *, f: int = 0) -> None:
         super().__init__(f=f)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.contracts import StageContract
 from fl_core.rng import numpy_generator
 from fl_core.state import RoundCounterState
 from secure_agg.he.errors import HEConfigError, InsecureParametersError
@@ -109,6 +110,10 @@ class HEAggregator(RoundCounterState, ExactWeights, Aggregator):
         self.seed = int_param(seed, "seed", low=0, error=HEConfigError)
         self._calls = 0
         self._key_holder: KeyHolder | None = None
+
+    def contract(self) -> StageContract:
+        """Hides the rows from the server (only their encrypted weighted mean is formed)."""
+        return StageContract(output="mean", hides_rows=True)
 
     def reset(self) -> None:
         """Forget the keys and the round counter."""
