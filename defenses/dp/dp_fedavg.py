@@ -188,8 +188,10 @@ class CentralDPFedAvg:
         A ready clipping transform instead of ``clip_norm``.
 
     Use ``Federation(**dp.federation_kwargs(), ...)`` or pass ``dp.clip``,
-    ``dp.aggregator`` and ``dp.noise`` yourself (e.g. a robust rule in place of the
-    mean, with its own sensitivity).
+    ``dp.aggregator`` and ``dp.noise`` yourself. ``dp.noise`` is sized for the
+    fixed-denominator mean's sensitivity ``C / (q W)``: after any other aggregator
+    (a robust rule has a larger sensitivity) it is refused
+    (:class:`~fl_core.contracts.CompositionError`), never silently under-noised.
     """
 
     def __init__(
