@@ -103,7 +103,6 @@ class SecAggPlusAggregator(RoundCounterState, ExactWeights, Aggregator):
     1
     """
 
-    name = "secagg+"
 
     def __init__(
         self,
@@ -308,7 +307,6 @@ class SecAggAggregator(SecAggPlusAggregator):
     tensor([1.])
     """
 
-    name = "secagg"
 
     def _graph(self, ids: list[int], rng: np.random.Generator) -> tuple[CommunicationGraph, int]:
         n = len(ids)

@@ -179,7 +179,6 @@ class ModularSum(Aggregator):
     tensor([ 1., 14.], dtype=torch.float64)
     """
 
-    name = "modular_sum"
 
     def contract(self) -> StageContract:
         """Takes integers modulo ``m`` and outputs their exact modular sum."""

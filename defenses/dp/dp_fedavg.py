@@ -73,7 +73,6 @@ class FixedDenominatorMean(Aggregator):
     tensor([3.])
     """
 
-    name = "fixed_denominator_mean"
 
     def contract(self) -> StageContract:
         """A fixed-denominator mean: the aggregate :class:`CentralGaussianNoise` is calibrated for."""

@@ -78,7 +78,6 @@ class CenteredClipping(RobustAggregator):
     [1.0]
     """
 
-    name: ClassVar[str] = "centered_clipping"
 
     #: Layout version of :meth:`state_dict`.
     STATE_VERSION: ClassVar[int] = 1

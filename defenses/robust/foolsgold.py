@@ -164,7 +164,6 @@ class FoolsGold(RobustAggregator):
     [0.0, 1.0]
     """
 
-    name: ClassVar[str] = "foolsgold"
 
     #: Layout version of :meth:`state_dict`.
     STATE_VERSION: ClassVar[int] = 1

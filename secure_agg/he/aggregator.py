@@ -189,7 +189,6 @@ class BFVAggregator(HEAggregator):
     True
     """
 
-    name = "he-bfv"
     scheme = "bfv"
 
 
@@ -204,5 +203,4 @@ class CKKSAggregator(HEAggregator):
     True
     """
 
-    name = "he-ckks"
     scheme = "ckks"
