@@ -24,7 +24,7 @@ fedavg: setup data
 	$(BIN)/flsec run --out runs/fedavg/history.json
 
 test: setup data
-	@echo ">> ruff, then the test suite without the slow paper-scale checks (about 1 min on 2 quiet cores)"
+	@echo ">> ruff, then the test suite without the slow paper-scale checks (about 3.5 min on 2 quiet cores, doctests included)"
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not slow"
 
