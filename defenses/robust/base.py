@@ -40,7 +40,6 @@ from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
 from fl_core.checks import as_int, is_real
 from fl_core.contracts import StageContract
 from fl_core.errors import ConfigError, ToleranceError
-from fl_core.numerics import all_finite
 from fl_core.updates import check_cohort, check_weights
 
 __all__ = [
@@ -58,17 +57,11 @@ __all__ = [
 
 
 def validate_cohort(cohort: torch.Tensor) -> torch.Tensor:
-    """:func:`fl_core.updates.check_cohort` with a fast path for the common, valid case.
+    """:func:`fl_core.updates.check_cohort`: shape, dtype and finiteness in one or two reductions.
 
-    A sum over all entries is finite if and only if every entry is finite,
-    unless finite entries overflow the sum; so a finite sum proves the cohort
-    finite at the cost of one reduction, while ``torch.isfinite(x).all()``
-    costs about 40 times more on CPU (measured with torch 2.13: 0.77 s vs
-    0.02 s for a ``(100, 1e6)`` float32 tensor, twice a distance matrix).
-    When the total overflows (a valid Byzantine row of ``1e38``), the minimum
-    and maximum decide (one more reduction, as fast as the sum;
-    :func:`~fl_core.numerics.all_finite`). Anything non-finite goes to
-    ``check_cohort``, which raises the precise error.
+    A cohort with a valid Byzantine row of ``1e38`` (whose total overflows) is
+    accepted (:func:`~fl_core.numerics.all_finite`); anything non-finite raises
+    the precise :class:`~fl_core.errors.InvalidUpdateError`.
 
     Examples
     --------
@@ -78,15 +71,6 @@ def validate_cohort(cohort: torch.Tensor) -> torch.Tensor:
     >>> validate_cohort(torch.full((2, 3), 3e38)).shape
     torch.Size([2, 3])
     """
-    if (
-        isinstance(cohort, torch.Tensor)
-        and cohort.ndim == 2
-        and cohort.is_floating_point()
-        and cohort.shape[0] >= 1
-        and cohort.shape[1] >= 1
-    ):
-        if all_finite(cohort):
-            return cohort
     return check_cohort(cohort)
 
 

@@ -17,7 +17,7 @@ from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.numerics import WIDE, combine, row_norms
 
-__all__ = ["GeometricMedian", "trimmed_start"]
+__all__ = ["GeometricMedian", "canonical_order", "trimmed_start"]
 
 
 def trimmed_start(updates: torch.Tensor, alpha: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,20 @@ def trimmed_start(updates: torch.Tensor, alpha: torch.Tensor, f: int) -> tuple[t
         if bool(objective < best_objective):
             best, best_dist, best_objective = v, dist, objective
     return best, best_dist
+
+
+def canonical_order(updates: torch.Tensor) -> torch.Tensor:
+    """A permutation of the rows that does not depend on their input order: by norm, then by row sum.
+
+    Examples
+    --------
+    >>> import torch
+    >>> canonical_order(torch.tensor([[3.0], [-1.0], [1.0]])).tolist()
+    [1, 2, 0]
+    """
+    by_sum = torch.argsort(updates.to(WIDE).sum(dim=1), stable=True)
+    by_norm = torch.argsort(row_norms(updates).index_select(0, by_sum), stable=True)
+    return by_sum.index_select(0, by_norm)
 
 
 @register(
@@ -133,7 +147,11 @@ class GeometricMedian(RobustAggregator):
         require(n > 2 * self.f, f"GeometricMedian needs n > 2f, got n={n}, f={self.f}")
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
-        w = weights.to(WIDE)
+        # a canonical row order (by norm, then row sum) makes every rounding independent of the
+        # order the clients came in: on flat parts of the objective (the median set of an even
+        # cohort) the start, hence the answer, would otherwise depend on it
+        order = canonical_order(updates)
+        updates, w = updates.index_select(0, order), weights.to(WIDE).index_select(0, order)
         alpha = w / w.sum()
         v, dist = trimmed_start(updates, alpha, self.f)
         beta = alpha
@@ -148,10 +166,11 @@ class GeometricMedian(RobustAggregator):
             if bool(step <= self.tol * torch.median(dist)):
                 break
         objective = float(alpha @ dist)
+        scores = torch.empty_like(beta).index_copy_(0, order, beta / beta.sum())
         return AggregationResult(
             aggregate=v,
             kept=all_kept(updates.shape[0], updates.device),
-            scores=beta / beta.sum(),
+            scores=scores,
             metrics={"iterations": float(iters), "objective": objective},
         )
 

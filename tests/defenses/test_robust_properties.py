@@ -168,3 +168,17 @@ def test_bucketing_preserves_the_total(n: int, s: int, seed: int) -> None:
     sizes = torch.bincount(out.owner, minlength=out.updates.shape[0]).to(x.dtype)
     torch.testing.assert_close(sizes @ out.updates, x.sum(0))
     assert out.updates.shape[0] == -(-n // s)
+
+
+def test_geomed_is_permutation_invariant_on_a_flat_objective() -> None:
+    """n = 4, d = 1: every point between the two middle rows minimises the objective; found by hypothesis.
+
+    The answer must still not depend on the order the clients came in (it did when the start was chosen by an
+    objective comparison whose rounding depended on the row order).
+    """
+    x = torch.tensor([[238.86607916], [-993.54206509], [-246.19597197], [490.59851879]], dtype=torch.float64)
+    perm = np.random.default_rng(214).permutation(4)
+    a = RULES["geomed"](1, 1).aggregate(x)
+    b = RULES["geomed"](1, 1).aggregate(x[perm])
+    assert torch.equal(a.aggregate, b.aggregate)
+    assert torch.equal(a.scores[perm], b.scores)
