@@ -21,7 +21,6 @@ fl_core.errors.UnknownNameError: unknown attack 'aile'. Did you mean 'alie'? ...
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,8 @@ from attacks.optimized import FangKrum, FangTrimmedMean, MinMax, MinSum
 from attacks.threat import ThreatModel
 from attacks.triggers import PixelTrigger, TextTrigger
 from fl_core.aggregation import Aggregator
-from fl_core.errors import ConfigError, UnknownNameError
+from fl_core.errors import ConfigError
+from fl_core.registry import Registry
 from fl_core.training import TrainingHook
 
 __all__ = [
@@ -86,48 +86,31 @@ class AttackPlan:
 
 Builder = Callable[..., AttackPlan]
 
-
-@dataclass(frozen=True)
-class _Entry:
-    builder: Builder
-    description: str
-    kind: str  # "data", "model" or "backdoor"
-
-
-ATTACKS: dict[str, _Entry] = {}
-
-
-def _register(name: str, *, kind: str, description: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        ATTACKS[name] = _Entry(fn, description, kind)
-        return fn
-
-    return deco
+#: The attacks, by name; every builder takes ``threat``, ``env`` and ``aggregator``
+#: from the caller and its own keyword parameters (with their defaults) from the suite.
+#: Names are matched exactly: suite results and plans carry them verbatim.
+ATTACKS = Registry("attack", title="attacks (kind)", context=("threat", "env", "aggregator"), normalise=False)
+_register = ATTACKS.register
 
 
 def attack_names() -> list[str]:
-    return sorted(ATTACKS)
+    """Sorted attack names."""
+    return ATTACKS.names()
 
 
 def attack_descriptions() -> dict[str, str]:
-    return {k: f"[{ATTACKS[k].kind}] {ATTACKS[k].description}" for k in attack_names()}
+    """Name -> ``"[kind] description"``."""
+    return {e.name: f"[{e.kind}] {e.description}" for e in ATTACKS.entries()}
 
 
 def attack_parameters(name: str) -> list[str]:
     """Keyword parameters the attack ``name`` accepts (for suite validation)."""
-    entry = _get(name)
-    return [p for p in inspect.signature(entry.builder).parameters if p not in ("threat", "env", "aggregator")]
+    return [p.name for p in ATTACKS.parameters(name)]
 
 
 def attack_builder(name: str) -> Builder:
     """The builder function of the attack ``name`` (its annotations type the suite parameters)."""
-    return _get(name).builder
-
-
-def _get(name: str) -> _Entry:
-    if name not in ATTACKS:
-        raise UnknownNameError("attack", name, ATTACKS)
-    return ATTACKS[name]
+    return ATTACKS.get(name).obj
 
 
 def build_attack(
@@ -142,12 +125,7 @@ def build_attack(
     ConfigError
         For a parameter the attack does not take or a value out of range.
     """
-    entry = _get(name)
-    allowed = attack_parameters(name)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"attack {name!r} has no parameter(s) {unknown}; it takes {allowed}")
-    return entry.builder(threat=threat, env=env, aggregator=aggregator, **params)
+    return ATTACKS.make(name, threat=threat, env=env, aggregator=aggregator, **params)
 
 
 def _model_plan(

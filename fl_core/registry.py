@@ -312,7 +312,7 @@ class Registry:
         unknown = [k for k in params if k not in valid or (not context and k in self.context)]
         checked = every if context else [p for p in every if p.name not in self.context]
         missing = [p.name for p in checked if p.default is inspect.Parameter.empty and p.name not in params]
-        what = f"{self.family} {entry.name} ({getattr(entry.obj, '__name__', type(entry.obj).__name__)})"
+        what = f"{self.family} {entry.name}" + (f" ({entry.obj.__name__})" if isinstance(entry.obj, type) else "")
         listed = ", ".join(user) if user else "none"
         for bad, verb in ((unknown, "got unknown"), (missing, "needs the")):
             if bad:

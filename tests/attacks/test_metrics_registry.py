@@ -81,7 +81,7 @@ def test_every_attack_builds_and_names_are_checked():
         assert set(plan.client_hooks) <= set(threat.malicious)
     with pytest.raises(UnknownNameError, match="Did you mean 'min-max'"):
         build_attack("minmax", threat=threat, env=ENV)
-    with pytest.raises(ConfigError, match=r"has no parameter\(s\) \['sigma'\]"):
+    with pytest.raises(ConfigError, match=r"attack alie got unknown parameter 'sigma'; valid parameters: z"):
         build_attack("alie", threat=threat, env=ENV, sigma=1.0)
     with pytest.raises(ConfigError, match=r"target class must be in \[0, 10\)"):
         build_attack("backdoor", threat=threat, env=ENV, target=12)

@@ -102,7 +102,7 @@ def test_models_without_the_layers_an_analytic_attack_needs():
 def test_registry_and_hyperparameters():
     with pytest.raises(UnknownNameError, match="'inverting-gradients'"):
         build_reconstruction_attack("inverting-gradient")
-    with pytest.raises(ConfigError, match=r"no parameter\(s\) \['restarts'\]"):
+    with pytest.raises(ConfigError, match=r"dlg \(DLG\) got unknown parameter 'restarts'"):
         build_reconstruction_attack("dlg", restarts=3)
     with pytest.raises(ConfigError, match="bounds"):
         InvertingGradients(bounds=(1.0, 0.0))
