@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from fl_core.errors import ConfigError, UnknownNameError
+from fl_core.errors import ConfigError
+from fl_core.registry import Registry
 
 __all__ = ["MLP", "MODELS", "SmallCNN", "build_model", "init_parameters"]
 
-MODELS: dict[str, str] = {
-    "mlp": "multilayer perceptron, 2 hidden ReLU layers (200, 200) as in McMahan et al. 2017",
-    "cnn": "small CNN: 2 x (3x3 conv, ReLU, 2x2 max-pool) with 32/64 channels, FC 128, FC classes",
-}
+#: The models, by name; ``input_shape`` and ``num_classes`` come from the data, the
+#: other constructor parameters (with their defaults) from the user.
+MODELS = Registry("model", context=("input_shape", "num_classes"))
 
 
 def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -54,6 +55,7 @@ def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
     return model
 
 
+@MODELS.register("mlp", description="multilayer perceptron, 2 hidden ReLU layers (200, 200) as in McMahan et al. 2017")
 class MLP(nn.Module):
     """Fully connected classifier: flatten -> [Linear, ReLU] x len(hidden) -> Linear.
 
@@ -74,6 +76,9 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+@MODELS.register(
+    "cnn", description="small CNN: 2 x (3x3 conv, ReLU, 2x2 max-pool) with 32/64 channels, FC 128, FC classes"
+)
 class SmallCNN(nn.Module):
     """Two conv blocks (3x3 conv, ReLU, 2x2 max-pool) then two linear layers.
 
@@ -102,26 +107,40 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, generator: torch.Generator) -> nn.Module:
+def build_model(
+    name: str, *, input_shape: Sequence[int], num_classes: int, generator: torch.Generator, **params: Any
+) -> nn.Module:
     """Build a registered model (one of :data:`MODELS`) initialised from ``generator``.
+
+    Parameters
+    ----------
+    name : str
+        A name of :data:`MODELS`.
+    input_shape : sequence of int
+        Shape of one input, ``(C, H, W)`` for images.
+    num_classes : int
+        Number of classes (>= 2).
+    generator : torch.Generator
+        Draws the initial parameters.
+    **params
+        The model's own constructor parameters (``hidden=(64,)`` for ``mlp``).
 
     Raises
     ------
     UnknownNameError
         If ``name`` is not registered.
     ConfigError
-        If the input shape does not suit the model.
+        If the input shape does not suit the model, or a parameter is unknown.
     """
-    if name not in MODELS:
-        raise UnknownNameError("model", name, MODELS)
+    entry = MODELS.check(name, {"input_shape": input_shape, "num_classes": num_classes, **params})
     if num_classes < 2:
         raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
     shape = tuple(int(s) for s in input_shape)
-    if name == "cnn" and (len(shape) != 3 or shape[1] < 4 or shape[2] < 4):
+    if entry.obj is SmallCNN and (len(shape) != 3 or shape[1] < 4 or shape[2] < 4):
         raise ConfigError(f"model 'cnn' needs images (C, H, W) with H, W >= 4, got input_shape={shape}")
     # Build on the meta device so PyTorch's default initialisers do not draw from
     # (and advance) the global generator; then initialise from ``generator``.
     with torch.device("meta"):
-        model: nn.Module = (MLP if name == "mlp" else SmallCNN)(input_shape=shape, num_classes=num_classes)
+        model: nn.Module = entry.obj(input_shape=shape, num_classes=num_classes, **params)
     model = model.to_empty(device="cpu")
     return init_parameters(model, generator)

@@ -28,16 +28,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from fl_core.errors import ConfigError, UnknownNameError
+from fl_core.errors import ConfigError
+from fl_core.registry import Registry
 from fl_core.state import StateError, check_state, state_int, state_tensor
 
 __all__ = ["SERVER_OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "ServerOptimizer", "build_server_optimizer"]
 
-SERVER_OPTIMIZERS: dict[str, str] = {
-    "fedavg": "x += eta * delta (McMahan et al. 2017)",
-    "fedavgm": "server momentum: v = beta v + delta; x += eta v (Hsu et al. 2019)",
-    "fedadam": "Adam on the pseudo-gradient, tau-smoothed (Reddi et al. 2021)",
-}
+#: The server optimisers, by name; parameters and defaults are the constructors'.
+SERVER_OPTIMIZERS = Registry("server optimizer")
 
 
 def _check_lr(lr: float) -> None:
@@ -109,6 +107,7 @@ class ServerOptimizer(abc.ABC):
         self._load(state)
 
 
+@SERVER_OPTIMIZERS.register("fedavg", description="x += eta * delta (McMahan et al. 2017)")
 class FedAvg(ServerOptimizer):
     """``x + eta * delta``; ``eta = 1`` is McMahan et al.'s FedAvg."""
 
@@ -123,6 +122,7 @@ class FedAvg(ServerOptimizer):
         return {"lr": self.lr}
 
 
+@SERVER_OPTIMIZERS.register("fedavgm", description="server momentum: v = beta v + delta; x += eta v (Hsu et al. 2019)")
 class FedAvgM(ServerOptimizer):
     """Server momentum (Hsu et al., 2019).
 
@@ -167,6 +167,7 @@ class FedAvgM(ServerOptimizer):
         self.steps, self._v = steps, v
 
 
+@SERVER_OPTIMIZERS.register("fedadam", description="Adam on the pseudo-gradient, tau-smoothed (Reddi et al. 2021)")
 class FedAdam(ServerOptimizer):
     """FedAdam (Reddi et al., ICLR 2021), adaptivity ``tau``.
 
@@ -236,12 +237,21 @@ def _check_started(kind: str, steps: int, has_state: bool) -> None:
         raise StateError(f"{kind} state: steps={steps} but the momentum is {'set' if has_state else 'None'}")
 
 
-def build_server_optimizer(name: str, *, lr: float | None = None, momentum: float = 0.9) -> ServerOptimizer:
-    """Build a registered server optimiser; ``lr=None`` takes the optimiser's default."""
-    if name == "fedavg":
-        return FedAvg(lr=1.0 if lr is None else lr)
-    if name == "fedavgm":
-        return FedAvgM(lr=1.0 if lr is None else lr, momentum=momentum)
-    if name == "fedadam":
-        return FedAdam(lr=0.01 if lr is None else lr)
-    raise UnknownNameError("server optimizer", name, SERVER_OPTIMIZERS)
+def build_server_optimizer(name: str, *, lr: float | None = None, **params: Any) -> ServerOptimizer:
+    """Build a registered server optimiser; ``lr=None`` takes the optimiser's default.
+
+    Raises
+    ------
+    UnknownNameError
+        If ``name`` is not registered.
+    ConfigError
+        If a parameter is not one the optimiser takes, or out of range.
+
+    Examples
+    --------
+    >>> build_server_optimizer("fedadam").lr, build_server_optimizer("fedavgm", lr=0.5, momentum=0.5).momentum
+    (0.01, 0.5)
+    """
+    if lr is not None:
+        params["lr"] = lr
+    return SERVER_OPTIMIZERS.make(name, **params)

