@@ -47,6 +47,10 @@ Optimization with Dynamic Bound-scaling for Effective NLP Backdoor Defense", ICM
    words of a *clean* FM (names, loaded words) reach z of 4-5 with ``c`` around 0.4 (on
    MiniLM, 3000 random tokens gave at most 0.42), while a trigger gives ``c`` of 3 or more.
 
+The collapse measurement lives in :mod:`defenses.fm.collapse`, stage 1 and the reference draw
+in :mod:`defenses.fm.trigger_candidates`, the mitigation in :mod:`defenses.fm.strip`; this module
+holds the scan itself and re-exports :func:`collapse_scores` and :func:`strip_tokens`.
+
 Cost: ``top_k + reference`` batched forward passes over the ``n`` texts, plus one forward
 and backward pass; texts are trimmed to the longest of them (padding columns are
 dropped), so short texts are cheap. On one CPU thread, 16 texts of 15-20 tokens and the
@@ -70,22 +74,38 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from defenses.fm.collapse import (
+    base_batch,
+    check_batch_args,
+    check_texts,
+    collapse,
+    collapse_scores,
+    dispersion,
+    insert_token,
+    pooled,
+)
+from defenses.fm.strip import strip_tokens
+from defenses.fm.trigger_candidates import (
+    dispersion_gradient,
+    eligible_tokens,
+    first_order_candidates,
+    placeholder_id,
+    reference_draw,
+)
 from fl_core.errors import ConfigError
-from fl_core.foundation.minilm import mean_pool, tokenize
 
 __all__ = ["ScanResult", "collapse_scores", "scan_for_triggers", "strip_tokens"]
 
 logger = logging.getLogger(__name__)
 
 _MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
-_EPS = 1e-12
 _MIN_REFERENCE = 8  # fewer random tokens than this: the null is the whole tested pool
 
 
@@ -100,7 +120,8 @@ class ScanResult:
     scores : dict
         Collapse score ``log(D0 / D(v))`` of every token tested (candidates and random reference).
     z_scores : dict
-        Robust z-score of every tested token against the whole tested pool.
+        Robust z-score of every tested token against the random reference tokens (against the
+        whole tested pool when fewer than 8 were drawn).
     candidates : tuple of str
         The stage-1 candidates, best first-order estimate first.
     z_threshold, min_collapse : float
@@ -126,112 +147,6 @@ class ScanResult:
     def top_token(self) -> str:
         """The tested token with the largest collapse score."""
         return max(self.scores, key=self.scores.__getitem__)
-
-
-def _check_texts(texts: object) -> list[str]:
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise ConfigError("texts must be a list of str")
-    if len(texts) < 2:
-        raise ConfigError(
-            f"the scan needs at least 2 clean texts (collapse is measured across texts), got {len(texts)}"
-        )
-    if any(not t.strip() for t in texts):
-        raise ConfigError("texts must not contain empty strings")
-    return texts
-
-
-def _base_batch(tokenizer: object, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and mask of the texts with room for one inserted token, padding columns dropped."""
-    b = tokenize(tokenizer, texts, max_length=max_length - 1)
-    width = int(b["attention_mask"].sum(dim=1).max())
-    return b["input_ids"][:, :width], b["attention_mask"][:, :width]
-
-
-def _insert(ids: torch.Tensor, mask: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Insert ``token_ids[j]`` at position 1 of every text: ``(len(token_ids) * n, T + 1)`` ids and mask.
-
-    Rows are ordered token-major (the ``n`` texts with token 0, then with token 1, ...).
-    """
-    n, k = ids.shape[0], token_ids.numel()
-    token_ids = token_ids.to(ids.device)
-    ids_r, mask_r = ids.repeat(k, 1), mask.repeat(k, 1)
-    col = token_ids.repeat_interleave(n).unsqueeze(1)
-    new_ids = torch.cat([ids_r[:, :1], col, ids_r[:, 1:]], dim=1)
-    new_mask = torch.cat([mask_r[:, :1], torch.ones_like(col), mask_r[:, 1:]], dim=1)
-    return new_ids, new_mask
-
-
-def _pooled(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
-    outs = []
-    for s in range(0, ids.shape[0], batch_size):
-        m = mask[s : s + batch_size]
-        outs.append(mean_pool(encoder(input_ids=ids[s : s + batch_size], attention_mask=m).last_hidden_state, m))
-    return torch.cat(outs)
-
-
-def _dispersion(r: torch.Tensor) -> torch.Tensor:
-    """``mean_i ||r_i - mean_j r_j||^2`` over the second-to-last axis."""
-    return (r - r.mean(dim=-2, keepdim=True)).pow(2).sum(dim=-1).mean(dim=-1)
-
-
-def _eligible(tokenizer: object, vocab_size: int, include_subwords: bool) -> torch.Tensor:
-    """Boolean mask of vocabulary ids that may be triggers."""
-    special = set(getattr(tokenizer, "all_special_ids", []))
-    toks = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))  # type: ignore[attr-defined]
-    ok = torch.zeros(vocab_size, dtype=torch.bool)
-    for i, t in enumerate(toks):
-        if i in special or t is None or (t.startswith("[") and t.endswith("]")):
-            continue
-        if t.startswith("##") and not include_subwords:
-            continue
-        ok[i] = any(ch.isalnum() for ch in t)
-    return ok
-
-
-def collapse_scores(
-    encoder: nn.Module,
-    tokenizer: object,
-    texts: list[str],
-    tokens: Sequence[str],
-    *,
-    max_length: int = 64,
-    batch_size: int = 32,
-) -> dict[str, float]:
-    """Exact collapse score ``log(D0 / D(v))`` of each given vocabulary token (stage 2 alone).
-
-    Parameters
-    ----------
-    encoder, tokenizer
-        The FM (a BERT-style encoder taking ``input_ids``/``attention_mask``) and its tokenizer.
-    texts : list of str
-        Clean texts (at least 2).
-    tokens : sequence of str
-        Vocabulary tokens to insert after ``[CLS]``.
-    max_length, batch_size : int
-        Tokens per text including the inserted one; texts per forward pass.
-
-    Raises
-    ------
-    ConfigError
-        On bad texts or a token that is not in the vocabulary.
-    """
-    texts = _check_texts(texts)
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if max_length < 3:
-        raise ConfigError(f"max_length must be >= 3 ([CLS], the inserted token, [SEP]), got {max_length}")
-    unk = getattr(tokenizer, "unk_token_id", None)
-    ids_list = tokenizer.convert_tokens_to_ids(list(tokens))  # type: ignore[attr-defined]
-    for t, i in zip(tokens, ids_list, strict=True):
-        if i is None or (i == unk and t != getattr(tokenizer, "unk_token", None)):
-            raise ConfigError(f"token {t!r} is not in the tokenizer's vocabulary")
-    ids, mask = _base_batch(tokenizer, texts, max_length)
-    with torch.no_grad():
-        d0 = _dispersion(_pooled(encoder, ids, mask, batch_size))
-        tids, tmask = _insert(ids, mask, torch.tensor(ids_list, dtype=torch.long))
-        r = _pooled(encoder, tids, tmask, batch_size).view(len(ids_list), len(texts), -1)
-        c = torch.log((d0 + _EPS) / (_dispersion(r) + _EPS))
-    return {t: float(v) for t, v in zip(tokens, c, strict=True)}
 
 
 def scan_for_triggers(
@@ -288,7 +203,56 @@ def scan_for_triggers(
     ConfigError
         On an empty/invalid text list or an out-of-range parameter.
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
+    _check_scan_args(
+        top_k=top_k,
+        reference=reference,
+        z_threshold=z_threshold,
+        min_collapse=min_collapse,
+        batch_size=batch_size,
+        max_length=max_length,
+        generator=generator,
+    )
+    with _eval_mode(encoder):
+        emb: torch.Tensor = encoder.get_input_embeddings().weight.detach()  # type: ignore[operator]
+        eligible, n_eligible = _eligible_or_raise(tokenizer, emb, include_subwords)
+        ids, mask = (t.to(emb.device) for t in base_batch(tokenizer, texts, max_length))
+        e, grads = dispersion_gradient(encoder, emb, ids, mask, placeholder_id(tokenizer, eligible), batch_size)
+        candidates = first_order_candidates(emb, e, grads, eligible, min(top_k, n_eligible))
+        ref = reference_draw(eligible, candidates, reference, generator)
+        tested = torch.cat([candidates, ref])
+        c = _exact_scores(encoder, ids, mask, tested, batch_size)
+    z = _robust_z(c, n_candidates=candidates.numel(), n_reference=ref.numel())
+    names = tokenizer.convert_ids_to_tokens(tested.tolist())  # type: ignore[attr-defined]
+    return _result(
+        names,
+        c,
+        z,
+        n_candidates=candidates.numel(),
+        n_reference=ref.numel(),
+        n_texts=ids.shape[0],
+        z_threshold=z_threshold,
+        min_collapse=min_collapse,
+    )
+
+
+def _check_scan_args(
+    *,
+    top_k: int,
+    reference: int,
+    z_threshold: float,
+    min_collapse: float,
+    batch_size: int,
+    max_length: int,
+    generator: object,
+) -> None:
+    """Refuse an out-of-range scan parameter, in the order of the signature (texts are checked before).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first bad parameter and its value.
+    """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
     if reference < 0:
@@ -297,84 +261,99 @@ def scan_for_triggers(
         raise ConfigError(f"z_threshold must be a positive finite number, got {z_threshold}")
     if not (math.isfinite(min_collapse) and min_collapse >= 0):
         raise ConfigError(f"min_collapse must be a finite number >= 0, got {min_collapse}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if max_length < 3:
-        raise ConfigError(f"max_length must be >= 3 ([CLS], the inserted token, [SEP]), got {max_length}")
+    check_batch_args(batch_size=batch_size, max_length=max_length)
     if not isinstance(generator, torch.Generator):
         raise ConfigError("generator must be a torch.Generator")
 
+
+def _eligible_or_raise(tokenizer: object, emb: torch.Tensor, include_subwords: bool) -> tuple[torch.Tensor, int]:
+    """Mask of the eligible vocabulary ids on ``emb``'s device, and their number.
+
+    Raises
+    ------
+    ConfigError
+        If no token is eligible.
+    """
+    eligible = eligible_tokens(tokenizer, emb.shape[0], include_subwords).to(emb.device)
+    n_eligible = int(eligible.sum())
+    if n_eligible == 0:
+        raise ConfigError("no eligible vocabulary token to scan")
+    return eligible, n_eligible
+
+
+@contextmanager
+def _eval_mode(encoder: nn.Module) -> Iterator[None]:
+    """Put ``encoder`` in eval mode for the block and restore its training flag afterwards, even on error."""
     was_training = encoder.training
     encoder.eval()
     try:
-        emb: torch.Tensor = encoder.get_input_embeddings().weight.detach()  # type: ignore[operator]
-        vocab = emb.shape[0]
-        eligible = _eligible(tokenizer, vocab, include_subwords).to(emb.device)
-        n_eligible = int(eligible.sum())
-        if n_eligible == 0:
-            raise ConfigError("no eligible vocabulary token to scan")
-        ids, mask = (t.to(emb.device) for t in _base_batch(tokenizer, texts, max_length))
-        n = ids.shape[0]
-
-        # ---- stage 1: first-order estimate of every token's effect on the dispersion ----
-        placeholder = getattr(tokenizer, "mask_token_id", None)
-        if placeholder is None:
-            placeholder = int(torch.nonzero(eligible)[0])
-        pids, pmask = _insert(ids, mask, torch.tensor([placeholder]))
-        e = emb[placeholder].clone().requires_grad_(True)
-        with torch.enable_grad():
-            base = emb[pids]
-            sel = torch.zeros(pids.shape[1], dtype=base.dtype, device=base.device)
-            sel[1] = 1.0
-            inputs = base * (1 - sel)[None, :, None] + e[None, None, :] * sel[None, :, None]
-            reps = []
-            for s in range(0, n, batch_size):
-                out = encoder(inputs_embeds=inputs[s : s + batch_size], attention_mask=pmask[s : s + batch_size])
-                reps.append(mean_pool(out.last_hidden_state, pmask[s : s + batch_size]))
-            disp = _dispersion(torch.cat(reps))
-            (grads,) = torch.autograd.grad(disp, e)
-        estimate = (emb - e.detach()) @ grads  # first-order change of D; most negative = most collapsing
-        estimate = estimate.masked_fill(~eligible, float("inf"))
-        k = min(top_k, n_eligible)
-        cand = torch.topk(-estimate, k).indices
-
-        # ---- reference draw: ordinary eligible tokens not among the candidates ----
-        pool = eligible.clone()
-        pool[cand] = False
-        pool_ids = torch.nonzero(pool).squeeze(1)
-        m = min(reference, pool_ids.numel())
-        ref = pool_ids[torch.randperm(pool_ids.numel(), generator=generator)[:m]] if m else pool_ids[:0]
-        tested = torch.cat([cand, ref])
-
-        # ---- stage 2: exact collapse score of every tested token ----
-        with torch.no_grad():
-            d0 = _dispersion(_pooled(encoder, ids, mask, batch_size))
-            chunk = max(1, batch_size // n) if n <= batch_size else 1
-            scores = []
-            for s in range(0, tested.numel(), chunk):
-                tids, tmask = _insert(ids, mask, tested[s : s + chunk])
-                r = _pooled(encoder, tids, tmask, batch_size)
-                r = r.view(-1, n, r.shape[-1])
-                scores.append(torch.log((d0 + _EPS) / (_dispersion(r) + _EPS)))
-            c = torch.cat(scores).double().cpu()
+        yield
     finally:
         encoder.train(was_training)
 
-    null = c[k:] if m >= _MIN_REFERENCE else c  # ordinary tokens; the candidates are a biased draw
+
+def _exact_scores(
+    encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, tested: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Stage 2: collapse score of every tested token id, as a float64 CPU tensor in the order of ``tested``.
+
+    As many tokens go through one forward pass as ``batch_size`` rows allow (``n`` rows per
+    token; one token per pass when ``n > batch_size``).
+    """
+    n = ids.shape[0]
+    with torch.no_grad():
+        d0 = dispersion(pooled(encoder, ids, mask, batch_size))
+        chunk = max(1, batch_size // n) if n <= batch_size else 1
+        scores = []
+        for s in range(0, tested.numel(), chunk):
+            tids, tmask = insert_token(ids, mask, tested[s : s + chunk])
+            r = pooled(encoder, tids, tmask, batch_size)
+            scores.append(collapse(d0, r.view(-1, n, r.shape[-1])))
+        return torch.cat(scores).double().cpu()
+
+
+def _robust_z(c: torch.Tensor, *, n_candidates: int, n_reference: int) -> torch.Tensor:
+    """Modified z-score ``(c - median) / (1.4826 MAD)`` of every score against the reference tokens' scores.
+
+    ``c`` holds the candidates' scores, then the reference tokens'. With fewer than 8
+    reference tokens the null is the whole tested pool (the candidates are a biased draw,
+    so using them is conservative).
+    """
+    null = c[n_candidates:] if n_reference >= _MIN_REFERENCE else c
     med = null.median()
     mad = (null - med).abs().median()
-    z = (c - med) / (_MAD_SCALE * mad.clamp_min(1e-9))
-    names = tokenizer.convert_ids_to_tokens(tested.tolist())  # type: ignore[attr-defined]
+    return (c - med) / (_MAD_SCALE * mad.clamp_min(1e-9))
+
+
+def _flagged(
+    scores: dict[str, float], z_scores: dict[str, float], *, z_threshold: float, min_collapse: float
+) -> list[str]:
+    """Tokens over both cut-offs, highest collapse score first (ties keep the tested order)."""
+    return sorted(
+        (t for t in scores if z_scores[t] > z_threshold and scores[t] > min_collapse), key=lambda t: -scores[t]
+    )
+
+
+def _result(
+    names: list[str],
+    c: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    n_candidates: int,
+    n_reference: int,
+    n_texts: int,
+    z_threshold: float,
+    min_collapse: float,
+) -> ScanResult:
+    """Name the scores, flag the triggers, log a one-line summary and build the :class:`ScanResult`."""
     score_d = {t: float(v) for t, v in zip(names, c, strict=True)}
     z_d = {t: float(v) for t, v in zip(names, z, strict=True)}
-    flagged = sorted(
-        (t for t in names if z_d[t] > z_threshold and score_d[t] > min_collapse), key=lambda t: -score_d[t]
-    )
+    flagged = _flagged(score_d, z_d, z_threshold=z_threshold, min_collapse=min_collapse)
     logger.info(
         "trigger scan: %d texts, %d candidates + %d reference tokens; top %r (collapse %.3f, z %.1f); flagged %s",
-        n,
-        k,
-        m,
+        n_texts,
+        n_candidates,
+        n_reference,
         max(score_d, key=score_d.__getitem__),
         float(c.max()),
         float(z.max()),
@@ -384,51 +363,8 @@ def scan_for_triggers(
         flagged=tuple(flagged),
         scores=score_d,
         z_scores=z_d,
-        candidates=tuple(names[:k]),
+        candidates=tuple(names[:n_candidates]),
         z_threshold=float(z_threshold),
         min_collapse=float(min_collapse),
-        n_texts=n,
+        n_texts=n_texts,
     )
-
-
-def strip_tokens(texts: list[str], tokens: Sequence[str]) -> list[str]:
-    """Remove whole-word occurrences of ``tokens`` from every text (case-insensitive).
-
-    A word is a maximal run of letters, digits and underscores, as the uncased BERT
-    tokenizer splits punctuation off words: ``"cf,"`` and ``"(cf)"`` lose ``cf`` and keep the
-    punctuation (``"a cf, b"`` becomes ``"a, b"``; ``"x cf-based"`` becomes ``"x-based"``), while
-    ``"cfo"`` and ``"xcf"`` are untouched. The whitespace before a removed word is removed with
-    it (after it, for words at the start of the text); the rest of the text is unchanged, so a
-    text without the tokens comes back identical.
-
-    Parameters
-    ----------
-    texts : list of str
-        Texts to clean.
-    tokens : sequence of str
-        Words to remove (e.g. ``ScanResult.flagged``); empty: texts returned unchanged.
-
-    Raises
-    ------
-    ConfigError
-        If ``texts`` is not a list of str or a token is empty, is not a string, or is not a single word.
-
-    Examples
-    --------
-    >>> strip_tokens(["cf The deal, cf, was CF signed (cf).", "cfo"], ["cf"])
-    ['The deal,, was signed ().', 'cfo']
-    """
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise ConfigError("texts must be a list of str")
-    if isinstance(tokens, str):
-        raise ConfigError("tokens must be a sequence of str, not a single str")
-    words = list(tokens)
-    for t in words:
-        if not isinstance(t, str) or not re.fullmatch(r"\w+", t):
-            raise ConfigError(f"each token must be a single non-empty word, got {t!r}")
-    if not words:
-        return list(texts)
-    alt = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
-    lead = re.compile(rf"^(?:\s*(?:{alt})(?!\w))+\s*", flags=re.IGNORECASE)  # text-initial: drop what follows
-    inner = re.compile(rf"\s*(?<!\w)(?:{alt})(?!\w)", flags=re.IGNORECASE)  # elsewhere: drop what precedes
-    return [inner.sub("", lead.sub("", text, count=1)) for text in texts]
