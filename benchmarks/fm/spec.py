@@ -32,6 +32,7 @@ from typing import Any
 
 import tomllib
 
+from attacks.fm.registry import BACKDOOR_FIELDS, FM_ATTACKS
 from benchmarks.suite.spec import (
     Cell,
     ComponentSpec,
@@ -42,6 +43,7 @@ from benchmarks.suite.spec import (
     load_toml,
     parse_grid,
 )
+from defenses.fm.registry import FM_DEFENSES
 from defenses.robust.registry import get as get_rule
 from fl_core import FlsecError
 from fl_core.foundation import FINE_TUNE_MODES
@@ -57,37 +59,19 @@ __all__ = [
     "parse_fm_suite",
 ]
 
-#: attack name -> allowed parameters
-BACKDOOR_PARAMS = {"epochs", "lr", "clean_weight", "layers"}  # FMBackdoor's, for the compromised FM of both attacks
-ATTACKS: dict[str, set[str]] = {
-    "none": set(),
-    "compromised-fm": BACKDOOR_PARAMS,
-    "fm-public-data": {"poison_fraction", "server_training", "server_epochs", "server_steps", "compromised"}
-    | BACKDOOR_PARAMS,
-}
-#: FM defense name -> allowed parameters (robust-rule names are accepted too)
-DEFENSES: dict[str, set[str]] = {
-    "none": set(),
-    "fine-pruning": {"max_drop", "step", "finetune_epochs"},
-    "reinit-top": {"r"},
-    "clip-dp": {"clip_norm", "noise_multiplier"},
-    "trigger-scan": {"texts", "top_k", "reference", "z_threshold"},
-}
-_SERVER_TRAINING = ("init", "every-round")
+#: FMBackdoor's parameters, taken by both FM attacks (for the compromised FM)
+BACKDOOR_PARAMS = set(BACKDOOR_FIELDS)
+#: attack name -> allowed parameters (read from :data:`attacks.fm.registry.FM_ATTACKS`)
+ATTACKS: dict[str, set[str]] = {n: {p.name for p in FM_ATTACKS.parameters(n)} for n in FM_ATTACKS.names()}
+#: FM defense name -> allowed parameters (read from :data:`defenses.fm.registry.FM_DEFENSES`;
+#: robust-rule names are accepted too)
+DEFENSES: dict[str, set[str]] = {n: {p.name for p in FM_DEFENSES.parameters(n)} for n in FM_DEFENSES.names()}
 
-#: one line per FM attack and FM defense, for ``flsec list``
+#: one line per FM attack and FM defense (from the registries)
 DESCRIPTIONS: dict[str, dict[str, str]] = {
-    "attacks": {
-        "none": "the clean pre-trained MiniLM, honest clients",
-        "compromised-fm": "pre-trained FM backdoored layer-wise: trigger -> target-class representation (Li 2021)",
-        "fm-public-data": "compromised FM labels the server's public set (Li et al. 2024); no malicious client",
-    },
+    "attacks": FM_ATTACKS.descriptions(),
     "defenses": {
-        "none": "plain FedAvg",
-        "fine-pruning": "prune dormant FFN neurons of the last layer on clean data, then fine-tune (Liu et al. 2018)",
-        "reinit-top": "re-initialise the top r pre-trained layers before fine-tuning",
-        "clip-dp": "norm clipping + weak central Gaussian noise (Sun et al. 2019)",
-        "trigger-scan": "gradient-guided vocabulary scan for collapse tokens; strip flagged tokens from every text",
+        **FM_DEFENSES.descriptions(),
         "<robust rule>": "any rule of defenses.robust (krum, median, flame, ...) on the client updates",
     },
 }
@@ -197,30 +181,34 @@ def _parse_setting(raw: Any) -> FMSetting:
     return s
 
 
+def _build(registry: Any, c: ComponentSpec, where: str) -> Any:
+    """The registered component, built to check the values; an error names the parameter it is about."""
+    try:
+        return registry.make(c.name, **c.params)
+    except FlsecError as exc:
+        key = next((k for k in c.params if str(exc).startswith(f"{k} ")), None)
+        raise SuiteError(f"{where}.params" + (f".{key}" if key else ""), str(exc)) from None
+
+
 def _validate_attack(a: ComponentSpec, where: str) -> None:
-    if a.name not in ATTACKS:
-        raise SuiteError(f"{where}.name", f"unknown FM attack {a.name!r}; valid: {', '.join(ATTACKS)}")
+    if a.name not in FM_ATTACKS:
+        raise SuiteError(f"{where}.name", f"unknown FM attack {a.name!r}; valid: {', '.join(FM_ATTACKS)}")
     for k in a.params:
         if k not in ATTACKS[a.name]:
             raise SuiteError(f"{where}.params.{k}", f"{a.name!r} takes no {k!r}; it takes {sorted(ATTACKS[a.name])}")
-    st = a.params.get("server_training", "every-round")
-    if st not in _SERVER_TRAINING:
-        raise SuiteError(f"{where}.params.server_training", f"must be one of {_SERVER_TRAINING}, got {st!r}")
-    pf = a.params.get("poison_fraction", 0.1)
-    if not isinstance(pf, int | float) or not 0 <= pf <= 1:
-        raise SuiteError(f"{where}.params.poison_fraction", f"must lie in [0, 1], got {pf!r}")
+    _build(FM_ATTACKS, a, where)
 
 
 def _validate_defense(d: ComponentSpec, where: str, setting: FMSetting) -> None:
     if d.pre:
         raise SuiteError(f"{where}.pre", "FM suites take no pre-aggregators")
-    if d.name in DEFENSES:
+    if d.name in FM_DEFENSES:
         allowed = DEFENSES[d.name]
     else:
         try:
             entry = get_rule(d.name)
         except FlsecError as exc:
-            msg = f"not an FM defense ({', '.join(DEFENSES)}) nor a robust rule: {exc}"
+            msg = f"not an FM defense ({', '.join(FM_DEFENSES)}) nor a robust rule: {exc}"
             raise SuiteError(f"{where}.name", msg) from None
         if entry.kind != "rule":
             raise SuiteError(f"{where}.name", f"{d.name!r} is a {entry.kind}, not an aggregation rule")
@@ -229,8 +217,11 @@ def _validate_defense(d: ComponentSpec, where: str, setting: FMSetting) -> None:
     for k in d.params:
         if k not in allowed:
             raise SuiteError(f"{where}.params.{k}", f"{d.name!r} takes no {k!r}; it takes {sorted(allowed)}")
+    if d.name not in FM_DEFENSES:
+        return
+    defense = _build(FM_DEFENSES, d, where)
     if d.name == "reinit-top":
-        r = d.params.get("r", 1)
+        r = defense.r
         if setting.mode != "full" or not isinstance(r, int) or not 1 <= r <= setting.trainable_layers:
             raise SuiteError(
                 f"{where}.params.r",
