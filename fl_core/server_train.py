@@ -8,6 +8,10 @@ unlabelled public data). :class:`PublicSetTraining` wraps a server optimiser: it
 applies the aggregate as usual, then runs the one local-training loop of
 :mod:`fl_core.training` on the public set, starting from the new global model.
 
+Its state across rounds is the round counter (which derives each round's batch order
+from ``seed``) and the inner optimiser's state; :meth:`PublicSetTraining.state_dict`
+saves both, so a run resumed after a restart takes the same next step.
+
 Examples
 --------
 >>> import torch
@@ -19,11 +23,16 @@ Examples
 >>> x = torch.zeros(6)
 >>> bool((opt.step(x, torch.zeros(6)) != x).any())  # the public set moved the model
 True
+>>> opt.state_dict()["rounds"], opt.state_dict()["inner"]["kind"]
+(1, 'FedAvg')
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +42,7 @@ from fl_core.errors import ConfigError
 from fl_core.params import flatten_params, num_params, unflatten_into
 from fl_core.rng import Stream, torch_generator
 from fl_core.server_opt import FedAvg, ServerOptimizer
+from fl_core.state import state_int
 from fl_core.training import LocalTrainingConfig, local_train
 
 __all__ = ["PublicSetTraining"]
@@ -55,7 +65,23 @@ class PublicSetTraining(ServerOptimizer):
         How the aggregate is applied first.
     device : str or torch.device
         Where the server trains.
+
+    Notes
+    -----
+    State (:meth:`state_dict`): ``rounds``, the steps taken since construction or
+    :meth:`reset` (round ``r`` trains with the batch order of ``(seed, SERVER, r)``), and
+    ``inner``, the inner optimiser's own state dict (JSON types when the inner one's are,
+    e.g. FedAvg; FedAvgM/FedAdam hold tensors). ``config`` records ``seed``, the training
+    configuration, the public set's name and size and the model's number of trainable
+    parameters; ``device`` is not part of it, so a state saved on one device loads on
+    another. Nothing else carries over between rounds: the work model's trainable
+    parameters are overwritten with the new global model every step, each round builds
+    a fresh torch optimiser, and buffers (e.g. batch-norm running statistics) are neither
+    returned nor read by training-mode forward passes. Dropout draws from torch's global
+    RNG, which no optimiser state holds.
     """
+
+    STATE_KEYS = ("rounds", "inner")
 
     def __init__(
         self,
@@ -95,3 +121,19 @@ class PublicSetTraining(ServerOptimizer):
     def reset(self) -> None:
         self.inner.reset()
         self.rounds = 0
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "training": dataclasses.asdict(self.config),
+            "public_set": {"name": self.data.name, "size": len(self.data)},
+            "num_params": num_params(self.model),
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "inner": self.inner.state_dict()}
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        rounds = state_int(state, "rounds", kind=type(self).__name__)
+        self.inner.load_state_dict(state["inner"])  # checks everything before it assigns (all-or-nothing)
+        self.rounds = rounds
