@@ -220,8 +220,10 @@ class Registry:
         def deco(obj: F) -> F:
             _signature(obj)  # refuse what make() could not validate
             old = self._entries.get(key)
-            if old is not None and old.obj is not obj:
-                raise ConfigError(f"{self.family} name {name!r} is already registered by {old.obj!r}")
+            if old is not None:
+                if old.obj is not obj:
+                    raise ConfigError(f"{self.family} name {name!r} is already registered by {old.obj!r}")
+                return obj  # the same object again (a re-import): keep the first registration
             self._entries[key] = Entry(name.strip(), obj, description, self.family, MappingProxyType(dict(tags)))
             return obj
 
