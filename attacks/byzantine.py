@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.threat import ThreatModel
-from fl_core.aggregation import Aggregator, RoundContext
+from fl_core.aggregation import Aggregator, RoundContext, StageOutput
 from fl_core.errors import ConfigError, InvalidUpdateError
 
 __all__ = ["AttackView", "ByzantineTransform", "ModelPoisoning"]
@@ -94,14 +94,18 @@ class ByzantineTransform:
         if attack.needs_aggregator and aggregator is None:
             raise ConfigError(f"{type(attack).__name__} is adaptive: pass the defense as aggregator=")
         self.attack, self.threat, self.aggregator = attack, threat, aggregator
-        self._last: dict[str, float] = {}
 
     def __call__(self, updates: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
+        return self.apply(updates, ctx).value
+
+    def apply(self, updates: torch.Tensor, ctx: RoundContext) -> StageOutput:
+        """The cohort with the malicious rows crafted in an active round; metrics ``attack_active`` and
+        ``malicious_in_cohort``."""
         mal = torch.as_tensor(self.threat.mask(ctx.client_ids), device=updates.device)
         f = int(mal.sum())
-        self._last = {"attack_active": 0.0, "malicious_in_cohort": float(f)}
+        metrics = {"attack_active": 0.0, "malicious_in_cohort": float(f)}
         if f == 0 or not self.threat.schedule.active(ctx.round_idx):
-            return updates
+            return StageOutput(updates, metrics=metrics)
         if f == len(ctx.client_ids):
             raise ConfigError(f"all {f} sampled clients are malicious in round {ctx.round_idx}: no honest reference")
         own = updates[mal]
@@ -120,9 +124,5 @@ class ByzantineTransform:
             )
         out = updates.clone()
         out[mal] = crafted.to(out.dtype)
-        self._last["attack_active"] = 1.0
         log.debug("round %d: %s replaced %d rows", ctx.round_idx, self.attack, f)
-        return out
-
-    def round_metrics(self) -> dict[str, float]:
-        return dict(self._last)
+        return StageOutput(out, metrics={**metrics, "attack_active": 1.0})

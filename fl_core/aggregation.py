@@ -44,6 +44,7 @@ __all__ = [
     "AggregationResult",
     "Aggregator",
     "RoundContext",
+    "StageOutput",
     "UpdateTransform",
     "WeightedMean",
 ]
@@ -64,7 +65,15 @@ class RoundContext:
     global_params : torch.Tensor
         ``(d,)`` flat global parameters broadcast this round.
     generator : torch.Generator
-        Explicit generator for this round's plug-in randomness (on CPU).
+        Explicit generator of this stage in this round (on CPU); each stage of a
+        :class:`~fl_core.pipeline.Pipeline` gets its own.
+    bound : float or None
+        An L2 bound every row of the cohort satisfies, as reported by the latest
+        bounding client transform (a clip); ``None`` when the rows are unbounded.
+    sensitivity : float or None
+        For server-side transforms: the L2 sensitivity of the aggregate they receive
+        (one client added or removed), from :meth:`Aggregator.sensitivity` and
+        ``bound``; ``None`` when it is unknown.
     """
 
     round_idx: int
@@ -72,6 +81,33 @@ class RoundContext:
     weights: torch.Tensor
     global_params: torch.Tensor
     generator: torch.Generator
+    bound: float | None = None
+    sensitivity: float | None = None
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage returns from ``apply``: its output and what it knows about it.
+
+    Stages that have facts to report (a clip's bound, a noise's standard
+    deviation) implement ``apply(x, ctx) -> StageOutput``; their ``__call__``
+    returns ``apply(...).value``. These are return values, not attributes read
+    after the call: the pipeline threads ``bound`` to the later stages and merges
+    ``metrics`` into the round's record.
+
+    Attributes
+    ----------
+    value : torch.Tensor
+        The cohort ``(n, d)`` (client transforms) or the aggregate ``(d,)`` (server transforms).
+    bound : float or None
+        Client transforms: an L2 bound every output row satisfies (``None``: none known).
+    metrics : dict of str to float
+        Scalar facts of this call for the round history.
+    """
+
+    value: torch.Tensor
+    bound: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +170,17 @@ class Aggregator(abc.ABC):
         """What this aggregator takes and outputs (:mod:`fl_core.contracts`): real rows, a mean, rows visible."""
         return StageContract()
 
+    def sensitivity(self, bound: float, n: int) -> float | None:
+        """L2 sensitivity of the output when every row has norm at most ``bound`` and there are about ``n`` rows.
+
+        Adding or removing one client moves the output by at most this much; server-side
+        noise (:class:`~defenses.dp.dp_fedavg.CentralGaussianNoise`) is sized by it. ``None``
+        (the default) means no bound is known, and a pipeline with server noise refuses
+        the aggregator. An output that always lies in the ball of radius ``R`` has
+        sensitivity at most ``2 R``.
+        """
+        return None
+
     def check_tolerance(self, n: int) -> None:
         """Raise a :class:`~fl_core.errors.FlsecError` if this aggregator cannot run on cohorts of ``n`` clients.
 
@@ -160,6 +207,14 @@ class WeightedMean(Aggregator):
     tensor([2.])
     """
 
+    def contract(self) -> StageContract:
+        """A mean of the real rows, with a known sensitivity (:meth:`sensitivity`)."""
+        return StageContract(bounded=True)
+
+    def sensitivity(self, bound: float, n: int) -> float | None:
+        """``2 C``: a weighted mean of rows in the ball of radius ``C`` stays in it, whatever the weights."""
+        return 2.0 * bound
+
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         # normalised in float64 and summed without overflow (fl_core.numerics.combine): the
         # mean of finite rows lies within their range, so it is finite for any finite input
@@ -171,14 +226,18 @@ class WeightedMean(Aggregator):
 
 @runtime_checkable
 class UpdateTransform(Protocol):
-    """Maps the cohort ``(n, d)`` to a cohort ``(n, d)`` before aggregation."""
+    """Maps the cohort ``(n, d)`` to a cohort ``(n, d)`` before aggregation.
+
+    A transform that reports facts (a bound, metrics) also has
+    ``apply(updates, ctx) -> StageOutput``, which the pipeline calls instead.
+    """
 
     def __call__(self, updates: torch.Tensor, ctx: RoundContext) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class AggregateTransform(Protocol):
-    """Maps the aggregate ``(d,)`` to ``(d,)`` before the server optimiser."""
+    """Maps the aggregate ``(d,)`` to ``(d,)`` before the server optimiser (``apply`` as for client transforms)."""
 
     def __call__(self, aggregate: torch.Tensor, ctx: RoundContext) -> torch.Tensor: ...
 

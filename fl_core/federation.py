@@ -3,15 +3,14 @@
 One round (McMahan et al., AISTATS 2017, generalised as in Reddi et al., ICLR 2021)::
 
     sample m of K clients -> broadcast x -> local training (fl_core.training)
-    -> cohort of updates U (n, d) -> update transforms (clip, local DP, attack)
-    -> aggregator (mean, robust rule, secure aggregation) -> aggregate transforms
-    (server DP) -> server optimiser (FedAvg, FedAvgM, FedAdam) -> new x
+    -> cohort of updates U (n, d) -> the round's Pipeline (attack, client transforms,
+    secure protocol or robust rule, server transforms, server optimiser) -> new x
 
-Every random choice draws from a generator derived from ``seed`` and the round
-and client ids (:mod:`fl_core.rng`), so the same seed gives the same history; each
-stage of the round (client transform, aggregator, server transform) has its own
-(:class:`StageKind`), so changing one stage leaves the others' draws unchanged.
-Clients train one after the other on ``device``.
+Everything after local training is one :class:`~fl_core.pipeline.Pipeline`, the same
+value a user can call in their own loop. Every random choice draws from a generator
+derived from ``seed`` and the round and client ids (:mod:`fl_core.rng`), so the same
+seed gives the same history; each stage of the pipeline has its own stream
+(:class:`~fl_core.pipeline.StageKind`). Clients train one after the other on ``device``.
 
 Examples
 --------
@@ -33,49 +32,29 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from fl_core.aggregation import (
-    AggregateTransform,
-    Aggregator,
-    RoundContext,
-    UpdateTransform,
-    WeightedMean,
-    collect_metrics,
-)
+from fl_core.aggregation import AggregateTransform, Aggregator, UpdateTransform
 from fl_core.checks import as_int
-from fl_core.contracts import check_round
+from fl_core.contracts import contract_of
 from fl_core.data.dataset import ArrayDataset, TextDataset
 from fl_core.device import resolve_device
-from fl_core.errors import ConfigError, InvalidUpdateError
+from fl_core.errors import ConfigError
 from fl_core.history import History, RoundRecord
 from fl_core.models import build_model
 from fl_core.params import flatten_params, unflatten_into
+from fl_core.pipeline import Pipeline, Round, StageKind
 from fl_core.rng import Stream, numpy_generator, torch_generator
-from fl_core.server_opt import FedAvg, ServerOptimizer
+from fl_core.server_opt import ServerOptimizer
 from fl_core.training import LocalTrainingConfig, TrainingHook, evaluate, local_train
-from fl_core.updates import check_update
 
 __all__ = ["Client", "Federation", "StageKind", "make_clients"]
 
 log = logging.getLogger(__name__)
-
-
-class StageKind:
-    """Keys of the per-stage random streams of a round (after ``Stream.PLUGIN`` and the round).
-
-    Each stage draws from its own generator, derived from ``(seed, round, kind, position)``:
-    changing one stage (another attack, more client transforms) leaves the draws of every
-    other stage unchanged, so the defense and the server noise see the same randomness.
-    """
-
-    CLIENT_TRANSFORM = 1
-    AGGREGATOR = 2
-    SERVER_TRANSFORM = 3
 
 
 @dataclass(frozen=True)
@@ -118,12 +97,16 @@ class Federation:
         m, clients sampled each round without replacement (``m <= K``).
     local : LocalTrainingConfig
         Client training hyper-parameters.
+    pipeline : Pipeline, optional
+        The round's aggregation (:class:`~fl_core.pipeline.Pipeline`); its own ``seed``
+        keys the stages' randomness. Or give the stages below, which build one with ``seed``.
     aggregator : Aggregator
-        Turns the cohort into one update; default weighted mean (FedAvg).
+        Shorthand: a secure protocol (it hides the rows) goes to the pipeline's ``secure``
+        slot, anything else to ``rule``; default weighted mean (FedAvg).
     update_transforms, aggregate_transforms : sequences
-        Client-side and server-side transforms (see :mod:`fl_core.aggregation`).
+        Shorthand for the pipeline's ``client`` and ``server`` transforms.
     server_optimizer : ServerOptimizer
-        Default FedAvg with server learning rate 1.
+        Shorthand for the pipeline's optimiser; default FedAvg with server learning rate 1.
     seed : int
         The one seed every random choice derives from.
     device : str
@@ -141,6 +124,7 @@ class Federation:
         model_name: str | None = None,
         model: nn.Module | None = None,
         local: LocalTrainingConfig | None = None,
+        pipeline: Pipeline | None = None,
         aggregator: Aggregator | None = None,
         update_transforms: Sequence[UpdateTransform] = (),
         aggregate_transforms: Sequence[AggregateTransform] = (),
@@ -162,25 +146,21 @@ class Federation:
             raise ConfigError("give exactly one of model_name and model")
         if local is not None and not isinstance(local, LocalTrainingConfig):
             raise ConfigError(f"local must be a LocalTrainingConfig, got {type(local).__name__}")
-        if aggregator is not None:
-            if not isinstance(aggregator, Aggregator):
-                raise ConfigError(f"aggregator must be an fl_core Aggregator, got {type(aggregator).__name__}")
-            # a rule that cannot tolerate the cohort size fails now, not after a round of local training
-            aggregator.check_tolerance(clients_per_round)
-        check_round(
+        self.pipeline = _pipeline(
+            pipeline,
+            aggregator=aggregator,
             update_transforms=update_transforms,
-            aggregator=aggregator or WeightedMean(),
             aggregate_transforms=aggregate_transforms,
+            server_optimizer=server_optimizer,
+            seed=seed,
         )
+        # a rule that cannot tolerate the cohort size fails now, not after a round of local training
+        self.pipeline.check_cohort_size(clients_per_round)
         self.device = resolve_device(device)
         self.clients = list(clients)
         self.test_data = test_data
         self.clients_per_round = clients_per_round
         self.local = local or LocalTrainingConfig()
-        self.aggregator = aggregator or WeightedMean()
-        self.update_transforms = tuple(update_transforms)
-        self.aggregate_transforms = tuple(aggregate_transforms)
-        self.server_optimizer = server_optimizer or FedAvg()
         self.seed = seed
         self.eval_every = eval_every
         if model is None:
@@ -208,14 +188,10 @@ class Federation:
         pick = rng.choice(len(self.clients), size=self.clients_per_round, replace=False)
         return [self.clients[i] for i in sorted(pick.tolist())]
 
-    def run_round(self, round_idx: int, *, force_eval: bool = False) -> RoundRecord:
-        """Run one round, update the global model, append and return its record.
-
-        The global model is evaluated every ``eval_every`` rounds, or when ``force_eval``.
-        """
-        t0 = time.perf_counter()
-        cohort = self.sample_clients(round_idx)
-        x = flatten_params(self.model)
+    def train_cohort(
+        self, cohort: Sequence[Client], x: torch.Tensor, round_idx: int
+    ) -> tuple[torch.Tensor, list[float], list[int]]:
+        """Local training of each client from ``x``: the ``(n, d)`` updates, the losses and the example counts."""
         rows, losses, counts = [], [], []
         for client in cohort:
             unflatten_into(self._worker, x)
@@ -232,44 +208,34 @@ class Federation:
             rows.append(flatten_params(self._worker) - x)
             losses.append(res.loss)
             counts.append(res.num_samples)
-        updates = torch.stack(rows)
+        return torch.stack(rows), losses, counts
+
+    def run_round(self, round_idx: int, *, force_eval: bool = False) -> RoundRecord:
+        """Run one round, update the global model, append and return its record.
+
+        The global model is evaluated every ``eval_every`` rounds, or when ``force_eval``.
+        """
+        t0 = time.perf_counter()
+        cohort = self.sample_clients(round_idx)
+        x = flatten_params(self.model)
+        updates, losses, counts = self.train_cohort(cohort, x, round_idx)
         weights = torch.tensor(counts, dtype=torch.float32, device=self.device)
-        ctx = RoundContext(
-            round_idx=round_idx,
-            client_ids=tuple(c.id for c in cohort),
-            weights=weights,
-            global_params=x,
-            generator=self._stage_generator(round_idx, StageKind.AGGREGATOR, 0),
-        )
-        for i, transform in enumerate(self.update_transforms):
-            updates = transform(updates, self._stage_ctx(ctx, StageKind.CLIENT_TRANSFORM, i))
-            if updates.shape != (len(cohort), x.shape[0]):
-                raise InvalidUpdateError(
-                    f"update transform {type(transform).__name__} returned shape {tuple(updates.shape)}, "
-                    f"expected {(len(cohort), x.shape[0])}"
-                )
-        result = self.aggregator.aggregate(updates, weights, ctx=ctx)
-        delta = result.aggregate
-        for j, transform in enumerate(self.aggregate_transforms):
-            delta = transform(delta, self._stage_ctx(ctx, StageKind.SERVER_TRANSFORM, j))
-        check_update(delta, d=x.shape[0], name="aggregate")
-        unflatten_into(self.model, self.server_optimizer.step(x, delta))
+        ids = tuple(c.id for c in cohort)
+        out = self.pipeline(updates, weights, Round(index=round_idx, client_ids=ids, global_params=x))
+        unflatten_into(self.model, out.params)
         evaluated = force_eval or (round_idx + 1) % self.eval_every == 0
         ev = evaluate(self.model, self.test_data, device=self.device) if evaluated else None
         w = np.asarray(counts, dtype=np.float64)
-        kept_mask = result.kept.tolist()
+        kept_mask = out.result.kept.tolist()
         record = RoundRecord(
             round_idx=round_idx,
-            client_ids=ctx.client_ids,
+            client_ids=ids,
             train_loss=float(np.dot(w, losses) / w.sum()),
             test_loss=ev.loss if ev else None,
             test_accuracy=ev.accuracy if ev else None,
-            kept=tuple(cid for cid, k in zip(ctx.client_ids, kept_mask, strict=True) if k),
+            kept=tuple(cid for cid, k in zip(ids, kept_mask, strict=True) if k),
             seconds=time.perf_counter() - t0,
-            metrics={
-                **dict(result.metrics),
-                **collect_metrics([*self.update_transforms, self.aggregator, *self.aggregate_transforms]),
-            },
+            metrics=out.metrics,
         )
         self.history.append(record)
         log.info(
@@ -281,13 +247,6 @@ class Federation:
         )
         return record
 
-    def _stage_generator(self, round_idx: int, kind: int, index: int) -> torch.Generator:
-        """The generator of one stage in one round: derived from (seed, round, stage kind, position)."""
-        return torch_generator(self.seed, Stream.PLUGIN, round_idx, kind, index)
-
-    def _stage_ctx(self, ctx: RoundContext, kind: int, index: int) -> RoundContext:
-        return replace(ctx, generator=self._stage_generator(ctx.round_idx, kind, index))
-
     def run(self, *, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> History:
         """Run ``rounds`` more rounds; the last one is always evaluated."""
         if rounds < 1:
@@ -298,3 +257,35 @@ class Federation:
             if on_round is not None:
                 on_round(record)
         return self.history
+
+
+def _pipeline(
+    pipeline: Pipeline | None,
+    *,
+    aggregator: Aggregator | None,
+    update_transforms: Sequence[UpdateTransform],
+    aggregate_transforms: Sequence[AggregateTransform],
+    server_optimizer: ServerOptimizer | None,
+    seed: int,
+) -> Pipeline:
+    """The federation's pipeline: the one given, or one built from the shorthand stages."""
+    if pipeline is not None:
+        if not isinstance(pipeline, Pipeline):
+            raise ConfigError(f"pipeline must be a fl_core.pipeline.Pipeline, got {type(pipeline).__name__}")
+        given = [k for k, v in (("aggregator", aggregator), ("update_transforms", update_transforms),
+                                ("aggregate_transforms", aggregate_transforms),
+                                ("server_optimizer", server_optimizer)) if v]
+        if given:
+            raise ConfigError(f"give either pipeline or the stages {given}, not both")
+        return pipeline
+    if aggregator is not None and not isinstance(aggregator, Aggregator):
+        raise ConfigError(f"aggregator must be an fl_core Aggregator, got {type(aggregator).__name__}")
+    secure = aggregator is not None and contract_of(aggregator).hides_rows
+    return Pipeline(
+        client=tuple(update_transforms),
+        secure=aggregator if secure else None,
+        rule=None if secure else aggregator,
+        server=tuple(aggregate_transforms),
+        optimizer=server_optimizer,
+        seed=seed,
+    )

@@ -1,9 +1,10 @@
 """Clipping of client updates: flat L2, per-layer, and adaptive (private quantile) clipping.
 
 All three are :class:`fl_core.aggregation.UpdateTransform` s mapping the cohort
-``(n, d) -> (n, d)`` and bound every row's L2 norm by the ``clip_norm`` they
-report in ``last_clip_norm`` (the bound used in their latest call), which is the
-per-client L2 sensitivity that the DP noise is calibrated to.
+``(n, d) -> (n, d)`` and bound every row's L2 norm. ``apply(updates, ctx)`` returns
+a :class:`~fl_core.aggregation.StageOutput` whose ``bound`` is the clip norm used in
+that call: the pipeline turns it into the aggregate's sensitivity, to which the DP
+noise is calibrated (:mod:`fl_core.pipeline`).
 
 * :class:`L2Clip`: ``u <- u * min(1, C / ||u||_2)`` (McMahan, Ramage, Talwar, Zhang,
   ICLR 2018, "flat clipping").
@@ -36,10 +37,11 @@ import torch
 from torch import nn
 
 from defenses.dp.errors import PrivacyConfigError, check_positive
-from fl_core.aggregation import RoundContext
+from fl_core.aggregation import RoundContext, StageOutput
+from fl_core.contracts import StageContract
 from fl_core.numerics import clip_rows as direction_rows
 from fl_core.numerics import row_norms
-from fl_core.state import StateError, check_state, state_float, state_int
+from fl_core.state import check_state, state_float, state_int
 from fl_core.updates import check_cohort
 
 __all__ = ["AdaptiveClip", "L2Clip", "PerLayerClip", "clip_rows", "layer_sizes"]
@@ -92,19 +94,20 @@ class L2Clip:
 
     def __init__(self, *, clip_norm: float) -> None:
         self.clip_norm = check_positive(clip_norm, name="clip_norm")
-        self.last_clip_norm = self.clip_norm
-        self.last_fraction_clipped = 0.0
 
-    def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> torch.Tensor:
+    def contract(self) -> StageContract:
+        """Every output row has L2 norm at most ``clip_norm``."""
+        return StageContract(bounds_rows=True)
+
+    def apply(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> StageOutput:
+        """The clipped cohort, its bound ``C``, and ``clip_norm`` and ``fraction_clipped`` as metrics."""
         check_cohort(updates)
         out, norms = clip_rows(updates, self.clip_norm)
-        self.last_clip_norm = self.clip_norm
-        self.last_fraction_clipped = float((norms > self.clip_norm).double().mean())
-        return out
+        frac = float((norms > self.clip_norm).double().mean())
+        return StageOutput(out, bound=self.clip_norm, metrics={"clip_norm": self.clip_norm, "fraction_clipped": frac})
 
-    def round_metrics(self) -> dict[str, float]:
-        """``clip_norm`` and the fraction of clipped clients of the latest round."""
-        return {"clip_norm": self.last_clip_norm, "fraction_clipped": self.last_fraction_clipped}
+    def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> torch.Tensor:
+        return self.apply(updates, ctx).value
 
 
 class PerLayerClip:
@@ -141,18 +144,23 @@ class PerLayerClip:
                 raise PrivacyConfigError(f"{len(norms)} clip norms for {len(sizes)} layers")
         self.layer_sizes, self.clip_norms = sizes, norms
         self.clip_norm = math.sqrt(sum(c * c for c in norms))
-        self.last_clip_norm = self.clip_norm
 
-    def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> torch.Tensor:
+    def contract(self) -> StageContract:
+        """Every output row has L2 norm at most ``sqrt(sum_l C_l^2)``."""
+        return StageContract(bounds_rows=True)
+
+    def apply(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> StageOutput:
+        """The per-layer clipped cohort and its overall bound ``sqrt(sum_l C_l^2)``."""
         check_cohort(updates)
         d = updates.shape[1]
         if sum(self.layer_sizes) != d:
             raise PrivacyConfigError(f"layer sizes sum to {sum(self.layer_sizes)}, but the updates have d={d}")
         parts = torch.split(updates, self.layer_sizes, dim=1)
-        return torch.cat([clip_rows(p, c)[0] for p, c in zip(parts, self.clip_norms, strict=True)], dim=1)
+        out = torch.cat([clip_rows(p, c)[0] for p, c in zip(parts, self.clip_norms, strict=True)], dim=1)
+        return StageOutput(out, bound=self.clip_norm, metrics={"clip_norm": self.clip_norm})
 
-    def round_metrics(self) -> dict[str, float]:
-        return {"clip_norm": self.clip_norm}
+    def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> torch.Tensor:
+        return self.apply(updates, ctx).value
 
 
 class AdaptiveClip:
@@ -191,8 +199,8 @@ class AdaptiveClip:
     (True, 1)
     """
 
-    #: Layout version of :meth:`state_dict`.
-    STATE_VERSION = 1
+    #: Layout version of :meth:`state_dict` (2: the last round's facts are return values, not state).
+    STATE_VERSION = 2
 
     def __init__(
         self,
@@ -212,8 +220,6 @@ class AdaptiveClip:
         if not isinstance(expected_clients, int) or expected_clients < 1:
             raise PrivacyConfigError(f"expected_clients must be an int >= 1, got {expected_clients!r}")
         self.expected_clients = expected_clients
-        self.last_clip_norm = self.clip_norm
-        self.last_unclipped_fraction = float("nan")
         self.rounds = 0
 
     def update_noise_multiplier(self, noise_multiplier: float) -> float:
@@ -236,7 +242,18 @@ class AdaptiveClip:
             )
         return (z**-2 - zb**-2) ** -0.5
 
+    def contract(self) -> StageContract:
+        """Every output row has L2 norm at most the round's clip norm."""
+        return StageContract(bounds_rows=True)
+
     def __call__(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> torch.Tensor:
+        return self.apply(updates, ctx).value
+
+    def apply(self, updates: torch.Tensor, ctx: RoundContext | None = None) -> StageOutput:
+        """Clip to the current ``C`` (the output's bound), then move ``C`` towards the target quantile.
+
+        Metrics: ``clip_norm`` (this round's) and ``noisy_unclipped_fraction`` ``b~``.
+        """
         check_cohort(updates)
         c = self.clip_norm
         out, norms = clip_rows(updates, c)
@@ -246,14 +263,10 @@ class AdaptiveClip:
                 raise PrivacyConfigError("adaptive clipping with count noise needs the round context's generator")
             unclipped += self.count_noise_std * float(torch.randn(1, dtype=torch.float64, generator=ctx.generator))
         b = unclipped / self.expected_clients
-        self.last_clip_norm, self.last_unclipped_fraction = c, b
         self.clip_norm = c * math.exp(-self.learning_rate * (b - self.target_quantile))
         self.rounds += 1
         log.debug("adaptive clip: C %.4g -> %.4g (noisy unclipped fraction %.3f)", c, self.clip_norm, b)
-        return out
-
-    def round_metrics(self) -> dict[str, float]:
-        return {"clip_norm": self.last_clip_norm, "noisy_unclipped_fraction": self.last_unclipped_fraction}
+        return StageOutput(out, bound=c, metrics={"clip_norm": c, "noisy_unclipped_fraction": b})
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -267,20 +280,16 @@ class AdaptiveClip:
         """The clip norm and its round counter, as a JSON-serialisable dict (no tensors).
 
         Keys besides ``kind``, ``version`` and ``config``: ``clip_norm`` (the next
-        round's), ``last_clip_norm``, ``last_unclipped_fraction`` (``None`` before
-        the first round) and ``rounds``.
+        round's) and ``rounds``.
 
         The initial clip norm is not part of the configuration checked on load:
         the state's ``clip_norm`` replaces it.
         """
-        frac = self.last_unclipped_fraction
         return {
             "kind": type(self).__name__,
             "version": self.STATE_VERSION,
             "config": self._config(),
             "clip_norm": self.clip_norm,
-            "last_clip_norm": self.last_clip_norm,
-            "last_unclipped_fraction": None if math.isnan(frac) else frac,
             "rounds": self.rounds,
         }
 
@@ -294,14 +303,8 @@ class AdaptiveClip:
             that is not a finite number > 0, or a negative round count.
         """
         kind = type(self).__name__
-        keys = ("clip_norm", "last_clip_norm", "last_unclipped_fraction", "rounds")
-        state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=keys, config=self._config())
+        state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=("clip_norm", "rounds"),
+                            config=self._config())
         clip_norm = state_float(state, "clip_norm", kind=kind, positive=True)
-        last = state_float(state, "last_clip_norm", kind=kind, positive=True)
-        frac = state_float(state, "last_unclipped_fraction", kind=kind, allow_none=True)
         rounds = state_int(state, "rounds", kind=kind)
-        if (frac is None) != (rounds == 0):
-            raise StateError(f"{kind} state: last_unclipped_fraction is None exactly before the first round")
-        self.clip_norm, self.last_clip_norm = clip_norm, last
-        self.last_unclipped_fraction = float("nan") if frac is None else frac
-        self.rounds = rounds
+        self.clip_norm, self.rounds = clip_norm, rounds

@@ -65,9 +65,11 @@ from defenses.dp.errors import PrivacyConfigError, check_positive
 from defenses.dp.events import GaussianEvent
 from defenses.dp.ledger import PrivacyLedger
 from defenses.dp.mechanisms import sample_discrete_gaussian
-from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.aggregation import AggregationResult, Aggregator, RoundContext, StageOutput
 from fl_core.contracts import StageContract
+from fl_core.pipeline import Pipeline
 from fl_core.rng import torch_generator
+from fl_core.server_opt import ServerOptimizer
 from fl_core.state import check_state
 from fl_core.updates import check_cohort
 
@@ -76,6 +78,7 @@ __all__ = [
     "DDGEncode",
     "DistributedDiscreteGaussian",
     "ModularSum",
+    "calibrate_ddg_noise_multiplier",
     "ddg_gaussian_equivalent_multiplier",
     "hadamard_transform",
     "rounded_l2_bound",
@@ -269,6 +272,24 @@ class DistributedDiscreteGaussian:
         self.encoder = DDGEncode(self)
         self.decoder = DDGDecode(self)
 
+    def pipeline(
+        self,
+        *,
+        secure: Aggregator | None = None,
+        attack: object = None,
+        optimizer: ServerOptimizer | None = None,
+        seed: int = 0,
+    ) -> Pipeline:
+        """The distributed DP round: ``[attack] -> encode -> exact modular sum -> decode -> optimizer``.
+
+        ``secure`` is the secure sum of the encoded rows (SecAgg or SecAgg+ with
+        ``integer_input=True`` and ``ring_bits == bits``); without it a plain
+        :class:`ModularSum` stands in (the server then sees the encoded, noised rows).
+        """
+        rule = ModularSum(modulus=self.modulus) if secure is None else None
+        return Pipeline(attack=attack, client=[self.encoder], secure=secure, rule=rule, server=[self.decoder],
+                        optimizer=optimizer, seed=seed)
+
     #: Layout version of :meth:`state_dict`.
     STATE_VERSION = 1
 
@@ -370,25 +391,28 @@ class DDGEncode:
 
     def __init__(self, config: DistributedDiscreteGaussian) -> None:
         self.config = config
-        self.last_retries = 0
 
-    def _round(self, x: torch.Tensor, bound: float, generator: torch.Generator) -> torch.Tensor:
+    @staticmethod
+    def _round(x: torch.Tensor, bound: float, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Conditional randomized rounding of each row to L2 norm ``<= bound``: the rows and the retries."""
         fl = torch.floor(x)
         out = torch.empty_like(x)
         todo = torch.ones(x.shape[0], dtype=torch.bool)
-        self.last_retries = 0
-        for _ in range(1000):
+        for retries in range(1000):
             idx = todo.nonzero().flatten()
             r = fl[idx] + (torch.rand(fl[idx].shape, dtype=torch.float64, generator=generator) < x[idx] - fl[idx])
             ok = torch.linalg.vector_norm(r, dim=1) <= bound
             out[idx[ok]] = r[ok]
             todo[idx[ok]] = False
             if not bool(todo.any()):
-                return out
-            self.last_retries += 1
+                return out, retries
         raise PrivacyConfigError(f"conditional randomized rounding failed 1000 times for bound {bound:.6g}")
 
     def __call__(self, updates: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
+        return self.apply(updates, ctx).value
+
+    def apply(self, updates: torch.Tensor, ctx: RoundContext) -> StageOutput:
+        """The encoded rows, and the rounding retries of the round as the metric ``ddg_rounding_retries``."""
         check_cohort(updates)
         cfg = self.config
         n, d = updates.shape
@@ -396,9 +420,10 @@ class DDGEncode:
         x, _ = clip_rows(updates.to(torch.float64), cfg.clip_norm)
         x = cfg.rotation(ctx.round_idx, d).forward(x) / g
         bound = rounded_l2_bound(cfg.clip_norm / g, d=d, beta=cfg.beta)
-        y = self._round(x, bound, ctx.generator).to(torch.int64)
-        y = y + sample_discrete_gaussian(cfg.local_std / g, (n, d), generator=ctx.generator)
-        return torch.remainder(y, cfg.modulus).to(torch.float64)
+        y, retries = self._round(x, bound, ctx.generator)
+        y = y.to(torch.int64) + sample_discrete_gaussian(cfg.local_std / g, (n, d), generator=ctx.generator)
+        return StageOutput(torch.remainder(y, cfg.modulus).to(torch.float64),
+                           metrics={"ddg_rounding_retries": float(retries)})
 
 
 class DDGDecode:
@@ -422,5 +447,66 @@ class DDGDecode:
         cfg.ledger.record(cfg.event(d))
         return out.to(device=ctx.global_params.device, dtype=ctx.global_params.dtype)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The configuration's state (its ledger): :meth:`DistributedDiscreteGaussian.state_dict`."""
+        return self.config.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (:meth:`DistributedDiscreteGaussian.load_state_dict`)."""
+        self.config.load_state_dict(state)
+
     def round_metrics(self) -> dict[str, float]:
         return {"dp_ddg_local_std": self.config.local_std, **self.config.ledger.round_metrics()}
+
+
+def calibrate_ddg_noise_multiplier(
+    *,
+    target_epsilon: float,
+    d: int,
+    rounds: int,
+    clip_norm: float,
+    expected_clients: int,
+    bits: int,
+    sample_rate: float,
+    delta: float,
+    amplify_integer_noise: bool = False,
+    **ddg: Any,
+) -> float:
+    """Smallest ``z`` (to 0.1 %) whose distributed discrete Gaussian keeps epsilon after ``rounds`` <= the target.
+
+    The ledger composes the Gaussian-equivalent ``z~(z)`` of Kairouz et al. (2021), Theorem 1,
+    which depends on the granularity and rounding of ``bits``-bit values and on ``d``; ``ddg``
+    are further :class:`DistributedDiscreteGaussian` parameters (``beta``, ``k_stddevs``, ...).
+
+    Raises
+    ------
+    PrivacyConfigError
+        No noise multiplier reaches the target at ``bits`` (rounding noise bounds ``z~``).
+
+    Examples
+    --------
+    >>> z = calibrate_ddg_noise_multiplier(target_epsilon=4.0, d=1000, rounds=10, clip_norm=1.0,
+    ...                                    expected_clients=10, bits=20, sample_rate=1.0, delta=1e-5)
+    >>> 0.5 < z < 5.0
+    True
+    """
+    target = check_positive(target_epsilon, name="target_epsilon")
+
+    def eps_of(z: float) -> float:
+        cfg = DistributedDiscreteGaussian(clip_norm=clip_norm, noise_multiplier=z, expected_clients=expected_clients,
+                                          bits=bits, sample_rate=sample_rate, delta=delta, **ddg)
+        ledger = PrivacyLedger(delta=delta, amplify_integer_noise=amplify_integer_noise)
+        event = cfg.event(d)
+        ledger.record(GaussianEvent(noise_multiplier=event.noise_multiplier, sample_rate=sample_rate, steps=rounds,
+                                    gaussian_exact=False))
+        return ledger.epsilon()
+
+    lo, hi = 1e-3, 1.0
+    while eps_of(hi) > target:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            raise PrivacyConfigError(f"no noise multiplier reaches epsilon {target} with {bits} bits")
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if eps_of(mid) > target else (lo, mid)
+    return hi

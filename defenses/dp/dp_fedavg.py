@@ -8,7 +8,11 @@ or :class:`~defenses.dp.clipping.AdaptiveClip`), aggregates with the
 moves the sum by at most ``C`` and the estimate by ``S = C / (q W)``), and adds
 ``N(0, (z S)^2)`` to the estimate (:class:`CentralGaussianNoise`). Each round is one
 sampled Gaussian release with noise multiplier ``z`` and sampling rate ``q``, which
-the :class:`~defenses.dp.ledger.PrivacyLedger` composes. With ``z = 0``,
+the :class:`~defenses.dp.ledger.PrivacyLedger` composes. The noise is sized by the
+sensitivity of the aggregate it receives, which the pipeline computes from the
+clip's bound and the aggregator (:mod:`fl_core.pipeline`): after a robust rule
+instead of the fixed-denominator mean it is larger (Krum ``2C``, a coordinate-wise
+median ``2C sqrt(n)``), and a rule without a known sensitivity is refused. With ``z = 0``,
 uniform weights and a cohort of exactly ``m = qW`` clients, this is FedAvg of the
 clipped updates, bit for bit.
 
@@ -22,9 +26,11 @@ Examples
 --------
 >>> import torch
 >>> from fl_core.aggregation import WeightedMean
+>>> from fl_core.pipeline import Round
 >>> dp = CentralDPFedAvg(clip_norm=10.0, noise_multiplier=0.0, expected_clients=2, sample_rate=0.5, delta=1e-5)
 >>> U = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
->>> bool(torch.equal(dp.aggregator(dp.clip(U)), WeightedMean()(U)))
+>>> out = dp.pipeline()(U, torch.ones(2), Round(index=0, client_ids=(0, 1), global_params=torch.zeros(2)))
+>>> bool(torch.equal(out.delta, WeightedMean()(U)))
 True
 """
 
@@ -41,8 +47,10 @@ from defenses.dp.clipping import AdaptiveClip, L2Clip, PerLayerClip, clip_rows
 from defenses.dp.errors import PrivacyConfigError, check_positive
 from defenses.dp.events import GaussianEvent
 from defenses.dp.ledger import PerClientLedger, PrivacyLedger
-from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.aggregation import AggregationResult, Aggregator, RoundContext, StageOutput
 from fl_core.contracts import StageContract
+from fl_core.pipeline import Pipeline
+from fl_core.server_opt import ServerOptimizer
 from fl_core.state import StateError, check_state
 from fl_core.updates import check_cohort
 
@@ -75,8 +83,12 @@ class FixedDenominatorMean(Aggregator):
 
 
     def contract(self) -> StageContract:
-        """A fixed-denominator mean: the aggregate :class:`CentralGaussianNoise` is calibrated for."""
-        return StageContract(output="fixed_denominator_mean")
+        """A fixed-denominator mean, with sensitivity ``C / (q W)`` (:meth:`sensitivity`)."""
+        return StageContract(output="fixed_denominator_mean", bounded=True)
+
+    def sensitivity(self, bound: float, n: int) -> float | None:
+        """``C / (q W)``: one client with weight ``w_k <= 1`` moves the sum by at most ``C``."""
+        return bound / self.denominator
 
     def __init__(self, *, denominator: float, weight_cap: float | None = None) -> None:
         self.denominator = check_positive(denominator, name="denominator")
@@ -96,44 +108,44 @@ class FixedDenominatorMean(Aggregator):
 
 
 class CentralGaussianNoise:
-    """Server-side Gaussian noise on the fixed-denominator estimate (an ``AggregateTransform``).
+    """Server-side Gaussian noise sized by the aggregate's sensitivity (an ``AggregateTransform``).
+
+    Adds ``N(0, (z S)^2)`` per coordinate, where ``S`` is the L2 sensitivity of the
+    aggregate it receives (``ctx.sensitivity``, computed by the pipeline from the
+    clip's bound and the aggregator), and records one sampled Gaussian event with
+    noise multiplier ``z``.
 
     Parameters
     ----------
-    clip : L2Clip, PerLayerClip or AdaptiveClip
-        The clipping transform of the same pipeline: its ``last_clip_norm`` is ``C``.
     noise_multiplier : float
         ``z >= 0``; with an :class:`AdaptiveClip`, ``z`` covers update and count
         together and the update gets ``z_Delta`` (Andrew et al. 2021, Theorem 1).
-    denominator : float
-        ``q W`` of the :class:`FixedDenominatorMean`; the sensitivity is ``C / (q W)``.
     sample_rate : float
         ``q`` recorded with every event.
     ledger : PrivacyLedger
         Where the round's event goes; its metrics are reported each round.
+    clip : AdaptiveClip, optional
+        The adaptive clip of the same pipeline, whose count query shares the budget.
     """
 
     def contract(self) -> StageContract:
-        """Sized for the fixed-denominator mean's sensitivity ``C / (q W)``; any other aggregate is refused."""
-        return StageContract(needs_output=("fixed_denominator_mean",))
+        """Sized by the aggregate's sensitivity: the rows must be clipped and the aggregator bounded."""
+        return StageContract(needs_sensitivity=True)
 
     def __init__(
         self,
         *,
-        clip: Clip,
         noise_multiplier: float,
-        denominator: float,
         sample_rate: float,
         ledger: PrivacyLedger,
+        clip: Clip | None = None,
     ) -> None:
         self.clip = clip
         self.noise_multiplier = check_positive(noise_multiplier, name="noise_multiplier", allow_zero=True)
-        self.denominator = check_positive(denominator, name="denominator")
         if not isinstance(sample_rate, int | float) or not 0.0 < sample_rate <= 1.0:
             raise PrivacyConfigError(f"sample_rate must lie in (0, 1], got {sample_rate!r}")
         self.sample_rate = float(sample_rate)
         self.ledger = ledger
-        self.last_sigma = 0.0
         if isinstance(clip, AdaptiveClip) and self.noise_multiplier > 0:
             clip.update_noise_multiplier(self.noise_multiplier)  # validate before training
 
@@ -143,23 +155,60 @@ class CentralGaussianNoise:
             return self.clip.update_noise_multiplier(self.noise_multiplier)
         return self.noise_multiplier
 
-    def __call__(self, aggregate: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
+    def apply(self, aggregate: torch.Tensor, ctx: RoundContext) -> StageOutput:
+        """The noised aggregate; metrics ``dp_noise_std`` (``z S``) and ``dp_sensitivity`` (``S``).
+
+        Raises
+        ------
+        PrivacyConfigError
+            ``ctx.sensitivity`` is unknown (called outside a pipeline, or after no clip).
+        """
         if self.noise_multiplier == 0.0:
-            self.last_sigma = 0.0
             self.ledger.note("noise multiplier 0: no privacy (FedAvg of clipped updates)")
-            return aggregate
-        sens = self.clip.last_clip_norm / self.denominator
-        self.last_sigma = self.update_noise_multiplier() * sens
+            return StageOutput(aggregate, metrics={"dp_noise_std": 0.0})
+        sens = ctx.sensitivity
+        if sens is None or not sens >= 0.0:
+            raise PrivacyConfigError(
+                f"CentralGaussianNoise needs the aggregate's sensitivity, got {sens!r}: run it in a "
+                "fl_core.pipeline.Pipeline after a clip and an aggregator with a known sensitivity"
+            )
+        sigma = self.update_noise_multiplier() * sens
         noise = torch.randn(aggregate.shape, dtype=torch.float64, generator=ctx.generator)
         self.ledger.record(GaussianEvent(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate))
-        return aggregate + (self.last_sigma * noise).to(device=aggregate.device, dtype=aggregate.dtype)
+        out = aggregate + (sigma * noise).to(device=aggregate.device, dtype=aggregate.dtype)
+        return StageOutput(out, metrics={"dp_noise_std": sigma, "dp_sensitivity": float(sens)})
+
+    def __call__(self, aggregate: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
+        return self.apply(aggregate, ctx).value
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+
+    def _config(self) -> dict[str, Any]:
+        return {"noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ledger's state (key ``ledger``), so a pipeline's privacy budget survives a restart."""
+        return {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(),
+                "ledger": self.ledger.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the ledger of a noise stage with the same configuration.
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, or a bad ledger state.
+        """
+        state = check_state(state, kind=type(self).__name__, version=self.STATE_VERSION, keys=("ledger",),
+                            config=self._config())
+        self.ledger.load_state_dict(state["ledger"])
 
     def round_metrics(self) -> dict[str, float]:
-        out = {"dp_noise_std": self.last_sigma, "dp_noise_multiplier": self.noise_multiplier}
+        """The noise multiplier and the ledger's epsilon so far (``inf`` without noise)."""
+        out = {"dp_noise_multiplier": self.noise_multiplier}
         if self.noise_multiplier == 0.0:
-            out["dp_epsilon"] = float("inf")
-            out["dp_delta"] = self.ledger.delta
-            return out
+            return {**out, "dp_epsilon": float("inf"), "dp_delta": self.ledger.delta}
         return {**out, **self.ledger.round_metrics()}
 
 
@@ -186,11 +235,10 @@ class CentralDPFedAvg:
     clip : optional
         A ready clipping transform instead of ``clip_norm``.
 
-    Use ``Federation(**dp.federation_kwargs(), ...)`` or pass ``dp.clip``,
-    ``dp.aggregator`` and ``dp.noise`` yourself. ``dp.noise`` is sized for the
-    fixed-denominator mean's sensitivity ``C / (q W)``: after any other aggregator
-    (a robust rule has a larger sensitivity) it is refused
-    (:class:`~fl_core.contracts.CompositionError`), never silently under-noised.
+    :meth:`pipeline` returns the chain clip -> fixed-denominator mean -> noise as a
+    :class:`~fl_core.pipeline.Pipeline` (``Federation(pipeline=dp.pipeline(), ...)``
+    or a call in any loop). The noise is sized for the aggregator the pipeline
+    actually runs: with ``rule=`` a robust rule, its (larger) sensitivity.
     """
 
     def __init__(
@@ -216,7 +264,6 @@ class CentralDPFedAvg:
         self.noise = CentralGaussianNoise(
             clip=self.clip,
             noise_multiplier=noise_multiplier,
-            denominator=float(expected_clients),
             sample_rate=sample_rate,
             ledger=self.ledger,
         )
@@ -225,9 +272,22 @@ class CentralDPFedAvg:
                 raise PrivacyConfigError(f"noise multiplier 0 cannot reach target epsilon {target_epsilon}")
             self.ledger.check_plan(noise_multiplier=noise_multiplier, sample_rate=sample_rate, rounds=planned_rounds)
 
-    def federation_kwargs(self) -> dict[str, object]:
-        """Keyword arguments ``update_transforms``, ``aggregator``, ``aggregate_transforms`` of a ``Federation``."""
-        return {"update_transforms": [self.clip], "aggregator": self.aggregator, "aggregate_transforms": [self.noise]}
+    def pipeline(
+        self,
+        *,
+        attack: object = None,
+        rule: Aggregator | None = None,
+        optimizer: ServerOptimizer | None = None,
+        seed: int = 0,
+    ) -> Pipeline:
+        """The central DP-FedAvg round as a pipeline: ``[attack] -> clip -> aggregator -> noise -> optimizer``.
+
+        ``rule`` replaces the fixed-denominator mean: the noise then follows that rule's
+        sensitivity (Krum ``2C`` instead of ``C / (qW)``), or the pipeline refuses a rule
+        that declares none (:class:`~fl_core.contracts.CompositionError`).
+        """
+        return Pipeline(attack=attack, client=[self.clip], rule=rule or self.aggregator, server=[self.noise],
+                        optimizer=optimizer, seed=seed)
 
     #: Layout version of :meth:`state_dict`.
     STATE_VERSION = 1
@@ -320,7 +380,6 @@ class LocalGaussianDP:
         self.clip_norm = check_positive(clip_norm, name="clip_norm")
         self.noise_multiplier = check_positive(noise_multiplier, name="noise_multiplier", allow_zero=True)
         self.ledgers = PerClientLedger(delta=delta, accountant=accountant)
-        self.last_clip_norm = self.clip_norm
 
     #: Layout version of :meth:`state_dict`.
     STATE_VERSION = 1

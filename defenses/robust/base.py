@@ -9,7 +9,7 @@
   weights=None)`` returns the aggregate in the form it was given, and
   :meth:`RobustAggregator.aggregate` (what the fl_core federation loop calls)
   returns the full :class:`~fl_core.aggregation.AggregationResult`;
-* ``last_result``: the :class:`~fl_core.aggregation.AggregationResult` of the
+* ``aggregate(...)`` returns the :class:`~fl_core.aggregation.AggregationResult` of the
   latest call, so callers of the form-preserving ``__call__`` can still read
   which clients were kept or flagged.
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -168,13 +168,27 @@ class RobustAggregator(Aggregator):
         Number of Byzantine clients the rule must tolerate (keyword-only).
     """
 
+    #: Where the output lies relative to the rows, which gives its sensitivity (:meth:`sensitivity`):
+    #: ``"hull"`` in their convex hull (a selection, a mean of a selection, the geometric median),
+    #: ``"coordinates"`` each coordinate within the rows' range (median, trimmed mean), ``None`` unknown.
+    OUTPUT_REGION: ClassVar[str | None] = None
+
     def contract(self) -> StageContract:
         """Robust rules read the plaintext rows and output a robust statistic (not a mean, other sensitivity)."""
-        return StageContract(output="robust")
+        return StageContract(output="robust", bounded=self.OUTPUT_REGION is not None)
+
+    def sensitivity(self, bound: float, n: int) -> float | None:
+        """``2R`` for an output always inside the ball of radius ``R`` (adding or removing a client moves it
+        at most across that ball): in the rows' hull ``R = C``; coordinate-wise within their range
+        ``R = sqrt(sum_j max_i u_ij^2) <= C sqrt(n)``; ``None`` where the rule declares no region."""
+        if self.OUTPUT_REGION == "hull":
+            return 2.0 * bound
+        if self.OUTPUT_REGION == "coordinates":
+            return 2.0 * bound * math.sqrt(n)
+        return None
 
     def __init__(self, *, f: int = 0) -> None:
         self.f = check_count("f", f)
-        self.last_result: AggregationResult | None = None
 
     @property
     def label(self) -> str:
@@ -216,9 +230,7 @@ class RobustAggregator(Aggregator):
         n = cohort.shape[0]
         w = check_weights(weights, n, like=cohort)
         self.check_tolerance(n)
-        result = self._aggregate(cohort, w, ctx)
-        self.last_result = result
-        return result
+        return self._aggregate(cohort, w, ctx)
 
     def __call__(  # type: ignore[override]
         self, updates: UpdatesLike, weights: Any = None, *, ctx: RoundContext | None = None
@@ -257,6 +269,10 @@ class PreAggregator(abc.ABC):
     ``transform`` validates and returns a :class:`PreAggregation`;
     ``pre(updates)`` returns only the transformed cohort in the input's form.
     """
+
+    #: Whether every output row lies in the ball of the input rows' largest norm (a mean of input
+    #: rows, or a row scaled down): the rule after it keeps its sensitivity.
+    KEEPS_BALL: ClassVar[bool] = False
 
     def __init__(self, *, f: int = 0) -> None:
         self.f = check_count("f", f)

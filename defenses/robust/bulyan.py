@@ -185,6 +185,8 @@ class Bulyan(RobustAggregator):
     array([3.])
     """
 
+    OUTPUT_REGION = "coordinates"
+
     def check_tolerance(self, n: int) -> None:
         require(n >= 4 * self.f + 3, f"Bulyan needs n >= 4f + 3, got n={n}, f={self.f}")
 

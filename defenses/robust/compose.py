@@ -14,6 +14,7 @@ tensor([0.3000])
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import torch
 
@@ -79,8 +80,15 @@ class Compose(RobustAggregator):
         self.rule: Aggregator = rule
 
     def contract(self) -> StageContract:
-        """The rule's contract (the pre-aggregators only reshape the cohort before it)."""
-        return self.rule.contract()
+        """The rule's contract; bounded only if every pre-aggregator keeps the rows in their ball."""
+        c = self.rule.contract()
+        return replace(c, bounded=c.bounded and all(p.KEEPS_BALL for p in self.pre))
+
+    def sensitivity(self, bound: float, n: int) -> float | None:
+        """The rule's, on at most ``n`` rows still bounded by ``C`` (``None`` if a pre-aggregator may grow them)."""
+        if not all(p.KEEPS_BALL for p in self.pre):
+            return None
+        return self.rule.sensitivity(bound, n)
 
     @property
     def label(self) -> str:

@@ -123,6 +123,8 @@ class DnC(RobustAggregator):
     array([2., 3.])
     """
 
+    OUTPUT_REGION = "hull"
+
     def __init__(
         self,
         *,

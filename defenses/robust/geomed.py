@@ -137,6 +137,8 @@ class GeometricMedian(RobustAggregator):
     array([1.])
     """
 
+    OUTPUT_REGION = "hull"
+
     def __init__(self, *, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7) -> None:
         super().__init__(f=f)
         self.nu = check_positive("nu", nu)

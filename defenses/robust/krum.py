@@ -124,6 +124,8 @@ class Krum(RobustAggregator):
     array([1.])
     """
 
+    OUTPUT_REGION = "hull"
+
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f + 2, f"{self.label} needs n > 2f + 2, got n={n}, f={self.f}")
 

@@ -50,9 +50,11 @@ class Mean(RobustAggregator, WeightedMean):
     tensor([2.])
     """
 
+    OUTPUT_REGION = "hull"
+
     def contract(self) -> StageContract:
         """The plain weighted mean (what mean-calibrated server noise expects)."""
-        return StageContract(output="mean")
+        return StageContract(output="mean", bounded=True)
 
     def __init__(self, *, f: int = 0) -> None:
         super().__init__(f=f)

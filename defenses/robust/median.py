@@ -42,6 +42,8 @@ class Median(RobustAggregator):
     array([3.])
     """
 
+    OUTPUT_REGION = "coordinates"
+
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"Median needs n > 2f, got n={n}, f={self.f}")
 

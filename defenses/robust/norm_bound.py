@@ -54,6 +54,8 @@ class NormBound(RobustAggregator):
     array([3., 4.])
     """
 
+    OUTPUT_REGION = "hull"
+
     def __init__(self, *, f: int = 0, M: float) -> None:
         super().__init__(f=f)
         self.M = check_positive("M", M)

@@ -68,6 +68,8 @@ class NNM(PreAggregator):
            [1.]])
     """
 
+    KEEPS_BALL = True
+
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"NNM needs n > 2f, got n={n}, f={self.f}")
 
@@ -110,6 +112,8 @@ class Bucketing(PreAggregator):
     >>> tuple(b(torch.zeros(5, 3)).shape)
     (3, 3)
     """
+
+    KEEPS_BALL = True
 
     def __init__(self, *, s: int = 2, f: int = 0, generator: torch.Generator | None = None) -> None:
         super().__init__(f=f)
@@ -165,6 +169,8 @@ class ARC(PreAggregator):
             [0.0000, 2.0000],
             [1.2000, 1.6000]])
     """
+
+    KEEPS_BALL = True
 
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"ARC needs n > 2f, got n={n}, f={self.f}")

@@ -48,6 +48,8 @@ class TrimmedMean(RobustAggregator):
     array([1.5])
     """
 
+    OUTPUT_REGION = "coordinates"
+
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"TrimmedMean needs n > 2f, got n={n}, f={self.f}")
 

@@ -165,7 +165,7 @@ def test_byzantine_transform_threat_models_and_schedule():
     ctx = _ctx(4, d=2)
     omni = ByzantineTransform(attack=IPM(epsilon=1.0), threat=ThreatModel(malicious=frozenset({2, 3})))
     assert omni(U, ctx)[2:].tolist() == [[-2.0, 0.0], [-2.0, 0.0]]  # -mean of honest rows 0, 1
-    assert omni.round_metrics() == {"attack_active": 1.0, "malicious_in_cohort": 2.0}
+    assert omni.apply(U, ctx).metrics == {"attack_active": 1.0, "malicious_in_cohort": 2.0}
     blind = ByzantineTransform(
         attack=IPM(epsilon=1.0), threat=ThreatModel(malicious=frozenset({2, 3}), omniscient=False)
     )
@@ -175,4 +175,4 @@ def test_byzantine_transform_threat_models_and_schedule():
         attack=IPM(), threat=ThreatModel(malicious=frozenset({2}), schedule=AttackSchedule(start=1))
     )
     assert torch.equal(later(U, ctx), U)
-    assert later.round_metrics()["attack_active"] == 0.0
+    assert later.apply(U, ctx).metrics["attack_active"] == 0.0

@@ -105,12 +105,13 @@ def test_to_vector_forms() -> None:
     assert len(rule(layered(4))) == 3
 
 
-def test_last_result_reports_decisions_for_every_form() -> None:
+def test_aggregate_reports_decisions_for_every_form() -> None:
     rule = Krum(f=1)
-    rule([[np.array([0.0])], [np.array([1.0])], [np.array([3.0])], [np.array([7.0])], [np.array([99.0])]])
-    assert rule.last_result is not None
-    assert rule.last_result.kept.tolist() == [False, True, False, False, False]
-    assert rule.last_result.flagged.tolist() == [True, False, True, True, True]
+    result = rule.aggregate([[np.array([0.0])], [np.array([1.0])], [np.array([3.0])], [np.array([7.0])],
+                             [np.array([99.0])]])
+    assert result.kept.tolist() == [False, True, False, False, False]
+    assert result.flagged.tolist() == [True, False, True, True, True]
+    assert not hasattr(rule, "last_result")  # decisions are return values, not a side channel
 
 
 def test_registry_is_complete_and_described() -> None:

@@ -39,9 +39,10 @@ for rnd in range(30):
         updates.append(update)
     agg = rule(updates)  # same form back: [dW (5, 1), db (1,)], same dtypes
     params = [g + a for g, a in zip(params, agg)]
+result = rule.aggregate(updates)  # the full result as torch tensors: kept, flagged, scores
 
 print("distance to w_true:", float(np.linalg.norm(params[0] - w_true)))
-print("kept in last round:", rule.last_result.kept.tolist())
+print("kept in last round:", result.kept.tolist())
 '''
 
 
@@ -54,7 +55,7 @@ def test_readme_snippet_runs_and_resists_two_byzantine_clients() -> None:
 
     assert float(np.linalg.norm(namespace["params"][0] - namespace["w_true"])) < 0.1
     assert namespace["params"][0].dtype == np.float32
-    assert not any(namespace["rule"].last_result.kept.tolist()[:2])
+    assert not any(namespace["result"].kept.tolist()[:2])
 
 
 def test_readme_snippet_diverges_with_the_plain_mean() -> None:

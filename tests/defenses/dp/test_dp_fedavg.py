@@ -27,6 +27,7 @@ from fl_core.data.partition import partition
 from fl_core.federation import Federation, make_clients
 from fl_core.models import build_model
 from fl_core.params import flatten_params
+from fl_core.pipeline import Round
 from fl_core.rng import numpy_generator
 from fl_core.training import DPSGDConfig, LocalTrainingConfig, local_train
 
@@ -69,9 +70,11 @@ def test_central_noise_std_and_sensitivity():
     C, z, m, d = 2.0, 1.3, 10, 200_000
     dp = CentralDPFedAvg(clip_norm=C, noise_multiplier=z, expected_clients=m, sample_rate=0.1, delta=1e-5)
     U = torch.zeros(m, d)
-    ctx = _ctx(m, d)
-    out = dp.noise(dp.aggregator(dp.clip(U, ctx)), ctx)
-    assert float(out.double().std()) == pytest.approx(z * C / m, rel=0.01)
+    out = dp.pipeline()(U, torch.ones(m), Round(index=0, client_ids=tuple(range(m)), global_params=torch.zeros(d)))
+    assert float(out.delta.double().std()) == pytest.approx(z * C / m, rel=0.01)
+    assert out.metrics["dp_sensitivity"] == C / m and out.metrics["dp_noise_std"] == pytest.approx(z * C / m)
+    with pytest.raises(PrivacyConfigError, match="needs the aggregate's sensitivity, got None"):
+        dp.noise(torch.zeros(d), _ctx(m, d))  # outside a pipeline nobody computed the sensitivity
     assert dp.ledger.epsilon() == pytest.approx(
         planned_epsilon(noise_multiplier=z, sample_rate=0.1, rounds=1, delta=1e-5)
     )
@@ -123,7 +126,7 @@ def test_federation_history_records_epsilon_each_round():
         clients_per_round=3,
         seed=0,
         local=LocalTrainingConfig(max_steps=2),
-        **dp.federation_kwargs(),
+        pipeline=dp.pipeline(),
     )
     hist = fed.run(rounds=2)
     eps = [rec.metrics["dp_epsilon"] for rec in hist.records]
