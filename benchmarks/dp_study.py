@@ -57,10 +57,12 @@ from defenses.dp import (
     DistributedDiscreteGaussian,
     GaussianEvent,
     PrivacyLedger,
+    calibrate_ddg_noise_multiplier,
     calibrate_noise_multiplier,
 )
-from fl_core import Federation, LocalTrainingConfig, load_dataset, make_clients, partition
+from fl_core import Federation, History, LocalTrainingConfig, load_dataset, make_clients, partition
 from fl_core.errors import ConfigError, InvalidUpdateError
+from fl_core.pipeline import Pipeline
 from fl_core.rng import Stream, numpy_generator
 from fl_core.server_opt import FedAvg
 from secure_agg.aggregator import SecAggPlusAggregator
@@ -188,32 +190,13 @@ def _ledger_epsilon(z_eq: float, cfg: StudyConfig, *, amplify: bool) -> float:
 
 
 def calibrate_distributed(target: float, cfg: StudyConfig, d: int, *, amplify: bool) -> float:
-    """Smallest ``z`` (to 0.1 %) whose distributed discrete Gaussian keeps the ledger's epsilon <= ``target``.
-
-    The ledger composes the Gaussian-equivalent ``z~(z)`` of Kairouz et al. (2021), Theorem 1,
-    which depends on the granularity and rounding of ``bits``-bit values and on ``d``.
-    """
-
-    def eps_of(z: float) -> float:
-        ddg = DistributedDiscreteGaussian(
-            clip_norm=cfg.clip_norm,
-            noise_multiplier=z,
-            expected_clients=cfg.clients_per_round,
-            bits=cfg.bits,
-            sample_rate=cfg.sample_rate,
-            delta=cfg.delta,
-        )
-        return _ledger_epsilon(ddg.event(d).noise_multiplier, cfg, amplify=amplify)
-
-    lo, hi = 1e-3, 1.0
-    while eps_of(hi) > target:
-        lo, hi = hi, hi * 2
-        if hi > 1e5:
-            raise ConfigError(f"no noise multiplier reaches epsilon {target} with {cfg.bits} bits")
-    while hi - lo > 1e-3 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if eps_of(mid) > target else (lo, mid)
-    return hi
+    """Smallest ``z`` (to 0.1 %) whose distributed discrete Gaussian keeps the ledger's epsilon <= ``target``
+    (:func:`defenses.dp.calibrate_ddg_noise_multiplier` with the study's configuration)."""
+    return calibrate_ddg_noise_multiplier(
+        target_epsilon=target, d=d, rounds=cfg.rounds, clip_norm=cfg.clip_norm,
+        expected_clients=cfg.clients_per_round, bits=cfg.bits, sample_rate=cfg.sample_rate, delta=cfg.delta,
+        amplify_integer_noise=amplify,
+    )
 
 
 def _finite_json(obj: object) -> object:
@@ -237,106 +220,117 @@ def _eps_tag(eps: float) -> str:
     return "inf" if math.isinf(eps) else f"{eps:g}"
 
 
+@dataclass
+class _Arm:
+    """One arm of the study, built: its pipeline, its ledger and the facts reported with its result."""
+
+    pipeline: Pipeline
+    ledger: PrivacyLedger
+    z: float
+    z_eq: float
+    info: dict
+
+
+def _central_arm(target: float, cfg: StudyConfig) -> _Arm:
+    """Central DP-FedAvg calibrated to ``target`` (no noise for an infinite target)."""
+    q = cfg.sample_rate
+    z = 0.0 if math.isinf(target) else calibrate_noise_multiplier(
+        target_epsilon=target, delta=cfg.delta, sample_rate=q, rounds=cfg.rounds
+    )
+    dp = CentralDPFedAvg(clip_norm=cfg.clip_norm, noise_multiplier=z, expected_clients=cfg.clients_per_round,
+                         sample_rate=q, delta=cfg.delta)
+    return _Arm(dp.pipeline(optimizer=FedAvg(lr=cfg.server_lr), seed=cfg.seed), dp.ledger, z, z, {})
+
+
+def _distributed_arm(mode: str, target: float, cfg: StudyConfig, d: int) -> _Arm:
+    """Local or distributed discrete Gaussian under SecAgg+ (integer input), calibrated to ``target``.
+
+    Raises
+    ------
+    ConfigError
+        ``target`` cannot be reached at ``cfg.bits`` (rounding noise bounds ``z~``).
+    """
+    amplify = mode == "distributed"
+    z = NEGLIGIBLE_Z if math.isinf(target) else calibrate_distributed(target, cfg, d, amplify=amplify)
+    ledger = PrivacyLedger(delta=cfg.delta, amplify_integer_noise=amplify)
+    ddg = DistributedDiscreteGaussian(clip_norm=cfg.clip_norm, noise_multiplier=z,
+                                      expected_clients=cfg.clients_per_round, bits=cfg.bits,
+                                      sample_rate=cfg.sample_rate, delta=cfg.delta, seed=cfg.seed + 1, ledger=ledger)
+    secagg = SecAggPlusAggregator(clip=1.0, ring_bits=cfg.bits, integer_input=True, gamma=cfg.secagg_gamma,
+                                  delta=cfg.secagg_delta, seed=cfg.seed)
+    pipe = ddg.pipeline(secure=secagg, optimizer=FedAvg(lr=cfg.server_lr), seed=cfg.seed)
+    info = {"ring_bits": cfg.bits, "ddg_local_std": ddg.local_std}
+    return _Arm(pipe, ledger, z, ddg.event(d).noise_multiplier, info)
+
+
+def _unreachable(info: dict, cfg: StudyConfig, exc: Exception) -> dict:
+    """The result of an arm whose target epsilon cannot be reached."""
+    return {**info, "unreachable": str(exc), "ring_bits": cfg.bits, "noise_multiplier": None,
+            "gaussian_equivalent_z": None, "ledger_epsilon": None, "delta": cfg.delta,
+            "upload_bits_per_param": None, "final_accuracy": None, "best_accuracy": None, "seconds": 0.0,
+            "config": asdict(cfg)}
+
+
+def _train(fed: Federation, cfg: StudyConfig, info: dict) -> tuple[History, float]:
+    """Run the rounds; a diverged model (NaN/Inf) ends the run early and is noted in ``info``."""
+    t0 = time.perf_counter()
+    try:
+        history = fed.run(rounds=cfg.rounds)
+    except InvalidUpdateError as exc:  # the noise drove the model to NaN/Inf
+        log.warning("%s eps %s diverged after %d rounds: %s", info["mode"], info["target_epsilon"],
+                    len(fed.history), exc)
+        info["diverged"] = f"after {len(fed.history)} rounds: {exc}"
+        history = fed.history
+    return history, time.perf_counter() - t0
+
+
+def _result(arm: _Arm, fed: Federation, history: History, seconds: float, cfg: StudyConfig, info: dict) -> dict:
+    """The JSON-ready result of a finished arm."""
+    accs = [r.test_accuracy for r in history.records if r.test_accuracy is not None]
+    last_acc = None if "diverged" in info or not history.records else history.records[-1].test_accuracy
+    upload = history.records[-1].metrics.get("upload_bytes_per_param") if history.records else None
+    return {
+        **info,
+        "noise_multiplier": arm.z,
+        "gaussian_equivalent_z": arm.z_eq,
+        "ledger_epsilon": arm.ledger.epsilon() if arm.ledger.events else math.inf,
+        "delta": cfg.delta,
+        "ledger_notes": list(arm.ledger.notes),
+        "upload_bits_per_param": None if upload is None else 8 * upload,
+        "final_accuracy": last_acc,
+        "best_accuracy": max(accs, default=None),
+        "seconds": seconds,
+        "num_params": fed.global_params.numel(),
+        "config": asdict(cfg),
+        "history": history.to_dict(),
+    }
+
+
 def run_one(mode: str, target: float, cfg: StudyConfig, split, parts) -> dict:
     """Build and run one federation; returns the JSON-ready result."""
-    local = LocalTrainingConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.local_lr)
     common = {
         "model_name": cfg.model,
         "clients": make_clients(split.train, parts),
         "test_data": split.test,
         "clients_per_round": cfg.clients_per_round,
-        "local": local,
-        "server_optimizer": FedAvg(lr=cfg.server_lr),
+        "local": LocalTrainingConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.local_lr),
         "seed": cfg.seed,
         "eval_every": cfg.eval_every,
     }
-    q, m = cfg.sample_rate, cfg.clients_per_round
     info: dict = {"mode": mode, "target_epsilon": target, "ring_bits": None}
     if mode == "central":
-        z = (
-            0.0
-            if math.isinf(target)
-            else calibrate_noise_multiplier(target_epsilon=target, delta=cfg.delta, sample_rate=q, rounds=cfg.rounds)
-        )
-        dp = CentralDPFedAvg(
-            clip_norm=cfg.clip_norm, noise_multiplier=z, expected_clients=m, sample_rate=q, delta=cfg.delta
-        )
-        fed = Federation(**common, **dp.federation_kwargs())
-        ledger, z_eq = dp.ledger, z
+        arm = _central_arm(target, cfg)
     else:
-        amplify = mode == "distributed"
-        probe = Federation(**common)
-        d = probe.global_params.numel()
+        d = Federation(**common).global_params.numel()
         try:
-            z = NEGLIGIBLE_Z if math.isinf(target) else calibrate_distributed(target, cfg, d, amplify=amplify)
+            arm = _distributed_arm(mode, target, cfg, d)
         except ConfigError as exc:  # z~ saturates: rounding noise bounds it at a given number of bits
             log.warning("%s: %s", mode, exc)
-            return {
-                **info,
-                "unreachable": str(exc),
-                "ring_bits": cfg.bits,
-                "noise_multiplier": None,
-                "gaussian_equivalent_z": None,
-                "ledger_epsilon": None,
-                "delta": cfg.delta,
-                "upload_bits_per_param": None,
-                "final_accuracy": None,
-                "best_accuracy": None,
-                "seconds": 0.0,
-                "config": asdict(cfg),
-            }
-        ledger = PrivacyLedger(delta=cfg.delta, amplify_integer_noise=amplify)
-        ddg = DistributedDiscreteGaussian(
-            clip_norm=cfg.clip_norm,
-            noise_multiplier=z,
-            expected_clients=m,
-            bits=cfg.bits,
-            sample_rate=q,
-            delta=cfg.delta,
-            seed=cfg.seed + 1,
-            ledger=ledger,
-        )
-        secagg = SecAggPlusAggregator(
-            clip=1.0,
-            ring_bits=cfg.bits,
-            integer_input=True,
-            gamma=cfg.secagg_gamma,
-            delta=cfg.secagg_delta,
-            seed=cfg.seed,
-        )
-        fed = Federation(
-            **common, update_transforms=[ddg.encoder], aggregator=secagg, aggregate_transforms=[ddg.decoder]
-        )
-        z_eq = ddg.event(d).noise_multiplier
-        info["ring_bits"] = cfg.bits
-        info["ddg_local_std"] = ddg.local_std
-    t0 = time.perf_counter()
-    try:
-        history = fed.run(rounds=cfg.rounds)
-    except InvalidUpdateError as exc:  # the noise drove the model to NaN/Inf
-        log.warning("%s eps %s diverged after %d rounds: %s", mode, target, len(fed.history), exc)
-        info["diverged"] = f"after {len(fed.history)} rounds: {exc}"
-        history = fed.history
-    seconds = time.perf_counter() - t0
-    accs = [r.test_accuracy for r in history.records if r.test_accuracy is not None]
-    last_acc = None if "diverged" in info or not history.records else history.records[-1].test_accuracy
-    eps = ledger.epsilon() if ledger.events else math.inf
-    upload = history.records[-1].metrics.get("upload_bytes_per_param") if history.records else None
-    info.update(
-        noise_multiplier=z,
-        gaussian_equivalent_z=z_eq,
-        ledger_epsilon=eps,
-        delta=cfg.delta,
-        ledger_notes=list(ledger.notes),
-        upload_bits_per_param=None if upload is None else 8 * upload,
-        final_accuracy=last_acc,
-        best_accuracy=max(accs, default=None),
-        seconds=seconds,
-        num_params=fed.global_params.numel(),
-        config=asdict(cfg),
-        history=history.to_dict(),
-    )
-    return info
+            return _unreachable(info, cfg, exc)
+    info.update(arm.info)
+    fed = Federation(**common, pipeline=arm.pipeline)
+    history, seconds = _train(fed, cfg, info)
+    return _result(arm, fed, history, seconds, cfg, info)
 
 
 def _fmt(x: float | None, spec: str) -> str:

@@ -38,7 +38,9 @@ from defenses.fm.trigger_scan import scan_for_triggers, strip_tokens
 from fl_core import Federation, LocalTrainingConfig, __version__, evaluate, load_dataset, make_clients
 from fl_core.data.dataset import ArrayDataset
 from fl_core.foundation import TopClassifier
+from fl_core.pipeline import Pipeline
 from fl_core.rng import Stream, torch_generator
+from fl_core.server_opt import ServerOptimizer
 from fl_core.server_train import PublicSetTraining
 from fl_core.training import local_train
 
@@ -55,7 +57,8 @@ def _clients_as_one(data: list[ArrayDataset]) -> tuple[ArrayDataset, list[np.nda
     return ArrayDataset(x=x, y=y, num_classes=data[0].num_classes, name="bbc-news-clients"), parts
 
 
-def _aggregation(cell: Cell, spec: FMSuiteSpec) -> dict[str, Any]:
+def _aggregation(cell: Cell, spec: FMSuiteSpec, optimizer: ServerOptimizer | None) -> Pipeline:
+    """The cell's round pipeline: DP-FedAvg, a robust rule, or the mean (FM defenses act outside the round)."""
     s, d = spec.setting, cell.defense
     if d.name == "clip-dp":
         dp = CentralDPFedAvg(
@@ -65,10 +68,9 @@ def _aggregation(cell: Cell, spec: FMSuiteSpec) -> dict[str, Any]:
             sample_rate=1.0,
             delta=1e-5,
         )
-        return dp.federation_kwargs()
-    if d.name in DEFENSES:
-        return {}
-    return {"aggregator": instantiate_rule(d, f=s.assumed_f, seed=cell.seed)}
+        return dp.pipeline(optimizer=optimizer, seed=cell.seed)
+    rule = None if d.name in DEFENSES else instantiate_rule(d, f=s.assumed_f, seed=cell.seed)
+    return Pipeline(rule=rule, optimizer=optimizer, seed=cell.seed)
 
 
 def _asr(model: torch.nn.Module, triggered: ArrayDataset, device: str) -> float:
@@ -168,10 +170,9 @@ def run_fm_cell(cell: Cell, spec: FMSuiteSpec, pipe: FMPipeline, *, on_round=Non
         test_data=test,
         clients_per_round=s.clients,
         local=local,
-        server_optimizer=server_opt,
+        pipeline=_aggregation(cell, spec, server_opt),
         seed=cell.seed,
         device=s.device,
-        **_aggregation(cell, spec),
     )
     rounds: list[dict[str, Any]] = []
 

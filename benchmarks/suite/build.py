@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attacks import AttackEnv, AttackPlan, AttackSchedule, ThreatModel, build_attack
+from benchmarks.suite.defense import build_defense, build_pipeline, instantiate_rule
 from benchmarks.suite.schema import Cell, ComponentSpec, Setting, SuiteError
-from defenses.robust.compose import Compose
-from defenses.robust.registry import get as get_rule
 from fl_core import (
     DataSplit,
     Federation,
@@ -23,44 +22,12 @@ from fl_core import (
 from fl_core.aggregation import Aggregator
 from fl_core.data.dataset import ArrayDataset, TextDataset
 from fl_core.errors import FlsecError
+from fl_core.params import num_params
+from fl_core.pipeline import Pipeline
 from fl_core.rng import Stream, numpy_generator, torch_generator
 from fl_core.root_update import RootDatasetUpdate
 
 __all__ = ["CellRun", "attack_env", "build_cell", "build_defense", "instantiate_rule", "preflight_attacks"]
-
-_NO_F_DEFAULT = {"mean"}  # the undefended FedAvg baseline declares f = 0
-
-
-def instantiate_rule(spec: ComponentSpec, *, f: int, seed: int, server_update: Callable | None = None):
-    """The registered rule or pre-aggregator of ``spec``; ``f``, ``server_update`` and a seeded generator fill
-    the constructor arguments the entry leaves out."""
-    entry = get_rule(spec.name)
-    params = dict(spec.params)
-    accepted = entry.cls.__init__.__code__.co_varnames
-    if "f" in accepted and "f" not in params:
-        params["f"] = f
-    if "server_update" in accepted and "server_update" not in params:
-        params["server_update"] = server_update
-    if "generator" in accepted and "generator" not in params:
-        params["generator"] = torch_generator(seed, Stream.USER, 11)
-    return entry.cls(**params)
-
-
-def _instantiate(spec: ComponentSpec, *, setting: Setting, server_update: Callable | None, seed: int):
-    f = 0 if spec.name in _NO_F_DEFAULT else setting.expected_f
-    return instantiate_rule(spec, f=f, seed=seed, server_update=server_update)
-
-
-def build_defense(
-    spec: ComponentSpec, *, setting: Setting, server_update: Callable | None = None, seed: int = 0
-) -> Aggregator:
-    """The defense of a suite entry: its pre-aggregators chained before its rule."""
-    rule = _instantiate(spec, setting=setting, server_update=server_update, seed=seed)
-    if not spec.pre:
-        return rule
-    pres = [_instantiate(p, setting=setting, server_update=server_update, seed=seed) for p in spec.pre]
-    return Compose(*pres, rule)
-
 
 def attack_env(train: ArrayDataset | TextDataset) -> AttackEnv:
     """What an attack knows of the task: classes, image shape, the trigger's pixel value."""
@@ -93,6 +60,7 @@ class CellRun:
     plan: AttackPlan
     defense: Aggregator
     test: object
+    probe: Callable[[], Pipeline]
 
 
 def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
@@ -131,19 +99,24 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
     server_update = RootDatasetUpdate(
         model=model, data=train.subset(np.sort(root_idx)), config=local, seed=seed, device=setting.device
     )
-    defense = build_defense(cell.defense, setting=setting, server_update=server_update, seed=seed)
+    d = num_params(model)
+
+    def pipeline() -> Pipeline:  # a fresh one each call: the cell's, and the privacy probe's
+        return build_pipeline(cell.defense, setting=setting, d=d, seed=seed,
+                              optimizer=build_server_optimizer(setting.server_opt, lr=setting.server_lr),
+                              server_update=server_update)
+
+    base = pipeline()
     env = attack_env(train)
-    plan = build_attack(cell.attack.name, threat=threat, env=env, aggregator=defense, **cell.attack.params)
+    plan = build_attack(cell.attack.name, threat=threat, env=env, aggregator=base.aggregator, **cell.attack.params)
     fed = Federation(
         model=model,
         clients=make_clients(train, parts, hooks=plan.hooks),
         test_data=split.test,
         clients_per_round=setting.m,
         local=local,
-        aggregator=defense,
-        update_transforms=[plan.update_transform] if plan.update_transform is not None else [],
-        server_optimizer=build_server_optimizer(setting.server_opt, lr=setting.server_lr),
+        pipeline=base.with_attack(plan.update_transform) if plan.update_transform is not None else base,
         seed=seed,
         device=setting.device,
     )
-    return CellRun(federation=fed, plan=plan, defense=defense, test=split.test)
+    return CellRun(federation=fed, plan=plan, defense=fed.pipeline.aggregator, test=split.test, probe=pipeline)

@@ -25,13 +25,13 @@ from benchmarks.suite.store import ResultStore
 __all__ = ["fmt_cell", "render_report"]
 
 
-def fmt_cell(values: list[float]) -> str:
+def fmt_cell(values: list[float], spec: str = ".3f") -> str:
     """``mean ± std`` (population std over seeds), or ``n/a`` when there is nothing."""
     if not values:
         return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    if len(values) == 1 or not np.isfinite(values).all():
+        return f"{np.mean(values):{spec}}"
+    return f"{np.mean(values):{spec}} ± {np.std(values):{spec}}"
 
 
 def _grid(results: list[dict[str, Any]], key: str) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
@@ -50,7 +50,7 @@ def _grid(results: list[dict[str, Any]], key: str) -> tuple[list[str], list[str]
     return attacks, defenses, vals
 
 
-def _table(title: str, attacks, defenses, vals) -> str:
+def _table(title: str, attacks, defenses, vals, spec: str = ".3f") -> str:
     lines = [
         f"### {title}",
         "",
@@ -58,36 +58,57 @@ def _table(title: str, attacks, defenses, vals) -> str:
         "|---|" + "---|" * len(defenses),
     ]
     for a in attacks:
-        lines.append(f"| {a} | " + " | ".join(fmt_cell(vals.get((a, d), [])) for d in defenses) + " |")
+        lines.append(f"| {a} | " + " | ".join(fmt_cell(vals.get((a, d), []), spec) for d in defenses) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _heatmap(path: Path, title: str, attacks, defenses, vals, cmap: str) -> None:
+def _heatmap_on(ax, fig, title: str, attacks, defenses, vals, cmap: str, vmin: float = 0.0, vmax: float = 1.0,
+                spec: str = ".2f") -> None:
     M = np.full((len(attacks), len(defenses)), np.nan)
     for i, a in enumerate(attacks):
         for j, d in enumerate(defenses):
             if vals.get((a, d)):
                 M[i, j] = np.mean(vals[(a, d)])
-    fig, ax = plt.subplots(figsize=(1.3 * len(defenses) + 2.5, 0.55 * len(attacks) + 1.8))
-    im = ax.imshow(M, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    im = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(defenses)), defenses, rotation=35, ha="right")
     ax.set_yticks(range(len(attacks)), attacks)
+    mid = (vmin + vmax) / 2
     for i in range(len(attacks)):
         for j in range(len(defenses)):
             if not np.isnan(M[i, j]):
-                ax.text(
-                    j,
-                    i,
-                    f"{M[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if (M[i, j] < 0.5) == (cmap == "viridis") else "black",
-                )
+                dark = (M[i, j] < mid) == (cmap == "viridis")
+                ax.text(j, i, f"{M[i, j]:{spec}}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.04)
+
+
+def _heatmap(path: Path, title: str, attacks, defenses, vals, cmap: str, **kw) -> None:
+    fig, ax = plt.subplots(figsize=(1.3 * len(defenses) + 2.5, 0.55 * len(attacks) + 1.8))
+    _heatmap_on(ax, fig, title, attacks, defenses, vals, cmap, **kw)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _psnr_range(vals) -> tuple[float, float]:
+    finite = [v for vs in vals.values() for v in vs if np.isfinite(v)]
+    return (min(finite, default=0.0), max(finite, default=1.0))
+
+
+def _outcomes(path: Path, attacks, defenses, acc, asr, psnr) -> None:
+    """Accuracy, attack success and privacy exposure side by side, one heatmap each."""
+    panels = [("test accuracy (higher is better)", acc, "viridis", {}),
+              ("attack success rate (lower is better)", asr, "magma", {}),
+              ("server's reconstruction PSNR, dB (lower is better)", psnr, "magma",
+               dict(zip(("vmin", "vmax"), _psnr_range(psnr), strict=True)) | {"spec": ".1f"})]
+    panels = [p for p in panels if p[1]]
+    w = 1.1 * len(defenses) + 2.6
+    fig, axes = plt.subplots(1, len(panels), figsize=(w * len(panels), 0.5 * len(attacks) + 2.2))
+    for ax, (title, vals, cmap, kw) in zip(np.atleast_1d(axes), panels, strict=True):
+        _heatmap_on(ax, fig, title, attacks, defenses, vals, cmap, **kw)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -113,6 +134,26 @@ def _curves(
     plt.close(fig)
 
 
+def _privacy_sections(out: Path, results, attacks, defenses, acc) -> list[str]:
+    """Epsilon and the server's reconstruction PSNR, and the three outcomes side by side."""
+    parts: list[str] = []
+    _, _, eps = _grid(results, "epsilon")
+    if eps:
+        delta = sorted({m.get("dp_delta") for r in results for m in [r["rounds"][-1].get("metrics", {})]} - {None})
+        parts.append(_table(f"Privacy: epsilon spent after the last round (delta {', '.join(map(str, delta))}; "
+                            "n/a: no DP)", attacks, defenses, eps, ".2f"))
+    _, _, psnr = _grid(results, "psnr")
+    if psnr:
+        how = sorted({f"{r['exposure']['attack']} on {r['exposure']['observed']}" for r in results
+                      if r.get("exposure")})
+        parts.append(_table("Privacy exposure: PSNR (dB) of the server's reconstruction of a client's image from what "
+                            f"it observes ({'; '.join(how)}); lower is better", attacks, defenses, psnr, ".1f"))
+        _, _, asr = _grid(results, "final_asr")
+        _outcomes(out / "outcomes.png", attacks, defenses, acc, asr, psnr)
+        parts.append("![accuracy, attack success and privacy exposure](outcomes.png)\n")
+    return parts
+
+
 def render_report(out: str | Path) -> Path:
     """Write ``report.md`` and PNGs into ``out``; return the report's path."""
     out = Path(out)
@@ -122,6 +163,7 @@ def render_report(out: str | Path) -> Path:
         r["summary"] = summarize(
             r["rounds"], r["malicious"], Setting(**{**r["setting"], "seeds": tuple(r["setting"]["seeds"])})
         )
+        r["summary"]["psnr"] = (r.get("exposure") or {}).get("psnr")
     if not results:
         from benchmarks.suite.spec import SuiteError
 
@@ -152,6 +194,7 @@ def render_report(out: str | Path) -> Path:
         parts.append(_table("Largest attack success rate over the rounds", rows, d2, max_asr))
         _heatmap(out / "attack_success.png", "attack success rate", rows, d2, asr, "magma")
         parts.append("![attack success heatmap](attack_success.png)\n")
+    parts += _privacy_sections(out, results, a, d, acc)
     a3, d3, tpr = _grid(results, "mean_tpr")
     _, _, fpr = _grid(results, "mean_fpr")
     flagging = [

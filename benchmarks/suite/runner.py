@@ -56,6 +56,7 @@ def summarize(rounds: list[dict[str, Any]], malicious: list[int], setting: Setti
         r for r in rounds if malicious and schedule.active(r["round_idx"]) and set(r["client_ids"]) & set(malicious)
     ]
     tprs = [r["detection_tpr"] for r in attack_rounds if r["detection_tpr"] is not None]
+    last = rounds[-1].get("metrics", {})
     fprs = [r["detection_fpr"] for r in rounds if r["detection_fpr"] is not None]
     asrs = [r["attack_success_rate"] for r in rounds if r["attack_success_rate"] is not None]
     return {
@@ -65,7 +66,18 @@ def summarize(rounds: list[dict[str, Any]], malicious: list[int], setting: Setti
         "mean_tpr": float(np.mean(tprs)) if tprs else None,
         "mean_fpr": float(np.mean(fprs)) if fprs else None,
         "attack_rounds": len(attack_rounds),
+        "epsilon": epsilon_spent(last),
     }
+
+
+def epsilon_spent(metrics: dict[str, Any]) -> float | None:
+    """The epsilon the round's DP stage reports (central, distributed, or the worst client under local DP);
+    ``inf`` for a DP stage without noise, ``None`` for a pipeline without DP."""
+    for key in ("dp_epsilon", "dp_local_max_epsilon"):
+        if key in metrics:
+            v = metrics[key]
+            return float("inf") if v in ("inf", None) else float(v)
+    return None
 
 
 def run_cell(cell: Cell, spec: SuiteSpec, split, *, on_round=None) -> dict[str, Any]:

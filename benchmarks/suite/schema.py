@@ -22,7 +22,7 @@ from typing import Any
 
 from fl_core.errors import ConfigError
 
-__all__ = ["Cell", "ComponentSpec", "Setting", "SuiteError", "SuiteSpec"]
+__all__ = ["Cell", "ComponentSpec", "DPSpec", "Setting", "SuiteError", "SuiteSpec"]
 
 
 class SuiteError(ConfigError):
@@ -73,13 +73,32 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class DPSpec:
+    """The DP stage of a defense pipeline: a DP-FedAvg variant and its privacy target.
+
+    ``epsilon`` (the target after the suite's rounds, at ``delta``) or ``noise_multiplier``
+    fixes the noise; ``params`` are the variant's other constructor parameters
+    (``clip_norm``, ``bits``, ...).
+    """
+
+    variant: str
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
-    """An attack or a defense of the grid."""
+    """An attack, or a defense of the grid: a pipeline of an optional secure protocol, a robust rule with
+    its pre-aggregators (``name``, ``params``, ``pre``; ``"mean"`` for none), and an optional DP stage."""
 
     name: str
     label: str
     params: dict[str, Any] = field(default_factory=dict)
     pre: tuple[ComponentSpec, ...] = ()
+    secure: ComponentSpec | None = None
+    dp: DPSpec | None = None
 
 
 @dataclass(frozen=True)

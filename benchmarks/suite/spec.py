@@ -29,6 +29,13 @@ A suite file::
     params = { f = 2 }            # f defaults to the expected attackers per cohort (0 for "mean")
     pre = ["nnm"]                 # optional pre-aggregators (names or {name, params} tables)
 
+    [[defenses]]                  # a defense is a pipeline: any of a rule, a secure protocol, DP
+    label = "secagg+ddp"
+    secure = { name = "secagg_plus", params = { clip = 1.0 } }   # secure-protocol registry name
+    dp = { variant = "distributed", epsilon = 4.0, clip_norm = 1.0, bits = 18 }
+    # dp: variant central | local | distributed; epsilon (target after the suite's rounds,
+    # calibrated) or noise_multiplier; delta (default 1e-5); the variant's other parameters
+
 Every key is checked (unknown keys, types, ranges, names against the registries,
 parameters against each component's signature, each rule's tolerance for the
 cohort size and f) and the first problem is reported with its key path.
@@ -58,13 +65,15 @@ import torch
 
 from attacks import attack_names, attack_parameters
 from attacks.registry import attack_builder
-from benchmarks.suite.build import build_defense
-from benchmarks.suite.schema import Cell, ComponentSpec, Setting, SuiteError, SuiteSpec
+from benchmarks.suite.defense import build_pipeline, dp_user_parameters
+from benchmarks.suite.schema import Cell, ComponentSpec, DPSpec, Setting, SuiteError, SuiteSpec
+from defenses.dp.registry import DP_FEDAVG
 from defenses.robust.registry import get as get_rule
 from fl_core import DATASETS, MODELS, PARTITIONS, SERVER_OPTIMIZERS, FlsecError
-from fl_core.aggregation import RoundContext
 from fl_core.checks import is_int, is_real
 from fl_core.device import resolve_device
+from fl_core.pipeline import Round
+from secure_agg.registry import SECURE_PROTOCOLS
 
 __all__ = [
     "BUILTIN_DIR",
@@ -209,7 +218,7 @@ def _matches(value: Any, tp: Any) -> bool:
     return True
 
 
-def _check_param_types(fn: Any, params: Mapping[str, Any], where: str, what: str) -> None:
+def _check_param_types(fn: Any, params: Mapping[str, Any], where: str, what: str, *, sub: str = ".params") -> None:
     """Each value of ``params`` against ``fn``'s annotations; the first mismatch names its key path."""
     try:
         hints = typing.get_type_hints(fn)
@@ -217,7 +226,7 @@ def _check_param_types(fn: Any, params: Mapping[str, Any], where: str, what: str
         return
     for k, v in params.items():
         if k in hints and not _matches(v, hints[k]):
-            raise SuiteError(f"{where}.params.{k}", f"{what} expects {_type_name(hints[k])}, got {v!r}")
+            raise SuiteError(f"{where}{sub}.{k}", f"{what} expects {_type_name(hints[k])}, got {v!r}")
 
 
 def _parse_component(raw: Any, where: str, *, allow_pre: bool) -> ComponentSpec:
@@ -225,18 +234,60 @@ def _parse_component(raw: Any, where: str, *, allow_pre: bool) -> ComponentSpec:
         raw = {"name": raw}
     if not isinstance(raw, dict):
         raise SuiteError(where, f"must be a table with a name, got {raw!r}")
-    _check_keys(raw, {"name", "label", "params", "pre"} if allow_pre else {"name", "label", "params"}, where)
-    name = raw.get("name")
+    keys = {"name", "label", "params", "pre", "secure", "dp"} if allow_pre else {"name", "label", "params"}
+    _check_keys(raw, keys, where)
+    piped = allow_pre and ("secure" in raw or "dp" in raw)
+    name = raw.get("name", "mean" if piped else None)
     if not isinstance(name, str) or not name:
         raise SuiteError(f"{where}.name", "missing or not a string")
     params = raw.get("params", {})
     if not isinstance(params, dict):
         raise SuiteError(f"{where}.params", f"must be a table, got {params!r}")
     pre = tuple(_parse_component(p, f"{where}.pre[{i}]", allow_pre=False) for i, p in enumerate(raw.get("pre", [])))
-    label = raw.get("label") or "+".join([*(p.name for p in pre), name])
+    secure = _parse_component(raw["secure"], f"{where}.secure", allow_pre=False) if "secure" in raw else None
+    dp = _parse_dp(raw["dp"], f"{where}.dp") if "dp" in raw else None
+    parts = [*(p.name for p in pre), *([name] if "name" in raw or not piped else [])]
+    parts += [secure.name] if secure else []
+    parts += [f"dp-{dp.variant}"] if dp else []
+    label = raw.get("label") or "+".join(parts)
     if not isinstance(label, str) or "__" in label or "/" in label:
         raise SuiteError(f"{where}.label", f"must be a string without '__' or '/', got {label!r}")
-    return ComponentSpec(name=name, label=label, params=dict(params), pre=pre)
+    return ComponentSpec(name=name, label=label, params=dict(params), pre=pre, secure=secure, dp=dp)
+
+
+def _real(raw: Mapping[str, Any], key: str, where: str, *, allow_inf: bool = False) -> float | None:
+    v = raw.get(key)
+    if v is None:
+        return None
+    if not is_real(v) or not (v > 0) or (math.isinf(v) and not allow_inf):
+        raise SuiteError(f"{where}.{key}", f"must be a {'' if allow_inf else 'finite '}number > 0, got {v!r}")
+    return float(v)
+
+
+def _parse_dp(raw: Any, where: str) -> DPSpec:
+    """A ``dp`` table: variant, epsilon or noise_multiplier, delta, and the variant's own parameters."""
+    if not isinstance(raw, dict):
+        raise SuiteError(where, f"must be a table with a variant, got {raw!r}")
+    variant = raw.get("variant")
+    if not isinstance(variant, str):
+        raise SuiteError(f"{where}.variant", f"missing or not a string; valid: {', '.join(DP_FEDAVG.names())}")
+    if variant not in DP_FEDAVG.names():
+        raise SuiteError(f"{where}.variant", f"unknown DP-FedAvg variant {variant!r}; valid: "
+                                            f"{', '.join(DP_FEDAVG.names())}")
+    own = dp_user_parameters(variant)
+    _check_keys(raw, {"variant", "epsilon", "noise_multiplier", "delta", *own}, where)
+    eps, z = _real(raw, "epsilon", where, allow_inf=True), raw.get("noise_multiplier")
+    if (eps is None) == (z is None):
+        raise SuiteError(where, "give exactly one of epsilon (a target, calibrated) and noise_multiplier")
+    if z is not None and (not is_real(z) or not 0 <= z < math.inf):
+        raise SuiteError(f"{where}.noise_multiplier", f"must be a finite number >= 0, got {z!r}")
+    delta = raw.get("delta", 1e-5)
+    if not is_real(delta) or not 0 < delta < 1:
+        raise SuiteError(f"{where}.delta", f"must lie in (0, 1), got {delta!r}")
+    params = {k: v for k, v in raw.items() if k in own}
+    _check_param_types(DP_FEDAVG.get(variant).obj.__init__, params, where, f"dp {variant!r}", sub="")
+    return DPSpec(variant=variant, epsilon=eps, noise_multiplier=None if z is None else float(z),
+                  delta=float(delta), params=params)
 
 
 def _validate_attack(spec: ComponentSpec, where: str) -> None:
@@ -255,7 +306,7 @@ def _rule_params(cls: type) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
 
 
-def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None:
+def _validate_rule(spec: ComponentSpec, where: str) -> None:
     for i, comp in enumerate([*spec.pre, spec]):
         key = f"{where}.pre[{i}]" if i < len(spec.pre) else where
         try:
@@ -270,14 +321,31 @@ def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None
             if k not in allowed:
                 raise SuiteError(f"{key}.params.{k}", f"{comp.name!r} takes no {k!r}; it takes {allowed}")
         _check_param_types(entry.cls.__init__, comp.params, key, repr(comp.name))
-    # tolerance and parameter ranges: build the defense and aggregate a tiny cohort of m rows
+
+
+def _validate_secure(spec: ComponentSpec, where: str) -> None:
     try:
-        agg = build_defense(spec, setting=setting, server_update=lambda ctx: torch.ones(4) * 0.1)
-        g = torch.Generator().manual_seed(0)
-        m = setting.m
-        U = torch.randn(m, 4, generator=g)
-        ctx = RoundContext(0, tuple(range(m)), torch.ones(m), torch.zeros(4), g)
-        agg.aggregate(U, torch.ones(m), ctx=ctx)
+        entry = SECURE_PROTOCOLS.get(spec.name)
+    except FlsecError as exc:
+        raise SuiteError(f"{where}.name", str(exc)) from None
+    allowed = [p.name for p in SECURE_PROTOCOLS.parameters(spec.name)]
+    for k in spec.params:
+        if k not in allowed:
+            raise SuiteError(f"{where}.params.{k}", f"{spec.name!r} takes no {k!r}; it takes {allowed}")
+    _check_param_types(entry.obj.__init__, spec.params, where, repr(spec.name))
+
+
+def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None:
+    _validate_rule(spec, where)
+    if spec.secure is not None:
+        _validate_secure(spec.secure, f"{where}.secure")
+    # composition, tolerance and ranges: build the pipeline and run a tiny cohort of m rows through it
+    try:
+        d = 4
+        pipe = build_pipeline(spec, setting=setting, d=d, seed=0, server_update=lambda ctx: torch.ones(d) * 0.1)
+        pipe.check_cohort_size(setting.m)
+        U = torch.randn(setting.m, d, generator=torch.Generator().manual_seed(0)) * 0.1
+        pipe(U, torch.ones(setting.m), Round(index=0, client_ids=tuple(range(setting.m)), global_params=torch.zeros(d)))
     except FlsecError as exc:
         raise SuiteError(
             where,

@@ -466,7 +466,6 @@ def calibrate_ddg_noise_multiplier(
     rounds: int,
     clip_norm: float,
     expected_clients: int,
-    bits: int,
     sample_rate: float,
     delta: float,
     amplify_integer_noise: bool = False,
@@ -476,7 +475,7 @@ def calibrate_ddg_noise_multiplier(
 
     The ledger composes the Gaussian-equivalent ``z~(z)`` of Kairouz et al. (2021), Theorem 1,
     which depends on the granularity and rounding of ``bits``-bit values and on ``d``; ``ddg``
-    are further :class:`DistributedDiscreteGaussian` parameters (``beta``, ``k_stddevs``, ...).
+    are further :class:`DistributedDiscreteGaussian` parameters (``bits``, ``beta``, ``k_stddevs``, ...).
 
     Raises
     ------
@@ -494,7 +493,7 @@ def calibrate_ddg_noise_multiplier(
 
     def eps_of(z: float) -> float:
         cfg = DistributedDiscreteGaussian(clip_norm=clip_norm, noise_multiplier=z, expected_clients=expected_clients,
-                                          bits=bits, sample_rate=sample_rate, delta=delta, **ddg)
+                                          sample_rate=sample_rate, delta=delta, **ddg)
         ledger = PrivacyLedger(delta=delta, amplify_integer_noise=amplify_integer_noise)
         event = cfg.event(d)
         ledger.record(GaussianEvent(noise_multiplier=event.noise_multiplier, sample_rate=sample_rate, steps=rounds,
@@ -505,7 +504,7 @@ def calibrate_ddg_noise_multiplier(
     while eps_of(hi) > target:
         lo, hi = hi, hi * 2
         if hi > 1e5:
-            raise PrivacyConfigError(f"no noise multiplier reaches epsilon {target} with {bits} bits")
+            raise PrivacyConfigError(f"no noise multiplier reaches epsilon {target} with these bits ({ddg})")
     while hi - lo > 1e-3 * hi:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if eps_of(mid) > target else (lo, mid)
