@@ -20,9 +20,10 @@ pipeline shows it. :func:`measure_exposure` runs one probe round:
    :class:`~attacks.reconstruction.ServerView`: a batch of one example for a row; for
    an aggregate, the mean gradient of the ``n`` clients is the gradient of their joint
    batch, so the attack inverts a batch of ``n`` (as ``flsec recon``'s ``secagg-10``).
-5. Only this scoring code sees the ground truth: PSNR against the target's image for a
-   row; for an aggregate, each client's image is scored against its best-matching
-   candidate and ``psnr`` is the best of those (the most exposed probe client).
+5. Only this scoring code sees the ground truth: ``psnr`` is the target's image against
+   the reconstruction of its row, or, for an aggregate, against its best-matching
+   candidate of the batch (the same honest client in every pipeline, so columns compare);
+   ``psnr_max`` is the most exposed probe client.
 
 The attack is Inverting Gradients (Geiping et al., NeurIPS 2020: cosine gradient
 distance, TV prior, signed Adam, box projection; the label of a single sample by iDLG,
@@ -209,11 +210,12 @@ def measure_exposure(
     Returns
     -------
     dict
-        ``psnr`` (dB, capped at :data:`PSNR_CAP`): against the target's true image where the row
-        was visible; where only the aggregate was seen, the best over the probe clients of each
-        client's image against its best-matching candidate. ``observed``: ``"row"`` or
+        ``psnr`` (dB, capped at :data:`PSNR_CAP`): the target's true image against the
+        reconstruction where its row was visible; where only the aggregate was seen, against its
+        best-matching candidate of the batch. ``psnr_max``: the most exposed probe client (the
+        target where a row was visible). ``observed``: ``"row"`` or
         ``"aggregate"``. ``decoded``: the visible row was modular and decoded. ``attack``,
-        ``iterations``, ``restarts``. ``baseline_psnr``: the same score
+        ``iterations``, ``restarts``. ``baseline_psnr``: the target's score
         for the mean image of all the clients' data (what the data prior alone gives; an attack
         that learnt nothing scores about this). ``psnr_clients``: ``{client id: best-match PSNR}``
         for an aggregate, ``{target id: psnr}`` for a row. ``psnr_mean`` over those. ``target``,
@@ -314,8 +316,8 @@ def measure_exposure(
     else:
         per_client = best_match_psnr(rec_x, truth, data_range=data_range)
         scored = {cid: _cap(v) for cid, v in zip(ids, per_client.tolist(), strict=True)}
-        best = max(scored.values())
-        baseline = max(_cap(v) for v in best_match_psnr(prior, truth, data_range=data_range).tolist())
+        best = scored[ids[target]]
+        baseline = _cap(float(best_match_psnr(prior, truth[target : target + 1], data_range=data_range)[0]))
     seconds = time.perf_counter() - t0
     log.info(
         "exposure: %s on the %s of %d client(s): PSNR %.2f dB (baseline %.2f dB), %.2f s",
@@ -323,6 +325,7 @@ def measure_exposure(
     )
     return {
         "psnr": best,
+        "psnr_max": max(scored.values()),
         "observed": kind,
         "decoded": decoded,
         "attack": attack,

@@ -146,8 +146,9 @@ def _privacy_sections(out: Path, results, attacks, defenses, acc) -> list[str]:
     if psnr:
         how = sorted({f"{r['exposure']['attack']} on {r['exposure']['observed']}" for r in results
                       if r.get("exposure")})
-        parts.append(_table("Privacy exposure: PSNR (dB) of the server's reconstruction of a client's image from what "
-                            f"it observes ({'; '.join(how)}); lower is better", attacks, defenses, psnr, ".1f"))
+        parts.append(_table("Privacy exposure: PSNR (dB) of the server's reconstruction of an honest client's image "
+                            f"from what it observes ({'; '.join(how)}; one probe round on the initial model, before "
+                            "any attack, so the same in every row); lower is better", attacks, defenses, psnr, ".1f"))
         _, _, asr = _grid(results, "final_asr")
         _outcomes(out / "outcomes.png", attacks, defenses, acc, asr, psnr)
         parts.append("![accuracy, attack success and privacy exposure](outcomes.png)\n")
@@ -194,6 +195,10 @@ def render_report(out: str | Path) -> Path:
         parts.append(_table("Largest attack success rate over the rounds", rows, d2, max_asr))
         _heatmap(out / "attack_success.png", "attack success rate", rows, d2, asr, "magma")
         parts.append("![attack success heatmap](attack_success.png)\n")
+    diverged = [f"{r['cell_id']} (round {x['round_idx']})" for r in results for x in r["rounds"] if x.get("diverged")]
+    if diverged:
+        parts.append("Diverged (NaN/Inf updates; the accuracy is the model's when it stopped): "
+                     + ", ".join(diverged) + ".\n")
     parts += _privacy_sections(out, results, a, d, acc)
     a3, d3, tpr = _grid(results, "mean_tpr")
     _, _, fpr = _grid(results, "mean_fpr")

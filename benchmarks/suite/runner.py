@@ -25,11 +25,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks import AttackSchedule, attack_success_rate, detection_rates
-from benchmarks.suite.build import build_cell, preflight_attacks
+from benchmarks.suite.build import CellRun, build_cell, preflight_attacks
+from benchmarks.suite.exposure import measure_exposure
 from benchmarks.suite.spec import Cell, Setting, SuiteSpec
 from benchmarks.suite.store import ResultStore
 from fl_core import __version__ as flsec_version
-from fl_core import load_dataset
+from fl_core import evaluate, load_dataset
+from fl_core.errors import InvalidUpdateError
 
 __all__ = ["run_cell", "run_suite"]
 
@@ -56,7 +58,7 @@ def summarize(rounds: list[dict[str, Any]], malicious: list[int], setting: Setti
         r for r in rounds if malicious and schedule.active(r["round_idx"]) and set(r["client_ids"]) & set(malicious)
     ]
     tprs = [r["detection_tpr"] for r in attack_rounds if r["detection_tpr"] is not None]
-    last = rounds[-1].get("metrics", {})
+    last = next((r["metrics"] for r in reversed(rounds) if r.get("metrics")), {})
     fprs = [r["detection_fpr"] for r in rounds if r["detection_fpr"] is not None]
     asrs = [r["attack_success_rate"] for r in rounds if r["attack_success_rate"] is not None]
     return {
@@ -80,13 +82,47 @@ def epsilon_spent(metrics: dict[str, Any]) -> float | None:
     return None
 
 
-def run_cell(cell: Cell, spec: SuiteSpec, split, *, on_round=None) -> dict[str, Any]:
-    """Run one cell and return its JSON-ready result."""
+def probe_exposure(run: CellRun, cell: Cell, setting: Setting) -> dict[str, Any]:
+    """The server's reconstruction of an honest client's image from what the cell's pipeline shows it.
+
+    A fresh pipeline of the cell's defense (no attack) runs one probe round on the initial
+    model with the first round's cohort (:func:`benchmarks.suite.exposure.measure_exposure`).
+    """
+    fed = run.federation
+    cohort = fed.sample_clients(0)
+    honest = [i for i, c in enumerate(cohort) if c.id not in run.plan.threat.malicious]
+    return measure_exposure(pipeline=run.probe(), model=fed.model, clients=[c.data for c in cohort],
+                            client_ids=[c.id for c in cohort], lr=setting.lr, seed=cell.seed, target=honest[0])
+
+
+def _diverged_round(fed, split, plan, exc: Exception) -> dict[str, Any]:
+    """The record of a round the noise or an attack drove to NaN/Inf: the model as it stood, and why."""
+    r = len(fed.history)
+    ev = evaluate(fed.model, split.test, device=fed.device)
+    asr = attack_success_rate(fed.model, split.test, plan.backdoor, device=fed.device) if plan.backdoor else None
+    log.warning("round %d diverged: %s", r, exc)
+    return {"round_idx": r, "client_ids": [], "kept": [], "test_accuracy": ev.accuracy, "test_loss": ev.loss,
+            "train_loss": None, "metrics": {}, "attack_success_rate": asr, "detection_tpr": None,
+            "detection_fpr": None, "diverged": str(exc)}
+
+
+def run_cell(cell: Cell, spec: SuiteSpec, split, *, on_round=None, exposure: dict | None = None) -> dict[str, Any]:
+    """Run one cell and return its JSON-ready result.
+
+    ``exposure`` caches the privacy probe by (defense, seed): it runs before any attack,
+    on the initial model, so it is the same in every row of a defense's column.
+    A round that diverges (NaN/Inf updates) ends the cell early; the result records it.
+    """
     t0 = time.perf_counter()
     run = build_cell(cell, spec.setting, split)
     fed, plan = run.federation, run.plan
     malicious = sorted(plan.threat.malicious)
     rounds: list[dict[str, Any]] = []
+    probe = None
+    if spec.setting.exposure:
+        key = (cell.defense.label, cell.seed)
+        cache = exposure if exposure is not None else {}
+        probe = cache[key] = cache[key] if key in cache else probe_exposure(run, cell, spec.setting)
 
     def record(rec) -> None:
         asr = attack_success_rate(fed.model, split.test, plan.backdoor, device=fed.device) if plan.backdoor else None
@@ -102,7 +138,10 @@ def run_cell(cell: Cell, spec: SuiteSpec, split, *, on_round=None) -> dict[str, 
         if on_round is not None:
             on_round(rec, asr)
 
-    fed.run(rounds=spec.setting.rounds, on_round=record)
+    try:
+        fed.run(rounds=spec.setting.rounds, on_round=record)
+    except InvalidUpdateError as exc:  # noise or an attack drove the model to NaN/Inf
+        rounds.append(_diverged_round(fed, split, plan, exc))
     return {
         "suite": spec.name,
         "cell_id": cell.cell_id,
@@ -116,6 +155,7 @@ def run_cell(cell: Cell, spec: SuiteSpec, split, *, on_round=None) -> dict[str, 
         "versions": _versions(),
         "seconds": time.perf_counter() - t0,
         "rounds": rounds,
+        "exposure": probe,
         "summary": summarize(rounds, malicious, spec.setting),
     }
 
@@ -144,6 +184,7 @@ def run_suite(
         disable=not progress,
     ) as bar:
         overall = bar.add_task(f"suite {spec.name}", total=len(cells), completed=len(cells) - len(todo), status="")
+        exposure: dict = {}
         for cell in todo:
             rounds_task = bar.add_task(f"  {cell.cell_id}", total=spec.setting.rounds, status="")
 
@@ -151,7 +192,7 @@ def run_suite(
                 status = f"acc {rec.test_accuracy:.3f}" + (f" asr {asr:.3f}" if asr is not None else "")
                 bar.update(_task, advance=1, status=status)
 
-            result = run_cell(cell, spec, split, on_round=on_round)
+            result = run_cell(cell, spec, split, on_round=on_round, exposure=exposure)
             store.write(cell.cell_id, result)
             bar.remove_task(rounds_task)
             s = result["summary"]

@@ -60,6 +60,7 @@ class Setting:
     attack_every: int = 1
     root_size: int = 100
     device: str = "cpu"
+    exposure: bool = True
 
     @property
     def m(self) -> int:

@@ -18,6 +18,7 @@ A suite file::
     malicious_fraction = 0.2      # attackers among all clients (sampled per seed)
     omniscient = true             # attackers see the honest updates of the round
     attack_start = 0              # first attacking round; attack_end (exclusive) optional
+    exposure = true               # probe the server's reconstruction of a client image (PSNR column)
 
     [[attacks]]
     name = "alie"                 # attack registry name
