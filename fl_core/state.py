@@ -38,6 +38,7 @@ import torch
 from fl_core.errors import FlsecError
 
 __all__ = [
+    "DelegatedState",
     "RoundCounterState",
     "StateError",
     "check_state",
@@ -261,3 +262,54 @@ class RoundCounterState:
         kind = type(self).__name__
         state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=("calls",), config=self._config())
         self._calls = state_int(state, "calls", kind=kind)
+
+
+class DelegatedState:
+    """Mixin for objects whose state is that of some attributes (``STATE_PARTS``, e.g. a privacy ledger).
+
+    The class supplies ``_config()`` (the constructor arguments a state only fits with,
+    in JSON types) and lists in ``STATE_PARTS`` the attributes that have their own
+    ``state_dict()`` / ``load_state_dict()``; each part is one key of the state.
+
+    Examples
+    --------
+    >>> class Part:
+    ...     def __init__(self): self.n = 0
+    ...     def state_dict(self): return {"n": self.n}
+    ...     def load_state_dict(self, s): self.n = s["n"]
+    >>> class Holder(DelegatedState):
+    ...     STATE_PARTS = ("part",)
+    ...     def __init__(self, z: float) -> None:
+    ...         self.z, self.part = z, Part()
+    ...     def _config(self) -> dict[str, Any]:
+    ...         return {"z": self.z}
+    >>> a = Holder(1.0); a.part.n = 3
+    >>> b = Holder(1.0); b.load_state_dict(a.state_dict()); b.part.n
+    3
+    """
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+    #: The attributes whose states make up this object's.
+    STATE_PARTS: tuple[str, ...] = ()
+
+    def _config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """``kind``, ``version``, ``config`` and one key per part with that part's ``state_dict()``."""
+        parts = {p: getattr(self, p).state_dict() for p in self.STATE_PARTS}
+        return {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(), **parts}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state of the same class and configuration, part by part (each part checks its own).
+
+        Raises
+        ------
+        StateError
+            Another kind, version or configuration, missing or unexpected keys, or a part's error.
+        """
+        state = check_state(state, kind=type(self).__name__, version=self.STATE_VERSION, keys=self.STATE_PARTS,
+                            config=self._config())
+        for p in self.STATE_PARTS:
+            getattr(self, p).load_state_dict(state[p])

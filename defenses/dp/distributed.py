@@ -70,7 +70,7 @@ from fl_core.contracts import StageContract
 from fl_core.pipeline import Pipeline
 from fl_core.rng import torch_generator
 from fl_core.server_opt import ServerOptimizer
-from fl_core.state import check_state
+from fl_core.state import DelegatedState
 from fl_core.updates import check_cohort
 
 __all__ = [
@@ -200,7 +200,7 @@ class ModularSum(Aggregator):
         return AggregationResult(aggregate=s.to(torch.float64), kept=kept)
 
 
-class DistributedDiscreteGaussian:
+class DistributedDiscreteGaussian(DelegatedState):
     """Configuration and state of distributed DP-FedAvg with the distributed discrete Gaussian.
 
     Parameters
@@ -229,6 +229,19 @@ class DistributedDiscreteGaussian:
         ``n_min <= n`` clients whose noise shares suffice (tolerated dropouts ``n - n_min``).
     ledger : PrivacyLedger, optional
         Default: a new RDP ledger at ``delta``.
+
+    Examples
+    --------
+    Its state is its ledger's, so a privacy budget survives a restart:
+
+    >>> ddg = DistributedDiscreteGaussian(clip_norm=1.0, noise_multiplier=1.0, expected_clients=4,
+    ...                                   sample_rate=0.5, delta=1e-5)
+    >>> ddg.ledger.record(ddg.event(8))
+    >>> resumed = DistributedDiscreteGaussian(clip_norm=1.0, noise_multiplier=1.0, expected_clients=4,
+    ...                                       sample_rate=0.5, delta=1e-5)
+    >>> resumed.load_state_dict(ddg.state_dict())
+    >>> resumed.ledger.epsilon() == ddg.ledger.epsilon()
+    True
     """
 
     def __init__(
@@ -290,8 +303,9 @@ class DistributedDiscreteGaussian:
         return Pipeline(attack=attack, client=[self.encoder], secure=secure, rule=rule, server=[self.decoder],
                         optimizer=optimizer, seed=seed)
 
-    #: Layout version of :meth:`state_dict`.
-    STATE_VERSION = 1
+    #: Its state is its ledger's (:class:`~fl_core.state.DelegatedState`); the rest is configuration:
+    #: the rotations derive from ``seed`` and the round index.
+    STATE_PARTS = ("ledger",)
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -305,41 +319,6 @@ class DistributedDiscreteGaussian:
             "beta": self.beta,
             "k_stddevs": self.k_stddevs,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        """The ledger's state (:meth:`PrivacyLedger.state_dict`, key ``ledger``); JSON-serialisable.
-
-        The rest is configuration: the rotations derive from ``seed`` and the round index.
-
-        Examples
-        --------
-        >>> ddg = DistributedDiscreteGaussian(clip_norm=1.0, noise_multiplier=1.0, expected_clients=4,
-        ...                                   sample_rate=0.5, delta=1e-5)
-        >>> ddg.ledger.record(ddg.event(8))
-        >>> resumed = DistributedDiscreteGaussian(clip_norm=1.0, noise_multiplier=1.0, expected_clients=4,
-        ...                                       sample_rate=0.5, delta=1e-5)
-        >>> resumed.load_state_dict(ddg.state_dict())
-        >>> resumed.ledger.epsilon() == ddg.ledger.epsilon()
-        True
-        """
-        return {
-            "kind": type(self).__name__,
-            "version": self.STATE_VERSION,
-            "config": self._config(),
-            "ledger": self.ledger.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state of a configuration with the same parameters (delegates to the ledger).
-
-        Raises
-        ------
-        fl_core.state.StateError
-            Another kind, version or configuration, or a bad ledger state.
-        """
-        state = check_state(state, kind=type(self).__name__, version=self.STATE_VERSION, keys=("ledger",),
-                            config=self._config())
-        self.ledger.load_state_dict(state["ledger"])
 
     @property
     def local_std(self) -> float:

@@ -51,7 +51,7 @@ from fl_core.aggregation import AggregationResult, Aggregator, RoundContext, Sta
 from fl_core.contracts import StageContract
 from fl_core.pipeline import Pipeline
 from fl_core.server_opt import ServerOptimizer
-from fl_core.state import StateError, check_state
+from fl_core.state import DelegatedState, StateError, check_state
 from fl_core.updates import check_cohort
 
 __all__ = ["CentralDPFedAvg", "CentralGaussianNoise", "FixedDenominatorMean", "LocalGaussianDP"]
@@ -107,7 +107,7 @@ class FixedDenominatorMean(Aggregator):
         return AggregationResult(aggregate=agg, kept=kept, metrics={"dp_cohort_weight": float(w.sum())})
 
 
-class CentralGaussianNoise:
+class CentralGaussianNoise(DelegatedState):
     """Server-side Gaussian noise sized by the aggregate's sensitivity (an ``AggregateTransform``).
 
     Adds ``N(0, (z S)^2)`` per coordinate, where ``S`` is the L2 sensitivity of the
@@ -181,28 +181,11 @@ class CentralGaussianNoise:
     def __call__(self, aggregate: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
         return self.apply(aggregate, ctx).value
 
-    #: Layout version of :meth:`state_dict`.
-    STATE_VERSION = 1
+    #: Its state is its ledger's (:class:`~fl_core.state.DelegatedState`): a privacy budget survives a restart.
+    STATE_PARTS = ("ledger",)
 
     def _config(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The ledger's state (key ``ledger``), so a pipeline's privacy budget survives a restart."""
-        return {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(),
-                "ledger": self.ledger.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the ledger of a noise stage with the same configuration.
-
-        Raises
-        ------
-        fl_core.state.StateError
-            Another kind, version or configuration, or a bad ledger state.
-        """
-        state = check_state(state, kind=type(self).__name__, version=self.STATE_VERSION, keys=("ledger",),
-                            config=self._config())
-        self.ledger.load_state_dict(state["ledger"])
 
     def round_metrics(self) -> dict[str, float]:
         """The noise multiplier and the ledger's epsilon so far (``inf`` without noise)."""
@@ -352,7 +335,7 @@ class CentralDPFedAvg:
             self.clip.load_state_dict(state["clip"])
 
 
-class LocalGaussianDP:
+class LocalGaussianDP(DelegatedState):
     """Local DP: each client clips to ``C`` and adds ``N(0, (z * 2C)^2)`` itself (an ``UpdateTransform``).
 
     Parameters
@@ -381,35 +364,11 @@ class LocalGaussianDP:
         self.noise_multiplier = check_positive(noise_multiplier, name="noise_multiplier", allow_zero=True)
         self.ledgers = PerClientLedger(delta=delta, accountant=accountant)
 
-    #: Layout version of :meth:`state_dict`.
-    STATE_VERSION = 1
+    #: Its state is the per-client ledgers' (key ``ledgers``; JSON when the client ids are ints or strs).
+    STATE_PARTS = ("ledgers",)
 
     def _config(self) -> dict[str, Any]:
         return {"clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The per-client ledgers' state (:meth:`PerClientLedger.state_dict`, key ``ledgers``).
-
-        JSON-serialisable when the client ids are ints or strs.
-        """
-        return {
-            "kind": type(self).__name__,
-            "version": self.STATE_VERSION,
-            "config": self._config(),
-            "ledgers": self.ledgers.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state of a ``LocalGaussianDP`` with the same configuration (delegates to the ledgers).
-
-        Raises
-        ------
-        fl_core.state.StateError
-            Another kind, version or configuration, or a bad ledger state.
-        """
-        state = check_state(state, kind=type(self).__name__, version=self.STATE_VERSION, keys=("ledgers",),
-                            config=self._config())
-        self.ledgers.load_state_dict(state["ledgers"])
 
     @property
     def sigma(self) -> float:
