@@ -1,5 +1,5 @@
 # flsec: the two commands of the README, and their set-up.
-#   make demo   set up, then run the quick attack-vs-defense suite and render its report
+#   make demo   set up, then run the short threat suite (attacks x robust, private and secure pipelines) and its report
 #   make test   set up, then lint and run the test suite (CI runs exactly this)
 # Override the PyTorch build for a GPU machine, e.g.:  make demo TORCH_SPEC='torch==2.13.0' TORCH_INDEX=...
 
@@ -15,9 +15,10 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 .PHONY: demo fedavg test test-slow setup data lint clean
 
 demo: setup data
-	@echo ">> flsec suite run quick: 4 attacks x 5 defenses on Fashion-MNIST, 10 clients (about 7 min on 2 cores)"
-	$(BIN)/flsec suite run quick --out runs/quick --report
-	@echo ">> report: runs/quick/report.md (heatmaps and accuracy curves beside it); re-running resumes"
+	@echo ">> flsec suite run threat-short: 3 attacks x 6 pipelines (mean, median, FLAME, central DP, SecAgg+, BFV HE)"
+	@echo "   on Fashion-MNIST, 10 clients: accuracy, attack success, epsilon and the server's reconstruction PSNR"
+	$(BIN)/flsec suite run threat-short --out runs/threat-short --report
+	@echo ">> report: runs/threat-short/report.md (outcomes.png: the three outcomes side by side); re-running resumes"
 
 # The plain federation of the FL core: FedAvg, Fashion-MNIST, 10 clients, Dirichlet(0.5), 30 rounds.
 fedavg: setup data

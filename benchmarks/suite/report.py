@@ -76,9 +76,8 @@ def _heatmap_on(ax, fig, title: str, attacks, defenses, vals, cmap: str, vmin: f
     for i in range(len(attacks)):
         for j in range(len(defenses)):
             if not np.isnan(M[i, j]):
-                dark = (M[i, j] < mid) == (cmap == "viridis")
                 ax.text(j, i, f"{M[i, j]:{spec}}", ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black")
+                        color="white" if M[i, j] < mid else "black")  # both maps are dark at the low end
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.04)
 
@@ -92,8 +91,9 @@ def _heatmap(path: Path, title: str, attacks, defenses, vals, cmap: str, **kw) -
 
 
 def _psnr_range(vals) -> tuple[float, float]:
+    """From 0 dB (nothing recovered) to at least 40 dB (a reconstruction indistinguishable by eye)."""
     finite = [v for vs in vals.values() for v in vs if np.isfinite(v)]
-    return (min(finite, default=0.0), max(finite, default=1.0))
+    return (0.0, max([40.0, *finite]))
 
 
 def _outcomes(path: Path, attacks, defenses, acc, asr, psnr) -> None:
@@ -103,8 +103,8 @@ def _outcomes(path: Path, attacks, defenses, acc, asr, psnr) -> None:
               ("server's reconstruction PSNR, dB (lower is better)", psnr, "magma",
                dict(zip(("vmin", "vmax"), _psnr_range(psnr), strict=True)) | {"spec": ".1f"})]
     panels = [p for p in panels if p[1]]
-    w = 1.1 * len(defenses) + 2.6
-    fig, axes = plt.subplots(1, len(panels), figsize=(w * len(panels), 0.5 * len(attacks) + 2.2))
+    w, h = 1.1 * len(defenses) + 2.6, 0.5 * len(attacks) + 1.6
+    fig, axes = plt.subplots(len(panels), 1, figsize=(w, h * len(panels)))
     for ax, (title, vals, cmap, kw) in zip(np.atleast_1d(axes), panels, strict=True):
         _heatmap_on(ax, fig, title, attacks, defenses, vals, cmap, **kw)
     fig.tight_layout()
@@ -139,7 +139,8 @@ def _privacy_sections(out: Path, results, attacks, defenses, acc) -> list[str]:
     parts: list[str] = []
     _, _, eps = _grid(results, "epsilon")
     if eps:
-        delta = sorted({m.get("dp_delta") for r in results for m in [r["rounds"][-1].get("metrics", {})]} - {None})
+        delta = sorted({x["metrics"].get("dp_delta") for r in results for x in r["rounds"] if x.get("metrics")}
+                       - {None})
         parts.append(_table(f"Privacy: epsilon spent after the last round (delta {', '.join(map(str, delta))}; "
                             "n/a: no DP)", attacks, defenses, eps, ".2f"))
     _, _, psnr = _grid(results, "psnr")
