@@ -75,12 +75,15 @@ def test_a_bad_pipeline_entry_names_its_key_before_any_work(entry, match):
         _suite("[[defenses]]\n" + entry + "\n")
 
 
-def test_threat_suite_parses():
+def test_threat_suites_parse():
     spec = load_suite("threat")
     assert len(spec.cells()) == 35
     assert [d.label for d in spec.defenses] == [
         "mean", "median", "flame", "central-dp-eps4", "secagg+", "secagg+ddp-eps4", "bfv-he"
     ]
+    short = load_suite("threat-short")  # make demo's
+    assert [a.label for a in short.attacks] == ["none", "model-replacement", "pixel-backdoor"]
+    assert {d.label for d in short.defenses} == {d.label for d in spec.defenses}
 
 
 def test_dp_and_secure_cells_report_epsilon_and_match_plaintext(tmp_path):
