@@ -168,3 +168,27 @@ def test_bad_input_is_refused_with_a_specific_error():
         split = load_dataset("digits")
         Federation(model_name="mlp", clients=make_clients(split.train, [np.arange(10)]), test_data=split.test,
                    clients_per_round=1, pipeline=Pipeline(), aggregator=Mean())
+
+
+def test_extreme_and_invalid_rows_through_the_pipeline():
+    """A 3e38 row is valid input (a finite result); NaN rows, NaN weights and a stage that emits NaN are refused."""
+    U = torch.randn(6, 4, generator=torch.Generator().manual_seed(3)) * 0.1
+    U[0] = 3e38
+    info = _round(0, 6, 4)
+    out = Pipeline(client=[L2Clip(clip_norm=1.0)], rule=Krum(f=1))(U, torch.ones(6), info)
+    assert torch.isfinite(out.params).all() and not bool(out.result.kept[0])
+    dp = CentralDPFedAvg(clip_norm=1.0, noise_multiplier=1.0, expected_clients=6, sample_rate=1.0, delta=1e-5)
+    assert torch.isfinite(dp.pipeline(rule=Krum(f=1))(U, torch.ones(6), info).params).all()
+    bad = U.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(InvalidUpdateError, match="non-finite"):
+        Pipeline(rule=Krum(f=1))(bad, torch.ones(6), info)
+    with pytest.raises(InvalidUpdateError):
+        Pipeline()(U[1:], torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0]), _round(0, 5, 4))
+
+    class EmitsNaN:
+        def __call__(self, aggregate, ctx):
+            return aggregate * float("nan")
+
+    with pytest.raises(InvalidUpdateError, match="aggregate"):
+        Pipeline(server=[EmitsNaN()])(U[1:], torch.ones(5), _round(0, 5, 4))
