@@ -54,6 +54,7 @@ from secure_agg.errors import (
     WireFormatError,
 )
 from secure_agg.graph import CommunicationGraph, choose_k_t, secure_threshold
+from secure_agg.grouped import GroupedSecAggPlus
 from secure_agg.he import BFVAggregator, CKKSAggregator, HEParams, KeyHolder, run_he, select_params
 from secure_agg.messages import Stage, decode_message
 from secure_agg.params import SecAggParams
@@ -67,6 +68,7 @@ __all__ = [
     "ClientState",
     "CommunicationGraph",
     "FixedPointEncoder",
+    "GroupedSecAggPlus",
     "HEParams",
     "KeyHolder",
     "MessageRejectedError",

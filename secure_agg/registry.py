@@ -8,7 +8,7 @@ Examples
 --------
 >>> from secure_agg.registry import SECURE_PROTOCOLS
 >>> SECURE_PROTOCOLS.names()
-['bfv', 'ckks', 'secagg', 'secagg_plus']
+['bfv', 'ckks', 'grouped_secagg_plus', 'secagg', 'secagg_plus']
 >>> type(SECURE_PROTOCOLS.make("secagg-plus", clip=1.0)).__name__
 'SecAggPlusAggregator'
 >>> SECURE_PROTOCOLS.make("secagg")
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from fl_core.registry import Registry
 from secure_agg.aggregator import SecAggAggregator, SecAggPlusAggregator
+from secure_agg.grouped import GroupedSecAggPlus
 from secure_agg.he.aggregator import BFVAggregator, CKKSAggregator
 
 __all__ = ["SECURE_PROTOCOLS"]
@@ -36,7 +37,14 @@ for _name, _cls, _description in (
         SecAggPlusAggregator,
         "SecAgg+, masks over a sparse random graph, polylog cost (Bell et al. CCS 2020)",
     ),
+    (
+        "grouped_secagg_plus",
+        GroupedSecAggPlus,
+        "SecAgg+ in random groups of s clients, any robust rule over the group means (Velicheti et al. 2021)",
+    ),
     ("ckks", CKKSAggregator, "TenSEAL CKKS: approximate float sums under homomorphic encryption"),
     ("bfv", BFVAggregator, "TenSEAL BFV: exact integer sums of quantised updates under HE"),
 ):
-    SECURE_PROTOCOLS.register(_name, description=_description)(_cls)
+    # the robust rules a protocol can run on hidden rows (Pipeline(secure=..., rule=...))
+    _rules = "robust rules: any, over the group means" if _cls is GroupedSecAggPlus else "robust rules: none"
+    SECURE_PROTOCOLS.register(_name, description=_description, robust_rules=_rules)(_cls)

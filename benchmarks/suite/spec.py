@@ -330,8 +330,8 @@ def _validate_secure(spec: ComponentSpec, where: str) -> None:
     except FlsecError as exc:
         raise SuiteError(f"{where}.name", str(exc)) from None
     allowed = [p.name for p in SECURE_PROTOCOLS.parameters(spec.name)]
-    for k in spec.params:
-        if k not in allowed:
+    for k in spec.params:  # a protocol with **params checks them itself when the pipeline is built below
+        if k not in allowed and not SECURE_PROTOCOLS.takes_any(spec.name):
             raise SuiteError(f"{where}.params.{k}", f"{spec.name!r} takes no {k!r}; it takes {allowed}")
     _check_param_types(entry.obj.__init__, spec.params, where, repr(spec.name))
 

@@ -77,9 +77,9 @@ def test_a_bad_pipeline_entry_names_its_key_before_any_work(entry, match):
 
 def test_threat_suites_parse():
     spec = load_suite("threat")
-    assert len(spec.cells()) == 35
+    assert len(spec.cells()) == 40
     assert [d.label for d in spec.defenses] == [
-        "mean", "median", "flame", "central-dp-eps4", "secagg+", "secagg+ddp-eps4", "bfv-he"
+        "mean", "median", "flame", "central-dp-eps4", "secagg+", "secagg+ddp-eps4", "bfv-he", "grouped-secagg+median"
     ]
     short = load_suite("threat-short")  # make demo's
     assert [a.label for a in short.attacks] == ["none", "model-replacement", "pixel-backdoor"]
