@@ -126,12 +126,19 @@ class AggregationResult:
         trust scores); ``None`` otherwise.
     metrics : dict of str to float
         Scalar facts recorded in the round history (bytes sent, survivors, ...).
+    seen : torch.Tensor or None
+        ``(m, d)`` what a secure protocol lets the server see besides the aggregate
+        (grouped SecAgg+: each group's mean); ``None`` when it sees nothing more.
+    seen_owner : torch.Tensor or None
+        ``(n,)`` long: the row of ``seen`` that client ``i`` is part of.
     """
 
     aggregate: torch.Tensor
     kept: torch.Tensor
     scores: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    seen: torch.Tensor | None = None
+    seen_owner: torch.Tensor | None = None
 
     @property
     def flagged(self) -> torch.Tensor:

@@ -154,4 +154,8 @@ class GroupedSecAggPlus(RoundCounterState, Aggregator):
         for g, idx in enumerate(groups):
             kept[idx] &= bool(out.kept[g])
         metrics = {**out.metrics, "groups": float(len(groups)), "group_size_min": float(min(map(len, groups)))}
-        return AggregationResult(aggregate=out.aggregate, kept=kept, metrics=metrics)
+        owner = torch.empty(updates.shape[0], dtype=torch.long, device=updates.device)
+        for g, idx in enumerate(groups):
+            owner[idx] = g
+        # the server sees every group's mean: say so, for whoever measures what it can recover
+        return AggregationResult(aggregate=out.aggregate, kept=kept, metrics=metrics, seen=M, seen_owner=owner)

@@ -15,6 +15,8 @@ pipeline shows it. :func:`measure_exposure` runs one probe round:
    the aggregate ``delta`` (a secure protocol such as SecAgg+ or HE hides the rows).
    Visible rows in an encoded form (distributed DP's integers modulo ``2^b`` summed
    without a secure protocol) are decoded first, as the server decodes their sum.
+   Where the protocol shows the server partial means (grouped SecAgg+:
+   ``result.seen``), it observes the mean of the target's group instead.
 4. The server reads the observation as a gradient, ``-observation / lr`` (``lr`` is
    public), and runs a gradient-inversion attack on it through a
    :class:`~attacks.reconstruction.ServerView`: a batch of one example for a row; for
@@ -213,8 +215,8 @@ def measure_exposure(
         ``psnr`` (dB, capped at :data:`PSNR_CAP`): the target's true image against the
         reconstruction where its row was visible; where only the aggregate was seen, against its
         best-matching candidate of the batch. ``psnr_max``: the most exposed probe client (the
-        target where a row was visible). ``observed``: ``"row"`` or
-        ``"aggregate"``. ``decoded``: the visible row was modular and decoded. ``attack``,
+        target where a row was visible). ``observed``: ``"row"``,
+        ``"group mean"`` or ``"aggregate"``. ``decoded``: the visible row was modular and decoded. ``attack``,
         ``iterations``, ``restarts``. ``baseline_psnr``: the target's score
         for the mean image of all the clients' data (what the data prior alone gives; an attack
         that learnt nothing scores about this). ``psnr_clients``: ``{client id: best-match PSNR}``
@@ -277,6 +279,9 @@ def measure_exposure(
     if out.rows_seen is not None:
         observed, decoded = _decode_row(pipeline, out.rows_seen[target], info)
         kind, num_clients = "row", 1
+    elif out.result.seen is not None:  # the protocol shows the server partial means (grouped SecAgg+)
+        group = (out.result.seen_owner == out.result.seen_owner[target]).nonzero().flatten()
+        observed, kind, num_clients = out.result.seen[out.result.seen_owner[target]], "group mean", len(group)
     else:
         observed, kind, num_clients = out.delta, "aggregate", n
     observed = observed.detach().cpu().float()

@@ -199,3 +199,14 @@ def test_other_bad_input(setting):
     _bad(setting, ConfigError, r"bounds must be \(low, high\) with low < high", bounds=(1.0, 1.0))
     _bad(setting, ConfigError, "must be a fl_core.pipeline.Pipeline", pipeline=Median(f=1))
     _bad(setting, ConfigError, "must not carry an attack", pipeline=Pipeline(attack=lambda x, ctx: x))
+
+
+def test_grouped_secagg_shows_the_server_the_target_group_mean(setting, visible):
+    # the server sees each group's mean (2 clients here): it inverts the target's group as a batch of 2
+    from defenses.robust import Median
+    from secure_agg import GroupedSecAggPlus
+
+    pipe = Pipeline(secure=GroupedSecAggPlus(group_size=2, clip=1.0, gamma=0.0, delta=0.0), rule=Median())
+    out = _run(setting, pipe)
+    assert out["observed"] == "group mean"
+    assert out["psnr"] > out["baseline_psnr"] + 5.0  # a mean of two one-example updates still leaks

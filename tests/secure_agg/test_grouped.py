@@ -42,6 +42,10 @@ def test_equals_the_plaintext_rule_over_the_same_group_means(rule):
     assert torch.allclose(got.aggregate, want.aggregate.to(got.aggregate.dtype), atol=1e-4)  # quantisation
     for g, k in zip(groups, want.kept.tolist(), strict=True):
         assert got.kept[g].tolist() == [k] * len(g)
+    # what the server sees besides the aggregate: every group's mean, and which group each client is in
+    assert torch.allclose(got.seen, means.to(got.seen.dtype), atol=1e-4)
+    for i, g in enumerate(groups):
+        assert got.seen_owner[g].tolist() == [i] * len(g)
 
 
 def test_median_over_group_means_stays_within_the_honest_bound_where_secagg_plus_does_not():
