@@ -8,7 +8,7 @@ import torch
 from defenses.robust import Krum, Median, TrimmedMean
 from fl_core.aggregation import RoundContext, WeightedMean
 from fl_core.contracts import CompositionError
-from fl_core.errors import ConfigError, ToleranceError
+from fl_core.errors import ConfigError, InvalidUpdateError, ToleranceError
 from fl_core.pipeline import Pipeline, Round
 from secure_agg import SecAggPlusAggregator
 from secure_agg.grouped import GroupedSecAggPlus, random_groups
@@ -95,3 +95,19 @@ def test_bad_parameters_are_refused():
         GroupedSecAggPlus(group_size=3, clip=1.0).check_tolerance(9)
     entry = SECURE_PROTOCOLS.get("grouped-secagg-plus")
     assert entry.obj is GroupedSecAggPlus and "any" in entry.tags["robust_rules"]
+
+
+def test_extreme_and_invalid_rows():
+    """A 3e38 row is clipped by SecAgg+ and outvoted by the median; NaN rows and a wrong weight shape are refused."""
+    n, d = 10, 4
+    U = torch.randn(n, d, generator=torch.Generator().manual_seed(5)) * 0.05
+    U[3] = 3e38
+    agg = GroupedSecAggPlus(group_size=2, clip=1.0, rule=Median(f=1), **EXACT)
+    out = agg.aggregate(U, torch.ones(n), ctx=_ctx(n, d))
+    assert torch.isfinite(out.aggregate).all() and float(out.aggregate.abs().max()) < 0.2
+    bad = U.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(InvalidUpdateError, match="non-finite"):
+        agg.aggregate(bad, torch.ones(n), ctx=_ctx(n, d))
+    with pytest.raises(InvalidUpdateError):
+        agg.aggregate(U, torch.ones(n - 1), ctx=_ctx(n, d))
