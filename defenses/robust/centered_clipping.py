@@ -20,7 +20,8 @@ from defenses.robust.base import RobustAggregator, all_kept, check_count, check_
 from defenses.robust.errors import StateMismatchError
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
-from fl_core.numerics import combine, row_norms
+from fl_core.geometry import Decision, GeometricRule, Geometry, Needs
+from fl_core.numerics import WIDE, combine, row_norms
 from fl_core.state import check_state, state_tensor
 
 __all__ = ["CenteredClipping"]
@@ -31,7 +32,7 @@ __all__ = ["CenteredClipping"]
     kind="rule",
     description="clip updates around the previous aggregate, L iterations (Karimireddy et al. 2021); stateful; n > 2f",
 )
-class CenteredClipping(RobustAggregator):
+class CenteredClipping(GeometricRule, RobustAggregator):
     """Centered clipping around a reference kept across rounds.
 
     Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust
@@ -132,15 +133,7 @@ class CenteredClipping(RobustAggregator):
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         n, d = updates.shape
-        if self._v is None:
-            v = torch.zeros(d, dtype=updates.dtype, device=updates.device)
-        else:
-            if self._v.shape[0] != d:
-                raise StateMismatchError(
-                    f"CenteredClipping holds a reference of d={self._v.shape[0]} but got d={d}; "
-                    "call reset() between runs"
-                )
-            v = self._v.to(device=updates.device, dtype=updates.dtype)
+        v = self._reference(d).to(device=updates.device, dtype=updates.dtype)
         scores = None
         clipped = 0.0
         for it in range(self.L):
@@ -161,6 +154,45 @@ class CenteredClipping(RobustAggregator):
             scores=scores,
             metrics={"clipped": clipped},
         )
+
+    def _reference(self, d: int) -> torch.Tensor:
+        if self._v is None:
+            return torch.zeros(d, dtype=WIDE)
+        if self._v.shape[0] != d:
+            raise StateMismatchError(
+                f"CenteredClipping holds a reference of d={self._v.shape[0]} but got d={d}; call reset() between runs"
+            )
+        return self._v
+
+    def geometry_needs(self) -> Needs:
+        """Distances to ``v_0`` (the references) for ``L = 1``; every inner product for ``L > 1``."""
+        return Needs.REFERENCES if self.L == 1 else Needs.GRAM
+
+    def references(self, d: int, ctx: RoundContext | None) -> torch.Tensor:
+        """The reference ``v_0`` (the previous aggregate, public to the servers)."""
+        return self._reference(d).to(WIDE)[None]
+
+    def decide(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> Decision:
+        """The ``L`` iterations on coefficients over ``[x_1..x_n, v_0]``: ``v_l = c_l @ [X; v_0]``."""
+        n = geometry.n
+        coef = torch.zeros(n + geometry.r, dtype=WIDE, device=geometry.gram.device)
+        coef[n] = 1.0
+        sq, scores, clipped = geometry.norms2(), None, 0.0
+        for it in range(self.L):
+            dots = geometry.dots_with(coef)
+            nz = coef != 0
+            dist = (sq - 2.0 * dots[:n] + coef[nz] @ dots[nz]).clamp_min(0.0).sqrt()
+            over = dist > self.tau
+            scale = torch.where(over, self.tau / dist, torch.ones_like(dist)) / n
+            if it == 0:
+                scores, clipped = dist, float(over.sum())
+            coef = coef * (1.0 - scale.sum())
+            coef[:n] += scale
+        return Decision(coef=coef, kept=all_kept(n, coef.device), scores=scores, metrics={"clipped": clipped})
+
+    def observe(self, aggregate: torch.Tensor) -> None:
+        """The opened aggregate is the next round's reference."""
+        self._v = aggregate.detach().clone()
 
     def __repr__(self) -> str:
         return f"CenteredClipping(f={self.f}, tau={self.tau}, L={self.L})"

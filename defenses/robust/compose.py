@@ -22,11 +22,12 @@ from defenses.robust.base import PreAggregator, RobustAggregator
 from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
 from fl_core.contracts import CompositionError, StageContract
 from fl_core.errors import ConfigError
+from fl_core.geometry import Decision, GeometricMixer, GeometricRule, Geometry, Needs, supports_geometry
 
 __all__ = ["Compose"]
 
 
-class Compose(RobustAggregator):
+class Compose(GeometricRule, RobustAggregator):
     """Apply pre-aggregators in order, then a rule.
 
     ``Compose(p_1, ..., p_k, rule)`` runs ``p_1`` on the cohort, ``p_2`` on its
@@ -123,6 +124,35 @@ class Compose(RobustAggregator):
             scores=None if res.scores is None else res.scores[owner],
             metrics=dict(res.metrics),
         )
+
+    def geometry_supported(self) -> bool:
+        """When the rule decides from the geometry and every pre-aggregator mixes by it (NNM)."""
+        return supports_geometry(self.rule) and all(isinstance(p, GeometricMixer) for p in self.pre)
+
+    def geometry_needs(self) -> Needs:
+        """The most any stage reads."""
+        return max([self.rule.geometry_needs(), *(p.geometry_needs() for p in self.pre)])  # type: ignore[attr-defined]
+
+    def references(self, d: int, ctx: RoundContext | None) -> torch.Tensor:
+        """The rule's references."""
+        return self.rule.references(d, ctx)  # type: ignore[attr-defined]
+
+    def decide(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> Decision:
+        """Mix through each pre-aggregator's matrix ``M`` (the rows' Gram becomes ``M G M^T``), then the rule."""
+        if not self.geometry_supported():
+            raise CompositionError(f"{self.label} cannot decide from the geometry alone")
+        n = geometry.n
+        total = torch.eye(n, dtype=torch.float64, device=geometry.gram.device)
+        for p in self.pre:
+            mix = p.mixing(geometry, weights, ctx)  # type: ignore[attr-defined]
+            geometry, total = geometry.mixed(mix), mix @ total
+        dec = self.rule.decide(geometry, weights, ctx)  # type: ignore[attr-defined]
+        coef = torch.cat([dec.coef[: geometry.n] @ total, dec.coef[geometry.n :]])
+        return dataclasses.replace(dec, coef=coef)
+
+    def observe(self, aggregate: torch.Tensor) -> None:
+        """Passed on to the rule."""
+        self.rule.observe(aggregate)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"Compose({', '.join(repr(s) for s in (*self.pre, self.rule))})"

@@ -199,6 +199,18 @@ def pairwise_cosine_similarity(updates: torch.Tensor) -> torch.Tensor:
     """
     gram, rows = _gram(updates)
     gram = gram.to(WIDE) if rows.numel() == 0 else _rescaled_gram(updates, gram, rows)[0]
+    return cosine_from_gram(gram)
+
+
+def cosine_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """Cosines from an ``(n, n)`` Gram matrix; a zero row has cosine 0 with every row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cosine_from_gram(torch.tensor([[4.0, 2.0], [2.0, 4.0]], dtype=torch.float64)).tolist()
+    [[1.0, 0.5], [0.5, 1.0]]
+    """
     norms = torch.sqrt(torch.diagonal(gram).clamp(min=0.0))
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
     cos = gram / (safe[:, None] * safe[None, :])

@@ -20,14 +20,15 @@ import torch
 from sklearn.cluster import HDBSCAN
 
 from defenses.robust.base import RobustAggregator, is_real, require, resolve_generator
-from defenses.robust.distances import pairwise_cosine_similarity
+from defenses.robust.distances import cosine_from_gram, pairwise_cosine_similarity
 from defenses.robust.registry import register
 from defenses.robust.sorting import column_median, sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.errors import ConfigError
+from fl_core.geometry import Decision, GeometricRule, Geometry, Needs
 from fl_core.numerics import WIDE, combine, row_norms
 
-__all__ = ["FLAME", "flame_clusters"]
+__all__ = ["FLAME", "flame_admit", "flame_clusters"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,13 @@ def flame_clusters(updates: torch.Tensor) -> torch.Tensor:
     >>> flame_clusters(U).tolist()
     [True, True, True, False]
     """
-    n = updates.shape[0]
-    dist = (1.0 - pairwise_cosine_similarity(updates)).double().cpu().numpy()
+    return flame_admit(pairwise_cosine_similarity(updates)).to(updates.device)
+
+
+def flame_admit(cos: torch.Tensor) -> torch.Tensor:
+    """The majority-cluster mask of :func:`flame_clusters` from the ``(n, n)`` cosine matrix."""
+    n = cos.shape[0]
+    dist = (1.0 - cos).double().cpu().numpy()
     dist = np.clip(0.5 * (dist + dist.T), 0.0, 2.0)
     np.fill_diagonal(dist, 0.0)
     labels = (
@@ -64,9 +70,9 @@ def flame_clusters(updates: torch.Tensor) -> torch.Tensor:
     )
     clustered = labels[labels >= 0]
     if clustered.size == 0:
-        return torch.zeros(n, dtype=torch.bool, device=updates.device)
+        return torch.zeros(n, dtype=torch.bool, device=cos.device)
     majority = np.bincount(clustered).argmax()
-    return torch.as_tensor(labels == majority, device=updates.device)
+    return torch.as_tensor(labels == majority, device=cos.device)
 
 
 @register(
@@ -75,7 +81,7 @@ def flame_clusters(updates: torch.Tensor) -> torch.Tensor:
     description="HDBSCAN on cosine distances, median-norm clipping, "
     "adaptive Gaussian noise (Nguyen et al. 2022); n > 2f",
 )
-class FLAME(RobustAggregator):
+class FLAME(GeometricRule, RobustAggregator):
     """FLAME: clustering, adaptive clipping and adaptive noise against backdoors.
 
     Nguyen, Rieger, Chen, Yalame, Möllering, Fereidooni, Marchal, Miettinen,
@@ -147,29 +153,37 @@ class FLAME(RobustAggregator):
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         gen = resolve_generator(self.generator, ctx, "FLAME")
-        admitted = flame_clusters(updates)
-        norms = row_norms(updates)
+        coef, admitted, factor, metrics = self._coef(flame_clusters(updates), row_norms(updates))
+        agg = combine(coef, updates)
+        if metrics["admitted"] > 0:
+            noise = torch.randn(updates.shape[1], generator=gen, device=gen.device, dtype=updates.dtype)
+            coef_noise = torch.tensor([1.0, metrics["sigma"]], dtype=WIDE, device=updates.device)
+            agg = combine(coef_noise, torch.stack([agg, noise.to(updates.device)]))
+        return AggregationResult(aggregate=agg, kept=admitted, scores=factor, metrics=metrics)
+
+    def _coef(self, admitted: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Coefficients, admission mask, clip factors and metrics from the cluster mask and the norms."""
         s_t = column_median(sort_columns(norms[:, None]))[0]
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
         factor = torch.where(norms > s_t, s_t / safe, torch.ones_like(norms))
         count = int(admitted.sum())
         if count == 0:
             logger.warning("FLAME: HDBSCAN admitted no cluster; returning the zero update")
-            agg = torch.zeros_like(updates[0])
-            sigma = 0.0
-        else:
-            coef = factor * admitted.to(WIDE) / count
-            agg = combine(coef, updates)
-            sigma = self.lam * float(s_t)
-            noise = torch.randn(updates.shape[1], generator=gen, device=gen.device, dtype=updates.dtype)
-            coef_noise = torch.tensor([1.0, sigma], dtype=WIDE, device=updates.device)
-            agg = combine(coef_noise, torch.stack([agg, noise.to(updates.device)]))
-        return AggregationResult(
-            aggregate=agg,
-            kept=admitted,
-            scores=factor,
-            metrics={"S_t": float(s_t), "sigma": sigma, "admitted": float(count)},
-        )
+        coef = factor * admitted.to(WIDE) / max(count, 1)
+        sigma = self.lam * float(s_t) if count else 0.0
+        return coef, admitted, factor, {"S_t": float(s_t), "sigma": sigma, "admitted": float(count)}
+
+    def geometry_needs(self) -> Needs:
+        """Pairwise cosines: every inner product."""
+        return Needs.GRAM
+
+    def decide(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> Decision:
+        """Clusters from the cosines of the Gram matrix, ``S_t`` from the norms; the noise is the servers' to add."""
+        self.check_tolerance(geometry.n)
+        admitted = flame_admit(cosine_from_gram(geometry.client_gram()))
+        coef, admitted, factor, metrics = self._coef(admitted, geometry.norms2().clamp_min(0.0).sqrt())
+        full = torch.cat([coef, torch.zeros(geometry.r, dtype=WIDE, device=coef.device)])
+        return Decision(coef=full, kept=admitted, scores=factor, metrics=metrics, noise_std=metrics["sigma"])
 
     def __repr__(self) -> str:
         return f"FLAME(f={self.f}, lam={self.lam})"

@@ -23,7 +23,8 @@ from defenses.robust.formats import to_vector
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
 from fl_core.errors import ConfigError, InvalidUpdateError
-from fl_core.numerics import combine, row_dots, row_norms
+from fl_core.geometry import Decision, GeometricRule, Geometry, Needs
+from fl_core.numerics import WIDE, combine, row_dots, row_norms
 from fl_core.updates import check_update
 
 __all__ = ["FLTrust"]
@@ -38,7 +39,7 @@ ServerUpdateFn = Callable[[RoundContext | None], Any]
     kind="rule",
     description="ReLU-cosine trust against the server's root-dataset update, magnitude-normalised (Cao et al. 2021)",
 )
-class FLTrust(RobustAggregator):
+class FLTrust(GeometricRule, RobustAggregator):
     """FLTrust: trust scores from a server update computed on a small clean root dataset.
 
     Cao, Fang, Liu, Gong, "FLTrust: Byzantine-robust Federated Learning via
@@ -132,16 +133,37 @@ class FLTrust(RobustAggregator):
         g0 = self._server_update(ctx, updates)
         g0_norm = row_norms(g0[None])[0]
         norms = row_norms(updates)
-        safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-        cos = (row_dots(updates, g0, norms, g0_norm) / (safe * g0_norm)).clamp(-1.0, 1.0)
-        trust = torch.relu(cos).masked_fill(norms == 0, 0.0)
-        total = trust.sum()
-        if bool(total > 0):
-            coef = trust * g0_norm / (safe * total)
-            agg = combine(coef, updates)
-        else:
-            logger.warning("FLTrust: every trust score is 0; returning the zero update")
-            agg = torch.zeros_like(g0)
+        trust, coef = _trust(norms, row_dots(updates, g0, norms, g0_norm), g0_norm)
+        agg = combine(coef, updates) if coef is not None else torch.zeros_like(g0)
         return AggregationResult(
             aggregate=agg, kept=trust > 0, scores=trust, metrics={"trusted": float((trust > 0).sum())}
         )
+
+    def geometry_needs(self) -> Needs:
+        """Norms and the inner products with the root update ``g0``."""
+        return Needs.REFERENCES
+
+    def references(self, d: int, ctx: RoundContext | None) -> torch.Tensor:
+        """``g0``, the one reference vector, which both servers know."""
+        return self._server_update(ctx, torch.empty(0, d, dtype=WIDE))[None]
+
+    def decide(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> Decision:
+        """The trust scores from ``||x_i||``, ``||g0||`` and ``<x_i, g0>``."""
+        norms = geometry.norms2().clamp_min(0.0).sqrt()
+        trust, coef = _trust(norms, geometry.ref_dots(0), geometry.ref_norm2(0).sqrt())
+        full = torch.zeros(geometry.n + geometry.r, dtype=WIDE, device=norms.device)
+        if coef is not None:
+            full[: geometry.n] = coef
+        return Decision(coef=full, kept=trust > 0, scores=trust, metrics={"trusted": float((trust > 0).sum())})
+
+
+def _trust(norms: torch.Tensor, dots: torch.Tensor, g0_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Trust scores ``ReLU(cos)`` and the coefficients ``TS_i ||g0|| / (||x_i|| sum TS)`` (``None``: nobody trusted)."""
+    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+    cos = (dots / (safe * g0_norm)).clamp(-1.0, 1.0)
+    trust = torch.relu(cos).masked_fill(norms == 0, 0.0)
+    total = trust.sum()
+    if not bool(total > 0):
+        logger.warning("FLTrust: every trust score is 0; returning the zero update")
+        return trust, None
+    return trust, trust * g0_norm / (safe * total)

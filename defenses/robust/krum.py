@@ -24,6 +24,7 @@ from defenses.robust.base import RobustAggregator, check_count, require
 from defenses.robust.distances import scaled_sq_distances
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.geometry import Decision, GeometricRule, Geometry, Needs
 from fl_core.numerics import WIDE, combine, unscale
 
 __all__ = ["Krum", "MultiKrum", "krum_order", "krum_scores", "krum_winner"]
@@ -97,7 +98,7 @@ def krum_winner(scores: torch.Tensor, sq_dist: torch.Tensor, active: torch.Tenso
     kind="rule",
     description="update closest to its n-f-2 neighbours (Blanchard et al. 2017); n > 2f+2",
 )
-class Krum(RobustAggregator):
+class Krum(GeometricRule, RobustAggregator):
     """Krum: the update with the smallest sum of squared distances to its neighbours.
 
     Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with
@@ -137,10 +138,28 @@ class Krum(RobustAggregator):
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         scores, dist, log2 = self._scores(updates)
-        best = krum_winner(scores, dist)
-        kept = torch.zeros(updates.shape[0], dtype=torch.bool, device=updates.device)
-        kept[best] = True
-        return AggregationResult(aggregate=updates[best].clone(), kept=kept, scores=unscale(scores, log2))
+        kept = self._select(scores, dist)
+        return AggregationResult(aggregate=updates[kept][0].clone(), kept=kept, scores=unscale(scores, log2))
+
+    def geometry_needs(self) -> Needs:
+        """Pairwise distances: the full Gram matrix."""
+        return Needs.GRAM
+
+    def _select(self, scores: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        kept = torch.zeros(dist.shape[0], dtype=torch.bool, device=dist.device)
+        kept[krum_winner(scores, dist)] = True
+        return kept
+
+    def decide(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> Decision:
+        """The same choice from the distances ``||x_i||^2 + ||x_j||^2 - 2<x_i, x_j>`` of the geometry."""
+        n = geometry.n
+        self.check_tolerance(n)
+        dist = geometry.sq_distances()
+        scores = krum_scores(dist, n - self.f - 2)
+        kept = self._select(scores, dist)
+        coef = torch.zeros(n + geometry.r, dtype=WIDE, device=dist.device)
+        coef[:n] = kept.to(WIDE) / int(kept.sum())
+        return Decision(coef=coef, kept=kept, scores=scores)
 
 
 @register(
@@ -184,11 +203,15 @@ class MultiKrum(Krum):
         n = updates.shape[0]
         m = n - self.f if self.m is None else self.m
         scores, dist, log2 = self._scores(updates)
-        chosen = krum_order(scores, dist)[:m]
-        kept = torch.zeros(n, dtype=torch.bool, device=updates.device)
-        kept[chosen] = True
+        kept = self._select(scores, dist)
         agg = combine(kept.to(WIDE) / m, updates)
         return AggregationResult(aggregate=agg, kept=kept, scores=unscale(scores, log2))
+
+    def _select(self, scores: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        n = dist.shape[0]
+        kept = torch.zeros(n, dtype=torch.bool, device=dist.device)
+        kept[krum_order(scores, dist)[: n - self.f if self.m is None else self.m]] = True
+        return kept
 
     def __repr__(self) -> str:
         return f"MultiKrum(f={self.f}, m={self.m})"

@@ -14,6 +14,8 @@ import torch
 from defenses.robust.base import RobustAggregator, all_kept, check_positive
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
+from fl_core.errors import ConfigError
+from fl_core.geometry import Decision, GeometricRule, Geometry, Needs
 from fl_core.numerics import WIDE, combine, row_norms
 
 __all__ = ["NormBound"]
@@ -24,7 +26,7 @@ __all__ = ["NormBound"]
     kind="rule",
     description="clip every update to L2 norm M, then weighted mean (Sun et al. 2019)",
 )
-class NormBound(RobustAggregator):
+class NormBound(GeometricRule, RobustAggregator):
     """Clip each update to norm ``M``, then take the weighted mean.
 
     Sun, Kairouz, Suresh, McMahan, "Can You Really Backdoor Federated
@@ -42,6 +44,9 @@ class NormBound(RobustAggregator):
     M : float
         Norm bound, ``M > 0``; there is no universal default, it depends on the
         model and learning rate.
+    reject : bool
+        Leave updates of norm above ``M`` out (and average the others) instead of
+        clipping them; if every update is over, the aggregate is zero.
 
     Notes
     -----
@@ -56,22 +61,46 @@ class NormBound(RobustAggregator):
 
     OUTPUT_REGION = "hull"
 
-    def __init__(self, *, f: int = 0, M: float) -> None:
+    def __init__(self, *, f: int = 0, M: float, reject: bool = False) -> None:
         super().__init__(f=f)
         self.M = check_positive("M", M)
+        if not isinstance(reject, bool):
+            raise ConfigError(f"reject must be a bool, got reject={reject!r}")
+        self.reject = reject
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         norms = row_norms(updates)
-        over = norms > self.M
-        scale = torch.where(over, self.M / norms, torch.ones_like(norms))
-        w = weights.to(WIDE)
-        coef = scale * w / w.sum()
+        coef, over = self._coef(norms, weights)
         return AggregationResult(
             aggregate=combine(coef, updates),
-            kept=all_kept(updates.shape[0], updates.device),
+            kept=~over if self.reject else all_kept(updates.shape[0], updates.device),
             scores=norms,
             metrics={"clipped": float(over.sum())},
         )
 
+    def _coef(self, norms: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        over = norms > self.M
+        w = weights.to(WIDE).to(norms.device)
+        if self.reject:
+            kept = w * (~over).to(WIDE)
+            total = kept.sum()
+            return (kept / total if bool(total > 0) else kept), over
+        scale = torch.where(over, self.M / norms, torch.ones_like(norms))
+        return scale * w / w.sum(), over
+
+    def geometry_needs(self) -> Needs:
+        """Only the norms."""
+        return Needs.NORMS
+
+    def decide(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> Decision:
+        """The clip factors ``min(1, M / ||x_i||)`` times the normalised weights."""
+        norms = geometry.norms2().clamp_min(0.0).sqrt()
+        coef, over = self._coef(norms, weights)
+        full = torch.cat([coef, torch.zeros(geometry.r, dtype=WIDE, device=coef.device)])
+        kept = ~over if self.reject else all_kept(geometry.n, coef.device)
+        return Decision(coef=full, kept=kept, scores=norms,
+                        metrics={"clipped": float(over.sum())})
+
     def __repr__(self) -> str:
-        return f"NormBound(f={self.f}, M={self.M})"
+        extra = ", reject=True" if self.reject else ""
+        return f"NormBound(f={self.f}, M={self.M}{extra})"

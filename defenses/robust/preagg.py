@@ -28,6 +28,7 @@ from defenses.robust.base import (
 from defenses.robust.distances import scaled_sq_distances
 from defenses.robust.registry import register
 from fl_core.aggregation import RoundContext
+from fl_core.geometry import GeometricMixer, Geometry, Needs
 from fl_core.numerics import WIDE, clip_rows, mix_rows, row_norms
 
 __all__ = ["ARC", "NNM", "Bucketing"]
@@ -42,7 +43,7 @@ def _identity_owner(n: int, device: torch.device) -> torch.Tensor:
     kind="pre",
     description="replace each update by the mean of its n-f nearest neighbours (Allouah et al. 2023); n > 2f",
 )
-class NNM(PreAggregator):
+class NNM(GeometricMixer, PreAggregator):
     """Nearest Neighbour Mixing.
 
     Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing by Mixing:
@@ -75,14 +76,26 @@ class NNM(PreAggregator):
 
     def _transform(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> PreAggregation:
         n = updates.shape[0]
-        k = n - self.f
-        key, _ = scaled_sq_distances(updates)
-        # self first on ties: a negative key on the diagonal
-        key.fill_diagonal_(-1.0)
-        neighbours = key.topk(k, dim=1, largest=False).indices
-        mix = torch.zeros(n, n, dtype=WIDE, device=updates.device)
-        mix.scatter_(1, neighbours, 1.0 / k)
+        mix = _nnm_mix(scaled_sq_distances(updates)[0], n - self.f)
         return PreAggregation(updates=mix_rows(mix, updates), weights=weights, owner=_identity_owner(n, updates.device))
+
+    def geometry_needs(self) -> Needs:
+        """Pairwise distances: every inner product."""
+        return Needs.GRAM
+
+    def mixing(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> torch.Tensor:
+        """The same ``(n, n)`` mixing matrix, from the distances of the geometry."""
+        self.check_tolerance(geometry.n)
+        return _nnm_mix(geometry.sq_distances().clone(), geometry.n - self.f)
+
+
+def _nnm_mix(key: torch.Tensor, k: int) -> torch.Tensor:
+    """Row ``i``: ``1/k`` on the ``k`` nearest rows of ``i`` (itself first on ties), from squared distances ``key``."""
+    n = key.shape[0]
+    key.fill_diagonal_(-1.0)
+    neighbours = key.topk(k, dim=1, largest=False).indices
+    mix = torch.zeros(n, n, dtype=WIDE, device=key.device)
+    return mix.scatter_(1, neighbours, 1.0 / k)
 
 
 @register("bucketing", kind="pre", description="average random buckets of s updates (Karimireddy et al. 2022)")
