@@ -61,6 +61,7 @@ from secure_agg.params import SecAggParams
 from secure_agg.quantize import FixedPointEncoder, ring_dtype
 from secure_agg.runner import RunResult, run_secagg
 from secure_agg.server import SecAggServer, ServerResult, ServerState
+from secure_agg.twoserver import TwoServerAggregator, TwoServerRound
 
 __all__ = [
     "BFVAggregator",
@@ -86,6 +87,8 @@ __all__ = [
     "ServerState",
     "ShamirError",
     "Stage",
+    "TwoServerAggregator",
+    "TwoServerRound",
     "WireFormatError",
     "choose_k_t",
     "decode_message",

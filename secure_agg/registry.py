@@ -8,7 +8,7 @@ Examples
 --------
 >>> from secure_agg.registry import SECURE_PROTOCOLS
 >>> SECURE_PROTOCOLS.names()
-['bfv', 'ckks', 'grouped_secagg_plus', 'secagg', 'secagg_plus']
+['bfv', 'ckks', 'grouped_secagg_plus', 'secagg', 'secagg_plus', 'two_server']
 >>> type(SECURE_PROTOCOLS.make("secagg-plus", clip=1.0)).__name__
 'SecAggPlusAggregator'
 >>> SECURE_PROTOCOLS.make("secagg")
@@ -24,6 +24,7 @@ from fl_core.registry import Registry
 from secure_agg.aggregator import SecAggAggregator, SecAggPlusAggregator
 from secure_agg.grouped import GroupedSecAggPlus
 from secure_agg.he.aggregator import BFVAggregator, CKKSAggregator
+from secure_agg.twoserver.aggregator import TwoServerAggregator
 
 __all__ = ["SECURE_PROTOCOLS"]
 
@@ -42,9 +43,18 @@ for _name, _cls, _description in (
         GroupedSecAggPlus,
         "SecAgg+ in random groups of s clients, any robust rule over the group means (Velicheti et al. 2021)",
     ),
+    (
+        "two_server",
+        TwoServerAggregator,
+        "two non-colluding servers on secret shares, norms/inner products opened for a robust rule (ELSA-style)",
+    ),
     ("ckks", CKKSAggregator, "TenSEAL CKKS: approximate float sums under homomorphic encryption"),
     ("bfv", BFVAggregator, "TenSEAL BFV: exact integer sums of quantised updates under HE"),
 ):
     # the robust rules a protocol can run on hidden rows (Pipeline(secure=..., rule=...))
-    _rules = "robust rules: any, over the group means" if _cls is GroupedSecAggPlus else "robust rules: none"
+    _rules = {
+        GroupedSecAggPlus: "robust rules: any, over the group means",
+        TwoServerAggregator: "robust rules: norm_bound, krum, multi_krum, fltrust, centered_clipping, flame, "
+        "NNM before them (on opened norms and inner products)",
+    }.get(_cls, "robust rules: none")
     SECURE_PROTOCOLS.register(_name, description=_description, robust_rules=_rules)(_cls)

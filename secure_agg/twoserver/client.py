@@ -13,7 +13,7 @@ Examples
 >>> c = ShareClient(party=Party(7), server_publics=(servers[0].public, servers[1].public), frac_bits=16)
 >>> to_s0, to_s1 = c.share(np.full(1000, 0.5), weight=3.0, round_id=1)
 >>> len(to_s0), len(to_s1)
-(106, 8087)
+(106, 8075)
 """
 
 from __future__ import annotations
