@@ -80,6 +80,8 @@ class TwoServerRound:
         self.dealer = Dealer(party=Party(DEALER), server_publics=(self.servers[0].public, self.servers[1].public))
         self.clients: dict[int, Party] = {}
         self._noise = np.random.SeedSequence(seed)
+        #: Both servers' outcomes of the latest round (they must agree; the tests check it).
+        self.outcomes: tuple[ServerOutcome, ServerOutcome] | None = None
 
     def client(self, cid: int) -> ShareClient:
         """Client ``cid``'s role (its key is made on first use and registered with the servers)."""
@@ -109,7 +111,8 @@ class TwoServerRound:
             if got is not None:
                 servers[k].receive_triples(got)
         self._upload(clients, rows, weights, ring_rows or {}, servers, round_id, cost, network)
-        outcome = self._online(servers, cost, network)
+        self.outcomes = self._online(servers, cost, network)
+        outcome = self.outcomes[0]
         for k in range(2):
             cost.server_online[k] = servers[k].online_seconds
             cost.server_offline[k] = servers[k].offline_seconds
@@ -139,7 +142,8 @@ class TwoServerRound:
                     servers[k].receive_client(cid, got)
 
     @staticmethod
-    def _online(servers: list[ShareServer], cost: RoundCost, network: Network | None) -> ServerOutcome:
+    def _online(servers: list[ShareServer], cost: RoundCost,
+                network: Network | None) -> tuple[ServerOutcome, ServerOutcome]:
         steps = [(ShareServer.survivors_frame, ShareServer.agree),
                  (ShareServer.openings_frame, ShareServer.receive_openings),
                  (ShareServer.validation_frame, ShareServer.receive_validation),
@@ -152,4 +156,4 @@ class TwoServerRound:
                 cost.peer_bytes[k] += len(sent[k])
                 got = _through(network, "peer", SERVERS[k], SERVERS[1 - k], sent[k])
                 outcomes[1 - k] = receive(servers[1 - k], got if got is not None else b"")
-        return outcomes[0]
+        return outcomes[0], outcomes[1]
