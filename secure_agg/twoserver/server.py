@@ -297,9 +297,15 @@ class ShareServer:
         return X
 
     # ---------------------------------------------------------------- OPEN
+    def _mask_rows(self, tag: int) -> np.ndarray:
+        """The mask rows of the cohort (no copy when every sampled client is in it)."""
+        a = self._triples[tag][0]  # type: ignore[index]
+        identity = len(self._rows) == len(a) and bool((self._rows == np.arange(len(a))).all())
+        return a if identity else a[self._rows]
+
     def _masked(self, tag: int) -> np.ndarray:
         y = self.X if tag in (0, GRAM_TAG) else truncate(self.X, tag)
-        return y - self._triples[tag][0][self._rows]  # type: ignore[index]
+        return y - self._mask_rows(tag)
 
     def openings_frame(self) -> bytes:
         """This server's shares of ``E = trunc(X, t) - A_t`` for every triple."""
@@ -339,16 +345,16 @@ class ShareServer:
         return min(self.params.frac_bits, 31 - max(0, math.ceil(math.log2(norm))) if norm > 0 else 31)
 
     def _square_product(self, E: np.ndarray, tag: int) -> np.ndarray:
-        a, c = self._triples[tag]  # type: ignore[index]
-        a = a[self._rows]
+        c = self._triples[tag][1]  # type: ignore[index]
+        a = self._mask_rows(tag)
         if self.index == 0:
             s = E + a
             return row_sums(s * s) - self._self_products[tag][self._rows] + c[self._rows]
         return row_sums(E * a) * U64(2) + c[self._rows]
 
     def _gram_product(self, E: np.ndarray) -> np.ndarray:
-        a, c = self._triples[GRAM_TAG]  # type: ignore[index]
-        a, idx = a[self._rows], np.ix_(self._rows, self._rows)
+        c = self._triples[GRAM_TAG][1]  # type: ignore[index]
+        a, idx = self._mask_rows(GRAM_TAG), np.ix_(self._rows, self._rows)
         if self.index == 0:
             return ring_matmul_t(E + a) - self._self_products[GRAM_TAG][idx] + c[idx]
         p = ring_matmul_t(E, a)

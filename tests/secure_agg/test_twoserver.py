@@ -215,3 +215,16 @@ def test_centered_clipping_keeps_its_reference_across_rounds():
         got, want = agg(X), plain(X[acc])
         assert torch.allclose(got, want, atol=5e-6)
     assert torch.allclose(secure.reference.float(), plain.reference.float(), atol=5e-6)
+
+
+def test_client_ids_in_any_order_and_gaps():
+    """Sampled ids unsorted and sparse: rows, masks and triples stay aligned."""
+    X, _ = _cohort(4)
+    ids = (907, 3, 55, 12, 8, 600, 41, 77, 5, 19, 2, 1000)
+    proto = TwoServerRound(bound=4.0, d=X.shape[1], rule=MultiKrum(f=2))
+    out, _ = proto.run(X.double().numpy(), np.ones(len(X)), round_id=9, client_ids=ids)
+    order = np.argsort(ids)  # the cohort is in id order
+    assert out.cohort == tuple(sorted(ids)) and set(out.rejected) == {ids[3]}
+    Xs = X[torch.from_numpy(order)]
+    acc = torch.from_numpy(out.accepted)
+    assert np.allclose(out.aggregate, MultiKrum(f=2)(Xs[acc].double()).numpy(), atol=2e-6)
