@@ -246,9 +246,20 @@ class RoundCounterState:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """``kind``, ``version``, ``config`` and ``calls`` (rounds run so far), all JSON types."""
-        return {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(),
-                "calls": self._calls}
+        """``kind``, ``version``, ``config`` and ``calls`` (rounds run so far), all JSON types.
+
+        An object that runs a robust rule of its own (attribute ``rule``, e.g. grouped SecAgg+
+        or two-server sharing with centered clipping) also saves the rule's state under ``rule``.
+        """
+        out = {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(),
+               "calls": self._calls}
+        save = getattr(getattr(self, "rule", None), "state_dict", None)
+        if callable(save):
+            try:
+                out["rule"] = save()
+            except NotImplementedError:
+                pass
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the round counter from a state of the same class and configuration.
@@ -260,7 +271,11 @@ class RoundCounterState:
             ``calls`` that is not an int >= 0.
         """
         kind = type(self).__name__
+        state = dict(state)
+        rule_state = state.pop("rule", None)
         state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=("calls",), config=self._config())
+        if rule_state is not None:
+            getattr(self, "rule").load_state_dict(rule_state)  # noqa: B009
         self._calls = state_int(state, "calls", kind=kind)
 
 

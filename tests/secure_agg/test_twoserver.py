@@ -228,3 +228,17 @@ def test_client_ids_in_any_order_and_gaps():
     Xs = X[torch.from_numpy(order)]
     acc = torch.from_numpy(out.accepted)
     assert np.allclose(out.aggregate, MultiKrum(f=2)(Xs[acc].double()).numpy(), atol=2e-6)
+
+
+def test_pipeline_state_keeps_the_rule_state_under_two_server():
+    X, _ = _cohort(0)
+    n, d = X.shape
+    make = lambda: Pipeline(secure=TwoServerAggregator(bound=4.0), rule=CenteredClipping(tau=0.5))  # noqa: E731
+    a = make()
+    for r in range(2):
+        a(X, torch.ones(n), Round(r, tuple(range(n)), torch.zeros(d)))
+    b = make()
+    b.load_state_dict(a.state_dict())
+    out_a = a(X, torch.ones(n), Round(2, tuple(range(n)), torch.zeros(d)))
+    out_b = b(X, torch.ones(n), Round(2, tuple(range(n)), torch.zeros(d)))
+    assert torch.allclose(out_a.delta, out_b.delta, atol=1e-6)
