@@ -49,6 +49,7 @@ def _bench_modules() -> list:
         "benchmarks.bench_crypto",
         "benchmarks.bench_fm",
         "benchmarks.bench_round",
+        "benchmarks.bench_twoserver",
     ):
         try:
             found.append(importlib.import_module(name))
