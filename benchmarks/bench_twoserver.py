@@ -320,7 +320,7 @@ def run_twoserver_bench(
     repeats: int = 1,
     plain_repeats: int = 3,
     seed: int = 0,
-    secagg_max: float = 5e7,
+    secagg_max: float = 1e8,
     mem_fraction: float = 0.8,
     mem_cohorts: float = MEM_COHORTS,
 ) -> dict[str, Any]:
@@ -530,7 +530,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"subset of {','.join(RULES)} (default {','.join(DEFAULT_RULES)})")
     p.add_argument("--repeats", type=int, default=1, help="protocol rounds per cell (min of each time)")
     p.add_argument("--plain-repeats", type=int, default=3, help="timed plaintext calls per cell (best of)")
-    p.add_argument("--secagg-max", type=float, default=5e7,
+    p.add_argument("--secagg-max", type=float, default=1e8,
                    help="run SecAgg+ only where n*d is at most this (0: never)")
     p.add_argument("--mem-fraction", type=float, default=0.8,
                    help="skip a configuration whose projected peak exceeds this fraction of the available memory")
