@@ -24,20 +24,26 @@ import math
 import numpy as np
 
 from secure_agg.errors import SecAggConfigError
+from secure_agg.prg import derive_key
 from secure_agg.twoserver.messages import ClientSeed, ClientVector, seal
-from secure_agg.twoserver.params import SERVERS, Party, expand, new_seed
+from secure_agg.twoserver.params import SERVERS, Party, keystream_words, new_seed
 from secure_agg.twoserver.ring import encode
 
-__all__ = ["CLIENT_PURPOSE", "ShareClient", "input_share"]
+__all__ = ["CLIENT_PURPOSE", "ShareClient", "input_key", "input_share"]
 
 logger = logging.getLogger(__name__)
 CLIENT_PURPOSE = b"2s-client"
 _LIMIT = 2.0**62 - 2.0**12
 
 
+def input_key(seed: bytes, *, round_id: int, client_id: int) -> bytes:
+    """The keystream key of S0's share ``x_0`` (any block: :func:`~secure_agg.twoserver.params.keystream_words`)."""
+    return derive_key(seed, purpose=b"2s-input", round_id=round_id, a=client_id, b=client_id)
+
+
 def input_share(seed: bytes, *, round_id: int, client_id: int, d: int) -> np.ndarray:
     """S0's share ``x_0``: the expansion of the client's seed."""
-    return expand(seed, purpose=b"2s-input", round_id=round_id, a=client_id, b=client_id, count=d)
+    return keystream_words(input_key(seed, round_id=round_id, client_id=client_id), slice(0, d))
 
 
 class ShareClient:

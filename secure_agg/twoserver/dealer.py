@@ -1,7 +1,7 @@
 """The dealer: a third party that sees no data and hands the servers correlated randomness.
 
 For each triple the dealer draws the masks ``A = A_0 + A_1`` (each share the AES-CTR
-expansion of a seed) and splits their products: for a norm triple the row sums
+expansion of a seed, row by row: :class:`MaskStream`) and splits their products: for a norm triple the row sums
 ``c = rowsum(A * A)`` (``n`` words), for the Gram triple ``C = A @ A.T`` (``n x n``).
 S0 receives only seeds (its ``A_0`` and its product share ``c_0``); S1 receives the seed
 of ``A_1`` and the corrections ``c_1 = c - c_0``. So the dealer sends ``O(n^2)`` words,
@@ -27,21 +27,44 @@ Examples
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from secure_agg.twoserver.messages import Triples, seal
-from secure_agg.twoserver.params import GRAM_TAG, SERVERS, Party, expand, new_seed
-from secure_agg.twoserver.ring import ring_matmul_t, row_sums
+from secure_agg.twoserver.params import GRAM_TAG, SERVERS, Party, expand, keystream_words, new_seed, row_key
+from secure_agg.twoserver.ring import GramAccumulator, column_blocks, row_sums
 
-__all__ = ["DEALER_PURPOSE", "Dealer", "triple_masks"]
+__all__ = ["DEALER_PURPOSE", "Dealer", "MaskStream", "product_share"]
 
 DEALER_PURPOSE = b"2s-dealer"
 
 
-def triple_masks(seed: bytes, *, round_id: int, tag: int, n: int, d: int) -> np.ndarray:
-    """One server's ``(n, d)`` mask share of triple ``tag``, expanded from its seed."""
-    return expand(seed, purpose=b"2s-triple-A", round_id=round_id, a=tag, b=0, count=n * d).reshape(n, d)
+class MaskStream:
+    """One server's mask share of triple ``tag``: row ``r`` is the keystream of ``HKDF(seed, tag, r)``.
+
+    Any block of rows and columns is produced on demand (:func:`~secure_agg.twoserver.params.keystream_words`),
+    so no party ever holds a whole ``(n, d)`` mask.
+
+    Examples
+    --------
+    >>> m = MaskStream(bytes(32), round_id=1, tag=5, n=3)
+    >>> m.block([0, 2], slice(0, 4)).shape
+    (2, 4)
+    >>> bool((m.block([2], slice(2, 4)) == m.block([0, 1, 2], slice(0, 4))[2:, 2:]).all())
+    True
+    """
+
+    def __init__(self, seed: bytes, *, round_id: int, tag: int, n: int) -> None:
+        if n >= 2**16:
+            raise ValueError(f"at most 65535 clients per round, got n={n}")
+        self.keys = [row_key(seed, purpose=b"2s-triple-A", round_id=round_id, tag=tag, row=r) for r in range(n)]
+
+    def block(self, rows: Sequence[int] | np.ndarray, cols: slice) -> np.ndarray:
+        out = np.empty((len(rows), cols.stop - cols.start), dtype=np.uint64)
+        for i, r in enumerate(rows):
+            out[i] = keystream_words(self.keys[int(r)], cols)
+        return out
 
 
 def product_share(seed: bytes, *, round_id: int, tag: int, n: int) -> np.ndarray:
@@ -69,9 +92,16 @@ class Dealer:
         seeds0, seeds1, corrections = [], [], []
         for tag in tags:
             a_seed0, c_seed0, a_seed1 = new_seed(), new_seed(), new_seed()
-            a = (triple_masks(a_seed0, round_id=round_id, tag=tag, n=n, d=d)
-                 + triple_masks(a_seed1, round_id=round_id, tag=tag, n=n, d=d))
-            product = ring_matmul_t(a) if tag == GRAM_TAG else row_sums(a * a)
+            m0, m1 = (MaskStream(sd, round_id=round_id, tag=tag, n=n) for sd in (a_seed0, a_seed1))
+            gram = GramAccumulator(n, n) if tag == GRAM_TAG else None
+            sums = np.zeros(n, dtype=np.uint64)
+            for cols in column_blocks(d):
+                a = m0.block(range(n), cols) + m1.block(range(n), cols)
+                if gram is not None:
+                    gram.add(a)
+                else:
+                    sums += row_sums(a * a)
+            product = gram.out if gram is not None else sums
             corrections.append((product - product_share(c_seed0, round_id=round_id, tag=tag, n=n)).ravel())
             seeds0 += [a_seed0, c_seed0]
             seeds1.append(a_seed1)

@@ -28,14 +28,17 @@ secure_agg.errors.MessageRejectedError: AggregateShare from 1: frame for round 7
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import ClassVar, TypeVar
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from secure_agg.crypto import decrypt, encrypt
 from secure_agg.errors import MessageRejectedError, WireFormatError
 
 __all__ = [
@@ -55,7 +58,8 @@ __all__ = [
 MAGIC = b"FL2S"
 WIRE_VERSION = 1
 _HEADER = struct.Struct("<4sBBQIIIQ")
-_NONCE_AND_TAG = 12 + 16
+_NONCE = 12
+_NONCE_AND_TAG = _NONCE + 16
 _LE64 = np.dtype("<u8")
 
 
@@ -72,7 +76,7 @@ class MsgType(IntEnum):
 
 
 class _Reader:
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: bytes | bytearray, what: str) -> None:
         self.data, self.pos, self.what = memoryview(data), 0, what
 
     def take(self, k: int) -> memoryview:
@@ -91,7 +95,7 @@ class _Reader:
             raise WireFormatError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
 
 
-def _put(kind: str, value: object) -> bytes:
+def _put(kind: str, value: object) -> bytes | list:
     if kind == "u32":
         return struct.pack("<I", value)
     if kind == "f64":
@@ -105,7 +109,7 @@ def _put(kind: str, value: object) -> bytes:
         vals = tuple(value)  # type: ignore[arg-type]
         return struct.pack(f"<I{len(vals)}d", len(vals), *vals)
     arr = np.ascontiguousarray(value, dtype=_LE64)  # "array": ndim, shape, little-endian uint64 words
-    return struct.pack(f"<B{arr.ndim}I", arr.ndim, *arr.shape) + arr.tobytes()
+    return [struct.pack(f"<B{arr.ndim}I", arr.ndim, *arr.shape), memoryview(arr).cast("B")]
 
 
 def _get(r: _Reader, kind: str) -> object:
@@ -121,7 +125,7 @@ def _get(r: _Reader, kind: str) -> object:
         raise WireFormatError(f"{r.what}: arrays have at most 3 dimensions, got {ndim}")
     shape = r.unpack(f"{ndim}I")
     count = int(np.prod(shape)) if shape else 1
-    return np.frombuffer(r.take(8 * count), dtype=_LE64).astype(np.uint64).reshape(shape)
+    return np.frombuffer(r.take(8 * count), dtype=_LE64).view(np.uint64).reshape(shape)  # a view, no copy
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,10 @@ class _Message:
     LAYOUT: ClassVar[tuple[tuple[str, str], ...]]
 
     def body(self) -> bytes:
-        return b"".join(_put(kind, getattr(self, name)) for name, kind in self.LAYOUT)
+        return b"".join(_body_parts(self))
 
     @classmethod
-    def parse(cls, body: bytes) -> _Message:
+    def parse(cls, body: bytes | bytearray) -> _Message:
         r = _Reader(body, cls.__name__)
         values = {name: _get(r, kind) for name, kind in cls.LAYOUT}
         r.end()
@@ -226,20 +230,50 @@ def _ad(header: bytes) -> bytes:
     return b"flsec-2s/" + header
 
 
-def seal(msg: _Message, key: bytes, *, round_id: int, sender: int, receiver: int, seq: int) -> bytes:
-    """The frame of ``msg`` under ``key`` (see the module docstring)."""
-    body = msg.body()
-    header = _HEADER.pack(MAGIC, WIRE_VERSION, int(msg.TYPE), round_id, sender, receiver, seq, len(body))
-    return header + encrypt(key, body, ad=_ad(header))
+def _body_parts(msg: _Message) -> list:
+    parts: list = []
+    for name, kind in msg.LAYOUT:
+        part = _put(kind, getattr(msg, name))
+        parts.extend(part if isinstance(part, list) else [part])
+    return parts
 
 
-def unseal(data: bytes, key: bytes, expect: type[M], *, round_id: int, sender: int, receiver: int, seq: int) -> M:
+def seal(msg: _Message, key: bytes, *, round_id: int, sender: int, receiver: int, seq: int) -> bytearray:
+    """The frame of ``msg`` under ``key`` (see the module docstring).
+
+    The body's parts (a ring matrix is a view of its array) are encrypted straight into
+    the one frame buffer with a streaming AES-GCM encryptor: no copy of the body is made.
+    """
+    parts = _body_parts(msg)
+    blen = sum(memoryview(p).nbytes for p in parts)
+    header = _HEADER.pack(MAGIC, WIRE_VERSION, int(msg.TYPE), round_id, sender, receiver, seq, blen)
+    nonce = os.urandom(_NONCE)
+    frame = bytearray(len(header) + _NONCE_AND_TAG + blen)
+    view = memoryview(frame)
+    view[: len(header)] = header
+    view[len(header) : len(header) + _NONCE] = nonce
+    enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+    enc.authenticate_additional_data(_ad(header))
+    pos = len(header) + _NONCE
+    for part in parts:
+        size = memoryview(part).nbytes
+        if size:  # the slice runs 15 bytes past the part (update_into's requirement); the tag follows
+            written = enc.update_into(part, view[pos : pos + size + 15])
+            assert written == size
+            pos += size
+    enc.finalize()
+    view[pos:] = enc.tag
+    return frame
+
+
+def unseal(data: bytes | bytearray, key: bytes, expect: type[M], *, round_id: int, sender: int, receiver: int,
+           seq: int) -> M:
     """Check and open a frame: the expected type, round, ids and position; then authenticate and parse."""
     what = f"{expect.__name__} from {sender}"
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) < _HEADER.size + _NONCE_AND_TAG:
         raise WireFormatError(f"{what}: frame too short ({len(data) if hasattr(data, '__len__') else '?'} bytes)")
-    data = bytes(data)
-    magic, version, mtype, rnd, snd, rcv, sq, blen = _HEADER.unpack_from(data)
+    view = memoryview(data)
+    magic, version, mtype, rnd, snd, rcv, sq, blen = _HEADER.unpack_from(view)
     if magic != MAGIC or version != WIRE_VERSION:
         raise WireFormatError(f"{what}: bad magic {magic!r} or version {version} (expected {WIRE_VERSION})")
     if mtype != expect.TYPE:
@@ -250,10 +284,19 @@ def unseal(data: bytes, key: bytes, expect: type[M], *, round_id: int, sender: i
     if (snd, rcv, sq) != (sender, receiver, seq):
         raise MessageRejectedError(f"{what}: frame from {snd} to {rcv} at position {sq}, "
                                    f"expected {sender} to {receiver} at {seq} (replayed or redirected)")
-    if len(data) != _HEADER.size + _NONCE_AND_TAG + blen:
-        raise WireFormatError(f"{what}: frame of {len(data)} bytes does not match its body length {blen}")
-    header = data[: _HEADER.size]
-    return expect.parse(decrypt(key, data[_HEADER.size :], ad=_ad(header)))  # type: ignore[return-value]
+    if len(view) != _HEADER.size + _NONCE_AND_TAG + blen:
+        raise WireFormatError(f"{what}: frame of {len(view)} bytes does not match its body length {blen}")
+    body = memoryview(np.empty(blen, dtype=np.uint8))  # no zero fill: decryption writes every byte
+    start = _HEADER.size + _NONCE
+    nonce, ad, aead = view[_HEADER.size : start], _ad(bytes(view[: _HEADER.size])), AESGCM(key)
+    try:
+        if hasattr(aead, "decrypt_into"):
+            aead.decrypt_into(nonce, view[start:], ad, body)
+        else:
+            body[:] = aead.decrypt(bytes(nonce), bytes(view[start:]), ad)  # cryptography < 45
+    except InvalidTag:
+        raise MessageRejectedError(f"{what}: frame failed authentication") from None
+    return expect.parse(body)  # type: ignore[return-value]
 
 
 def field_names(cls: type[_Message]) -> tuple[str, ...]:

@@ -15,13 +15,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secure_agg.crypto import pair_key, public_bytes
 from secure_agg.errors import SecAggConfigError
 from secure_agg.prg import derive_key, expand_mask
 from secure_agg.twoserver.ring import validation_levels
 
-__all__ = ["DEALER", "GRAM_TAG", "SERVERS", "Party", "TwoServerParams", "expand", "new_seed"]
+__all__ = [
+    "DEALER",
+    "GRAM_TAG",
+    "SERVERS",
+    "Party",
+    "TwoServerParams",
+    "expand",
+    "keystream_words",
+    "new_seed",
+    "row_key",
+]
 
 #: Wire ids of the two servers and the dealer (client ids must be below them).
 SERVERS = (0xFFFF_FFF0, 0xFFFF_FFF1)
@@ -39,6 +50,31 @@ def new_seed() -> bytes:
 def expand(seed: bytes, *, purpose: bytes, round_id: int, a: int, b: int, count: int) -> np.ndarray:
     """``count`` ring words of the AES-256-CTR keystream under ``HKDF(seed, purpose, round, a, b)``."""
     return expand_mask(derive_key(seed, purpose=purpose, round_id=round_id, a=a, b=b), count, np.uint64)
+
+
+def keystream_words(key: bytes, cols: slice) -> np.ndarray:
+    """Words ``cols`` of the AES-256-CTR keystream of ``key`` (:func:`secure_agg.prg.expand_mask`'s stream).
+
+    The counter starts at the block holding word ``cols.start`` (which must be even: two
+    words per AES block), so any column block is produced without the words before it.
+
+    Examples
+    --------
+    >>> key = bytes(range(32))
+    >>> bool((keystream_words(key, slice(4, 10)) == expand_mask(key, 10, np.uint64)[4:]).all())
+    True
+    """
+    if cols.start % 2:
+        raise ValueError(f"keystream blocks start at an even word, got {cols.start}")
+    iv = (cols.start // 2).to_bytes(16, "big")
+    enc = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return np.frombuffer(enc.update(bytes(8 * (cols.stop - cols.start))), dtype="<u8").view(np.uint64)
+
+
+def row_key(seed: bytes, *, purpose: bytes, round_id: int, tag: int, row: int) -> bytes:
+    """The keystream key of one row of a mask expanded from ``seed`` (tags below 2^16, rows below 2^16)."""
+    ident = (tag << 16) | row
+    return derive_key(seed, purpose=purpose, round_id=round_id, a=ident, b=ident)
 
 
 @dataclass

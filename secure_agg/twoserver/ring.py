@@ -52,7 +52,10 @@ import numpy as np
 from secure_agg.errors import RingOverflowError
 
 __all__ = [
+    "BLOCK",
     "RING_BITS",
+    "GramAccumulator",
+    "column_blocks",
     "decode",
     "encode",
     "ring_matmul_t",
@@ -64,8 +67,19 @@ __all__ = [
 RING_BITS = 64
 U64 = np.uint64
 _LE16 = np.dtype("<u2")
-#: Columns per limb product: bounds the float64 temporaries to a few hundred MB.
-_SUPER = 1 << 16
+#: Columns per limb product and per streamed block: bounds every temporary to ``n * BLOCK`` words.
+BLOCK = _SUPER = 1 << 16
+
+
+def column_blocks(d: int) -> list[slice]:
+    """The column blocks a round is streamed in (each of :data:`BLOCK` columns, the last shorter).
+
+    Examples
+    --------
+    >>> column_blocks(70_000)
+    [slice(0, 65536, None), slice(65536, 70000, None)]
+    """
+    return [slice(c, min(c + BLOCK, d)) for c in range(0, d, BLOCK)]
 
 
 def encode(x: np.ndarray, frac_bits: int) -> np.ndarray:
@@ -109,6 +123,27 @@ def _accumulate(out: np.ndarray, la: list[np.ndarray], lb: list[np.ndarray] | No
             if lb is None and i != j:
                 part = part + part.T
             out += part << U64(16 * (i + j))
+
+
+class GramAccumulator:
+    """``sum over column blocks of a_blk @ b_blk.T`` modulo ``2^64`` (``b_blk=None``: ``a_blk @ a_blk.T``).
+
+    Examples
+    --------
+    >>> a = np.arange(6, dtype=np.uint64).reshape(2, 3)
+    >>> acc = GramAccumulator(2, 2)
+    >>> acc.add(a[:, :2]); acc.add(a[:, 2:])
+    >>> acc.out.tolist() == ring_matmul_t(a).tolist() == [[5, 14], [14, 50]]
+    True
+    """
+
+    def __init__(self, n: int, m: int) -> None:
+        self.out = np.zeros((n, m), dtype=U64)
+
+    def add(self, a_blk: np.ndarray, b_blk: np.ndarray | None = None) -> None:
+        if a_blk.shape[1] > 2**21:
+            raise RingOverflowError(f"a block of {a_blk.shape[1]} columns exceeds 2^21")
+        _accumulate(self.out, _limbs(a_blk), None if b_blk is None else _limbs(b_blk))
 
 
 def ring_matmul_t(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:

@@ -144,8 +144,8 @@ class TwoServerRound:
     @staticmethod
     def _online(servers: list[ShareServer], cost: RoundCost,
                 network: Network | None) -> tuple[ServerOutcome, ServerOutcome]:
-        steps = [(ShareServer.survivors_frame, ShareServer.agree),
-                 (ShareServer.openings_frame, ShareServer.receive_openings),
+        opens = [(ShareServer.openings_frame, ShareServer.receive_openings)] * len(servers[0].tags)
+        steps = [(ShareServer.survivors_frame, ShareServer.agree), *opens,
                  (ShareServer.validation_frame, ShareServer.receive_validation),
                  (ShareServer.geometry_frame, ShareServer.receive_geometry),
                  (ShareServer.aggregate_frame, ShareServer.finish)]

@@ -35,8 +35,8 @@ from fl_core.aggregation import Aggregator, RoundContext
 from fl_core.errors import FlsecError
 from fl_core.geometry import Decision, Geometry, Needs
 from secure_agg.errors import MessageRejectedError, ProtocolAbortError, WireFormatError
-from secure_agg.twoserver.client import CLIENT_PURPOSE, input_share
-from secure_agg.twoserver.dealer import DEALER_PURPOSE, product_share, triple_masks
+from secure_agg.twoserver.client import CLIENT_PURPOSE, input_key
+from secure_agg.twoserver.dealer import DEALER_PURPOSE, MaskStream, product_share
 from secure_agg.twoserver.messages import (
     AggregateShare,
     ClientSeed,
@@ -48,8 +48,8 @@ from secure_agg.twoserver.messages import (
     seal,
     unseal,
 )
-from secure_agg.twoserver.params import DEALER, GRAM_TAG, SEED_BYTES, SERVERS, Party, TwoServerParams
-from secure_agg.twoserver.ring import U64, encode, ring_matmul_t, row_sums, truncate
+from secure_agg.twoserver.params import DEALER, GRAM_TAG, SEED_BYTES, SERVERS, Party, TwoServerParams, keystream_words
+from secure_agg.twoserver.ring import U64, GramAccumulator, column_blocks, encode, row_sums, truncate
 
 __all__ = ["ServerOutcome", "ShareServer", "Stage", "triple_tags"]
 
@@ -202,7 +202,7 @@ class ShareServer:
         if msg.tags != self.tags or msg.d != self.params.d:
             raise ProtocolAbortError(f"server {self.index}: triples {msg.tags} for d={msg.d}, expected {self.tags} "
                                      f"for d={self.params.d}")
-        n, d, rnd = len(msg.ids), msg.d, self.round_id
+        n, rnd = len(msg.ids), self.round_id
         per = 2 if self.index == 0 else 1
         if len(msg.seeds) != SEED_BYTES * per * len(self.tags):
             raise ProtocolAbortError(f"server {self.index}: dealer sent {len(msg.seeds)} seed bytes")
@@ -213,16 +213,28 @@ class ShareServer:
         self._triples, offset = {}, 0
         for k, tag in enumerate(self.tags):
             seed = msg.seeds[SEED_BYTES * per * k: SEED_BYTES * (per * k + 1)]
-            a = triple_masks(seed, round_id=rnd, tag=tag, n=n, d=d)
+            stream = MaskStream(seed, round_id=rnd, tag=tag, n=n)
             if self.index == 0:
                 c = product_share(msg.seeds[SEED_BYTES * (2 * k + 1): SEED_BYTES * (2 * k + 2)], round_id=rnd,
                                   tag=tag, n=n)
-                self._self_products[tag] = ring_matmul_t(a) if tag == GRAM_TAG else row_sums(a * a)
+                self._self_products[tag] = self._self_product(stream, tag, n)
             else:
                 c = msg.corrections[offset: offset + sizes[k]]
                 c = c.reshape(n, n) if tag == GRAM_TAG else c
             offset += sizes[k]
-            self._triples[tag] = (a, c)
+            self._triples[tag] = (stream, c)
+
+    def _self_product(self, stream: MaskStream, tag: int, n: int) -> np.ndarray:
+        """S0's ``rowsum(A_0 * A_0)`` or ``A_0 A_0^T`` over every sampled row (input-independent: offline)."""
+        gram = GramAccumulator(n, n) if tag == GRAM_TAG else None
+        sums = np.zeros(n, dtype=U64)
+        for cols in column_blocks(self.params.d):
+            a = stream.block(range(n), cols)
+            if gram is not None:
+                gram.add(a)
+            else:
+                sums += row_sums(a * a)
+        return gram.out if gram is not None else sums
 
     def receive_client(self, client_id: int, frame: bytes) -> None:
         """One client's sealed share; a refused, duplicate or replayed frame drops that client."""
@@ -285,80 +297,122 @@ class ShareServer:
             self.weights = np.array([self._inputs[c][0] for c in cohort], dtype=np.float64)
             rows = [self._triple_ids.index(c) for c in cohort]
             self._rows = np.asarray(rows, dtype=np.int64)
-            self.X = self._share_matrix()
+            self._hold_inputs()
+            self._tag_pos, self._own_E = 0, None
+            self._norm_shares, self._gram_share = [], None
             self.stage = Stage.OPEN
 
-    def _share_matrix(self) -> np.ndarray:
-        d = self.params.d
-        X = np.empty((len(self.cohort), d), dtype=U64)
-        for r, cid in enumerate(self.cohort):
-            val = self._inputs[cid][1]
-            X[r] = input_share(val, round_id=self.round_id, client_id=cid, d=d) if self.index == 0 else val
-        return X
+    def _hold_inputs(self) -> None:
+        """S1 stacks the cohort's vectors; S0 keeps one keystream key per client (its rows are regenerated)."""
+        if self.index == 0:
+            self._input_keys = [input_key(self._inputs[c][1], round_id=self.round_id, client_id=c)  # type: ignore
+                                for c in self.cohort]
+        else:
+            self.X = np.empty((len(self.cohort), self.params.d), dtype=U64)
+            for r, cid in enumerate(self.cohort):
+                self.X[r] = self._inputs[cid][1]
+        self._inputs = {c: (w, None) for c, (w, _) in self._inputs.items()}
+
+    def _x_block(self, cols: slice) -> np.ndarray:
+        """This server's shares of the cohort's columns ``cols``."""
+        if self.index == 1:
+            return self.X[:, cols]
+        out = np.empty((len(self.cohort), cols.stop - cols.start), dtype=U64)
+        for r, key in enumerate(self._input_keys):
+            out[r] = keystream_words(key, cols)
+        return out
 
     # ---------------------------------------------------------------- OPEN
-    def _mask_rows(self, tag: int) -> np.ndarray:
-        """The mask rows of the cohort (no copy when every sampled client is in it)."""
-        a = self._triples[tag][0]  # type: ignore[index]
-        identity = len(self._rows) == len(a) and bool((self._rows == np.arange(len(a))).all())
-        return a if identity else a[self._rows]
-
-    def _masked(self, tag: int) -> np.ndarray:
-        y = self.X if tag in (0, GRAM_TAG) else truncate(self.X, tag)
-        return y - self._mask_rows(tag)
-
     def openings_frame(self) -> bytes:
-        """This server's shares of ``E = trunc(X, t) - A_t`` for every triple."""
+        """This server's share of ``E = trunc(X, t) - A_t`` for the next triple (one frame per triple)."""
         self._expect(Stage.OPEN)
+        if self._own_E is not None:
+            raise MessageRejectedError(f"server {self.index}: openings of triple {self._tag_pos} already sent")
         with self._timed():
-            stack = np.stack([self._masked(t) for t in self.tags]) if self.cohort else np.zeros((0,), U64)
-            self._own_E = stack
-            return self._send(Openings(tags=self.tags, stack=stack))
+            tag = self.tags[self._tag_pos]
+            stream = self._triples[tag][0]  # type: ignore[index]
+            if getattr(self, "_E_buffer", None) is None:  # one buffer for every triple's E: allocated once
+                self._E_buffer = np.empty((len(self.cohort), self.params.d), dtype=U64)
+            E = self._E_buffer
+            for cols in column_blocks(self.params.d):
+                y = self._x_block(cols)
+                if tag not in (0, GRAM_TAG):
+                    y = truncate(y, tag)
+                np.subtract(y, stream.block(self._rows, cols), out=E[:, cols])
+            self._own_E = E
+            return self._send(Openings(tags=(tag,), stack=E[None]))
 
     def receive_openings(self, frame: bytes) -> None:
-        """Open every ``E`` and compute this server's shares of the norms, the Gram matrix and the references."""
+        """Open ``E`` for the current triple and compute this server's share of its products, block by block."""
         self._expect(Stage.OPEN)
+        if self._own_E is None:
+            raise MessageRejectedError(f"server {self.index}: openings received before this server sent its own")
         with self._timed():
+            tag = self.tags[self._tag_pos]
             peer = self._recv(frame, Openings)
-            if peer.tags != self.tags or peer.stack.shape != self._own_E.shape:  # type: ignore[attr-defined]
-                raise ProtocolAbortError(f"server {self.index}: openings of shape {peer.stack.shape}, "  # type: ignore
-                                         f"expected {self._own_E.shape}")
-            self._norm_shares, self._gram_share = [], None
-            for k, tag in enumerate(self.tags):
-                E = self._own_E[k] + peer.stack[k]  # type: ignore[attr-defined]
-                if tag == GRAM_TAG:
-                    self._gram_share = self._gram_product(E)
-                    self._norm_shares.append(self._gram_share.diagonal().copy())
-                else:
-                    self._norm_shares.append(self._square_product(E, tag))
-            del self._own_E
-            self._refs = self.rule.references(self.params.d, self.ctx).to(torch.float64).cpu().numpy()  # type: ignore
-            self._ref_bits = [self._ref_frac_bits(r) for r in self._refs]
-            enc = [encode(r, b) for r, b in zip(self._refs, self._ref_bits, strict=True)]
-            self._ref_share = (ring_matmul_t(self.X, np.stack(enc)) if enc and self.needs >= Needs.REFERENCES
-                               else np.zeros((len(self.cohort), 0), dtype=U64))
-            self.stage = Stage.VALIDATE
+            if peer.tags != (tag,) or peer.stack.shape != (1, *self._own_E.shape):  # type: ignore[attr-defined]
+                raise ProtocolAbortError(f"server {self.index}: openings for {peer.tags} of shape "  # type: ignore
+                                         f"{peer.stack.shape}, expected ({tag},) {(1, *self._own_E.shape)}")
+            if tag == GRAM_TAG:
+                self._gram_share = self._gram_product(self._own_E, peer.stack[0])  # type: ignore[attr-defined]
+                self._norm_shares.append(self._gram_share.diagonal().copy())
+            else:
+                self._norm_shares.append(self._square_product(self._own_E, peer.stack[0], tag))  # type: ignore
+            self._own_E = None
+            self._tag_pos += 1
+            if self._tag_pos == len(self.tags):
+                self._E_buffer = None
+                self._reference_shares()
+                self.stage = Stage.VALIDATE
+
+    def _reference_shares(self) -> None:
+        self._refs = self.rule.references(self.params.d, self.ctx).to(torch.float64).cpu().numpy()  # type: ignore
+        self._ref_bits = [self._ref_frac_bits(r) for r in self._refs]
+        m, r = len(self.cohort), len(self._refs)
+        if not (r and self.needs >= Needs.REFERENCES):
+            self._ref_share = np.zeros((m, 0), dtype=U64)
+            return
+        enc = np.stack([encode(v, b) for v, b in zip(self._refs, self._ref_bits, strict=True)])
+        acc = GramAccumulator(m, r)
+        for cols in column_blocks(self.params.d):
+            acc.add(self._x_block(cols), enc[:, cols])
+        self._ref_share = acc.out
 
     def _ref_frac_bits(self, r: np.ndarray) -> int:
         """Fractional bits of a reference vector: ``F``, fewer if ``||r|| 2^F`` would exceed ``2^31``."""
         norm = float(np.linalg.norm(r))
         return min(self.params.frac_bits, 31 - max(0, math.ceil(math.log2(norm))) if norm > 0 else 31)
 
-    def _square_product(self, E: np.ndarray, tag: int) -> np.ndarray:
-        c = self._triples[tag][1]  # type: ignore[index]
-        a = self._mask_rows(tag)
+    def _square_product(self, own: np.ndarray, peer: np.ndarray, tag: int) -> np.ndarray:
+        stream, c = self._triples[tag]  # type: ignore[index]
+        sums = np.zeros(len(self.cohort), dtype=U64)
+        for cols in column_blocks(self.params.d):
+            e = own[:, cols] + peer[:, cols]
+            a = stream.block(self._rows, cols)
+            if self.index == 0:
+                e += a
+                sums += row_sums(e * e)
+            else:
+                sums += row_sums(e * a)
         if self.index == 0:
-            s = E + a
-            return row_sums(s * s) - self._self_products[tag][self._rows] + c[self._rows]
-        return row_sums(E * a) * U64(2) + c[self._rows]
+            return sums - self._self_products[tag][self._rows] + c[self._rows]
+        return sums * U64(2) + c[self._rows]
 
-    def _gram_product(self, E: np.ndarray) -> np.ndarray:
-        c = self._triples[GRAM_TAG][1]  # type: ignore[index]
-        a, idx = self._mask_rows(GRAM_TAG), np.ix_(self._rows, self._rows)
+    def _gram_product(self, own: np.ndarray, peer: np.ndarray) -> np.ndarray:
+        stream, c = self._triples[GRAM_TAG]  # type: ignore[index]
+        m, idx = len(self.cohort), np.ix_(self._rows, self._rows)
+        acc = GramAccumulator(m, m)
+        for cols in column_blocks(self.params.d):
+            e = own[:, cols] + peer[:, cols]
+            a = stream.block(self._rows, cols)
+            if self.index == 0:
+                e += a
+                acc.add(e)
+            else:
+                acc.add(e, a)
         if self.index == 0:
-            return ring_matmul_t(E + a) - self._self_products[GRAM_TAG][idx] + c[idx]
-        p = ring_matmul_t(E, a)
-        return p + p.T + c[idx]
+            return acc.out - self._self_products[GRAM_TAG][idx] + c[idx]
+        return acc.out + acc.out.T + c[idx]
 
     # ---------------------------------------------------------------- VALIDATE
     def validation_frame(self) -> bytes:
@@ -454,9 +508,11 @@ class ShareServer:
                                      " ring units) would overflow the ring")
         fixed = encode(coef, p.coef_bits)
         share = np.zeros(p.d, dtype=U64)
-        for k, row in enumerate(acc):
-            if fixed[k]:
-                share += self.X[row] * fixed[k]
+        for cols in column_blocks(p.d):
+            x = self._x_block(cols)
+            for k, row in enumerate(acc):
+                if fixed[k]:
+                    share[cols] += x[row] * fixed[k]
         sigma = float(self.decision.noise_std)
         if sigma > 0:  # half the variance each: neither server knows the noise in the aggregate
             share += encode(self.noise.normal(0.0, sigma / math.sqrt(2.0), p.d), p.frac_bits + p.coef_bits)
