@@ -35,7 +35,7 @@ def test_every_family_is_listed() -> None:
 
 def test_parameter_text_shows_defaults_and_required() -> None:
     families = load_all()
-    assert parameter_text(families["robust aggregator"], "norm_bound") == "f=0, M (required)"
+    assert parameter_text(families["robust aggregator"], "norm_bound") == "f=0, M (required), reject=False"
     assert parameter_text(families["server optimizer"], "fedavgm") == "lr=1.0, momentum=0.9"
     assert parameter_text(families["partition scheme"], "iid") == ""
     assert "dropout_stage=MASKED_INPUT" in parameter_text(families["secure aggregation protocol"], "secagg")
