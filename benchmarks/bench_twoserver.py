@@ -98,9 +98,10 @@ GOALS: dict[str, Any] = {
     "at": {"n": 100, "d": 1_000_000},
 }
 
-#: Peak memory of one in-memory round, in cohorts of ring words (``8 n d`` bytes), as
-#: measured (about 39 at n=50, d=1e5 with tracemalloc); used to skip what cannot fit.
-MEM_COHORTS = 40.0
+#: Peak resident memory of one in-memory round (both servers, the dealer, the clients' frames) in cohorts of
+#: ``8 n d`` bytes: 8.1 measured at n=100, d=1e6 with the column-block streaming of b75a514 (it was about 39
+#: before); 10 leaves room. Used to skip what cannot fit.
+MEM_COHORTS = 10.0
 #: Memory of the interpreter with torch and the data, added to the projection (bytes).
 _BASE_BYTES = 1.0e9
 
@@ -535,7 +536,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--mem-fraction", type=float, default=0.8,
                    help="skip a configuration whose projected peak exceeds this fraction of the available memory")
     p.add_argument("--mem-cohorts", type=float, default=MEM_COHORTS,
-                   help="projected peak of one round in cohorts of 8 n d bytes (measured: about 39)")
+                   help="projected peak of one round in cohorts of 8 n d bytes (measured: about 8 at n=100, d=1e6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch and NumPy BLAS threads (default: their own choice; 1 is steadier on a shared box)")
