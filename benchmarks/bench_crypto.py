@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.cli_args import comma_ints
 from fl_core.rng import numpy_generator
 from secure_agg.errors import SecAggConfigError
 from secure_agg.graph import CommunicationGraph, choose_k_t, secure_threshold
@@ -334,13 +335,6 @@ def write_outputs(rows: list[dict[str, object]], out_dir: Path) -> list[Path]:
     return [csv_path, json_path, png_path]
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def _methods(text: str) -> list[str]:
     out = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in out if m not in METHODS]
@@ -352,8 +346,8 @@ def _methods(text: str) -> list[str]:
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``crypto`` subcommand (``flsec bench crypto``) to ``subparsers``."""
     p = subparsers.add_parser("crypto", help="plaintext vs SecAgg vs SecAgg+ vs CKKS vs BFV: time, bytes, error")
-    p.add_argument("--ns", type=_ints, default=[10, 50, 100], help="clients, e.g. 10,50,100")
-    p.add_argument("--ds", type=_ints, default=[10_000, 100_000, 1_000_000], help="model sizes")
+    p.add_argument("--ns", type=comma_ints, default=[10, 50, 100], help="clients, e.g. 10,50,100")
+    p.add_argument("--ds", type=comma_ints, default=[10_000, 100_000, 1_000_000], help="model sizes")
     p.add_argument("--methods", type=_methods, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--sample-clients", type=int, default=4, help="HE clients that really encrypt (rest re-use)")
     p.add_argument("--precision-bits", type=int, default=24, help="HE target: mean within clip * 2^-p")

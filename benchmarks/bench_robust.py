@@ -50,6 +50,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cli_args import comma_ints, comma_names
 from benchmarks.threads import apply_threads
 from defenses.robust import (
     ARC,
@@ -312,25 +313,14 @@ def write_outputs(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return [csv_path, json_path]
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``robust`` subcommand (``flsec bench robust``) to ``subparsers``."""
     p = subparsers.add_parser("robust", help="robust rules: time / floor vs n and d")
-    p.add_argument("--ns", type=_ints, default=[10, 50, 100], help="clients, e.g. 10,50,100")
-    p.add_argument("--ds", type=_ints, default=[10_000, 100_000, 1_000_000], help="model sizes")
+    p.add_argument("--ns", type=comma_ints, default=[10, 50, 100], help="clients, e.g. 10,50,100")
+    p.add_argument("--ds", type=comma_ints, default=[10_000, 100_000, 1_000_000], help="model sizes")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per cell (best of)")
-    p.add_argument("--rules", type=_names, default=None, help=f"subset of {','.join(CASES)}")
+    p.add_argument("--rules", type=comma_names, default=None, help=f"subset of {','.join(CASES)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--byzantine-scale",

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.cli_args import comma_ints
 from fl_core.rng import numpy_generator
 from secure_agg.graph import CommunicationGraph, choose_k_t, secure_threshold
 from secure_agg.messages import Stage
@@ -246,18 +247,11 @@ def write_outputs(rows: list[dict[str, object]], out_dir: Path) -> list[Path]:
     return [csv_path, json_path, png_path]
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``secagg`` subcommand (``flsec bench secagg``) to ``subparsers``."""
     p = subparsers.add_parser("secagg", help="SecAgg/SecAgg+ cost vs n and d")
-    p.add_argument("--ns", type=_ints, default=[10, 50, 100], help="clients, e.g. 10,50,100")
-    p.add_argument("--ds", type=_ints, default=[10_000, 100_000, 1_000_000], help="model sizes")
+    p.add_argument("--ns", type=comma_ints, default=[10, 50, 100], help="clients, e.g. 10,50,100")
+    p.add_argument("--ds", type=comma_ints, default=[10_000, 100_000, 1_000_000], help="model sizes")
     p.add_argument("--dropout", type=float, default=0.1, help="fraction of clients dropping")
     p.add_argument(
         "--dropout-stage",

@@ -59,6 +59,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cli_args import comma_ints, comma_names
 from benchmarks.threads import apply_threads
 from defenses.robust import FLAME, NNM, CenteredClipping, Compose, FLTrust, Krum, MultiKrum, NormBound
 from fl_core.aggregation import Aggregator
@@ -507,27 +508,16 @@ def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
     return [csv_path, json_path]
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``two-server`` subcommand (``flsec bench two-server``) to ``subparsers``."""
     p = subparsers.add_parser("two-server", help="two-server secret-shared rounds: time, bytes, ratios vs n and d")
-    p.add_argument("--ns", "--n", type=_ints, default=None,
+    p.add_argument("--ns", "--n", type=comma_ints, default=None,
                    help=f"clients, e.g. 10,50 (default {','.join(map(str, _DEFAULT_GRID[0]))})")
-    p.add_argument("--ds", "--d", type=_ints, default=None,
+    p.add_argument("--ds", "--d", type=comma_ints, default=None,
                    help=f"model sizes, e.g. 10000 (default {','.join(map(str, _DEFAULT_GRID[1]))})")
     p.add_argument("--full", action="store_true",
                    help="the whole grid n in 10,50,100 x d in 1e4,1e5,1e6 (--ns/--ds still restrict it)")
-    p.add_argument("--rules", type=_names, default=None,
+    p.add_argument("--rules", type=comma_names, default=None,
                    help=f"subset of {','.join(RULES)} (default {','.join(DEFAULT_RULES)})")
     p.add_argument("--repeats", type=int, default=1, help="protocol rounds per cell (min of each time)")
     p.add_argument("--plain-repeats", type=int, default=3, help="timed plaintext calls per cell (best of)")
