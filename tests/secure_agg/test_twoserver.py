@@ -20,10 +20,13 @@ from defenses.robust import FLAME, NNM, CenteredClipping, Compose, FLTrust, Krum
 from fl_core.contracts import CompositionError
 from fl_core.errors import ConfigError
 from fl_core.pipeline import Pipeline, Round
-from secure_agg.errors import RingOverflowError, SecAggConfigError
+from secure_agg.errors import ProtocolAbortError, RingOverflowError, SecAggConfigError
 from secure_agg.registry import SECURE_PROTOCOLS
 from secure_agg.twoserver import TwoServerAggregator, TwoServerParams, TwoServerRound
+from secure_agg.twoserver.params import SERVERS
 from secure_agg.twoserver.ring import encode, ring_matmul_t, truncate, validation_levels
+
+SERVERS_0 = SERVERS[0]
 
 U64 = np.uint64
 
@@ -233,7 +236,7 @@ def test_client_ids_in_any_order_and_gaps():
 def test_pipeline_state_keeps_the_rule_state_under_two_server():
     X, _ = _cohort(0)
     n, d = X.shape
-    make = lambda: Pipeline(secure=TwoServerAggregator(bound=4.0), rule=CenteredClipping(tau=0.5))  # noqa: E731
+    make = lambda: Pipeline(secure=TwoServerAggregator(bound=4.0), rule=CenteredClipping(tau=0.5))
     a = make()
     for r in range(2):
         a(X, torch.ones(n), Round(r, tuple(range(n)), torch.zeros(d)))
@@ -242,3 +245,35 @@ def test_pipeline_state_keeps_the_rule_state_under_two_server():
     out_a = a(X, torch.ones(n), Round(2, tuple(range(n)), torch.zeros(d)))
     out_b = b(X, torch.ones(n), Round(2, tuple(range(n)), torch.zeros(d)))
     assert torch.allclose(out_a.delta, out_b.delta, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**16), n=st.integers(9, 13), name=st.sampled_from(sorted(RULES)),
+       absent=st.sets(st.integers(0, 12), max_size=2), scale=st.sampled_from([0.0, 2.0, 50.0]))
+def test_random_cohorts_with_outliers_and_dropouts_match_the_plaintext_rule(seed, n, name, absent, scale):
+    """Dropped clients (frame withheld at one server) and outliers of any scale: the rule on who is left."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 32, generator=g) / 8 + 0.3
+    X[n - 1] = X[n - 1] * (1 + scale)  # an outlier: inside the bound, or far beyond it
+    g0 = X[: n - 1].mean(0)
+    absent = {c for c in absent if c < n}
+    if len(absent) and n - len(absent) < 9:
+        absent = set()
+
+    def withhold(channel, sender, receiver, frame):
+        return None if channel == "client" and sender in absent and receiver == SERVERS_0 else frame
+
+    proto = TwoServerRound(bound=4.0, d=32, rule=RULES[name](g0))
+    try:
+        out, _ = proto.run(X.double().numpy(), np.ones(n), round_id=1, network=withhold)
+    except ProtocolAbortError as e:  # too few accepted clients for the rule: a specific abort
+        assert "cannot run" in str(e)
+        return
+    present = np.array([c not in absent for c in range(n)])
+    assert set(out.dropped) == absent
+    accepted = np.zeros(n, dtype=bool)
+    accepted[list(out.cohort)] = out.accepted
+    assert np.array_equal(accepted, present & (X.double().norm(dim=1) <= 4.0).numpy())
+    rows = X[torch.from_numpy(accepted)].double()
+    plain = RULES[name](g0).aggregate(rows, torch.ones(len(rows), dtype=torch.float64))
+    assert np.allclose(out.aggregate, plain.aggregate.numpy(), atol=2e-6)
