@@ -15,8 +15,8 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 .PHONY: demo fedavg test test-slow setup data lint clean
 
 demo: setup data
-	@echo ">> flsec suite run threat-short: 3 attacks x 8 pipelines (mean, median, FLAME, central DP, SecAgg+, BFV HE,"
-	@echo "   SecAgg+ with distributed DP, median over grouped SecAgg+), about 6 min on 2 cores"
+	@echo ">> flsec suite run threat-short: 3 attacks x 9 pipelines (mean, median, FLAME, central DP, SecAgg+, BFV HE,"
+	@echo "   SecAgg+ with distributed DP, median over grouped SecAgg+, Krum under two-server sharing), about 6.5 min on 2 cores"
 	@echo "   on Fashion-MNIST, 10 clients: accuracy, attack success, epsilon and the server's reconstruction PSNR"
 	$(BIN)/flsec suite run threat-short --out runs/threat-short --report
 	@echo ">> report: runs/threat-short/report.md (outcomes.png: the three outcomes side by side); re-running resumes"

@@ -77,13 +77,21 @@ def test_a_bad_pipeline_entry_names_its_key_before_any_work(entry, match):
 
 def test_threat_suites_parse():
     spec = load_suite("threat")
-    assert len(spec.cells()) == 40
+    assert len(spec.cells()) == 65
     assert [d.label for d in spec.defenses] == [
-        "mean", "median", "flame", "central-dp-eps4", "secagg+", "secagg+ddp-eps4", "bfv-he", "grouped-secagg+median"
+        "mean", "median", "flame", "krum", "fltrust", "central-dp-eps4", "secagg+", "secagg+ddp-eps4", "bfv-he",
+        "grouped-secagg+median", "two-server+krum", "two-server+fltrust", "two-server+flame",
     ]
+    two_server = {d.label: d for d in spec.defenses if d.secure is not None and d.secure.name == "two_server"}
+    assert {label: d.name for label, d in two_server.items()} == {
+        "two-server+krum": "krum", "two-server+fltrust": "fltrust", "two-server+flame": "flame"
+    }
     short = load_suite("threat-short")  # make demo's
     assert [a.label for a in short.attacks] == ["none", "model-replacement", "pixel-backdoor"]
-    assert {d.label for d in short.defenses} == {d.label for d in spec.defenses}
+    assert len(short.cells()) == 27
+    assert {d.label for d in short.defenses} == {d.label for d in spec.defenses} - {
+        "krum", "fltrust", "two-server+fltrust", "two-server+flame"
+    }
 
 
 def test_dp_and_secure_cells_report_epsilon_and_match_plaintext(tmp_path):
