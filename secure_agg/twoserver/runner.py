@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fl_core.aggregation import Aggregator, RoundContext
+from fl_core.errors import ConfigError
+from fl_core.geometry import supports_geometry
 from secure_agg.twoserver.client import ShareClient
 from secure_agg.twoserver.dealer import Dealer
 from secure_agg.twoserver.params import DEALER, SERVERS, Party, TwoServerParams
@@ -75,6 +77,9 @@ class TwoServerRound:
 
     def __init__(self, *, bound: float, d: int, rule: Aggregator, frac_bits: int | None = None, seed: int = 0) -> None:
         self.params = TwoServerParams.from_bound(d=d, bound=bound, frac_bits=frac_bits)
+        if not supports_geometry(rule):
+            raise ConfigError(f"{type(rule).__name__} cannot run under two-server sharing: it does not decide from "
+                              "norms and inner products (fl_core.geometry.GeometricRule)")
         self.rule = rule
         self.servers = (Party(SERVERS[0]), Party(SERVERS[1]))
         self.dealer = Dealer(party=Party(DEALER), server_publics=(self.servers[0].public, self.servers[1].public))

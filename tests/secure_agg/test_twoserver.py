@@ -86,6 +86,8 @@ def test_params_refuse_bad_values():
         TwoServerAggregator(bound=1.0, rule=Median(f=1))
     with pytest.raises(ConfigError, match="bound must be"):
         TwoServerAggregator(bound=-1.0)
+    with pytest.raises(ConfigError, match="Median cannot run under two-server"):
+        TwoServerRound(bound=1.0, d=4, rule=Median(f=1))
 
 
 def _fltrust(g0):
