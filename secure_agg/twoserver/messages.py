@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, TypeVar
 
@@ -133,9 +133,6 @@ class _Message:
     TYPE: ClassVar[MsgType]
     #: (field name, kind) in wire order; kinds: u32, f64, bytes, ints, floats, array.
     LAYOUT: ClassVar[tuple[tuple[str, str], ...]]
-
-    def body(self) -> bytes:
-        return b"".join(_body_parts(self))
 
     @classmethod
     def parse(cls, body: bytes | bytearray) -> _Message:
@@ -297,8 +294,3 @@ def unseal(data: bytes | bytearray, key: bytes, expect: type[M], *, round_id: in
     except InvalidTag:
         raise MessageRejectedError(f"{what}: frame failed authentication") from None
     return expect.parse(body)  # type: ignore[return-value]
-
-
-def field_names(cls: type[_Message]) -> tuple[str, ...]:
-    """The dataclass fields of a message type (for tests and documentation)."""
-    return tuple(f.name for f in fields(cls))
