@@ -200,3 +200,28 @@ def test_krum_under_two_server_ignores_a_wrapping_client_and_a_3e38_client():
     # with two clients fewer the accepted cohort no longer satisfies Krum's n > 2f + 2: a specific abort
     with pytest.raises(ProtocolAbortError, match="Krum needs n > 2f \\+ 2, got n=5"):
         proto.run(rows[:7], np.ones(7), round_id=2, ring_rows={0: evil})
+
+
+def test_bad_input_to_the_stage_and_the_geometric_rules_is_refused_or_handled():
+    """NaN rows, a wrong weight shape, a wrong flag type: specific errors; a 1e38 row through decide: outvoted."""
+    from defenses.robust import MultiKrum, NormBound
+    from fl_core.errors import ConfigError, InvalidUpdateError
+    from fl_core.geometry import Geometry, apply_decision
+    from secure_agg.twoserver import TwoServerAggregator
+
+    agg = TwoServerAggregator(bound=BOUND, rule=Krum(f=1))
+    rows = torch.from_numpy(_rows(6, 2)).float()
+    bad = rows.clone()
+    bad[2, 3] = float("nan")
+    with pytest.raises(InvalidUpdateError):
+        agg.aggregate(bad)
+    with pytest.raises(InvalidUpdateError):
+        agg.aggregate(rows, torch.ones(5))
+    with pytest.raises(ConfigError, match="reject must be a bool"):
+        NormBound(M=1.0, reject="yes")
+    huge = rows.clone()
+    huge[0] = 1e38
+    for rule in (Krum(f=1), MultiKrum(f=1), NormBound(M=1.0)):
+        dec = rule.decide(Geometry.of(huge, needs=rule.geometry_needs()), torch.ones(6), None)
+        out = apply_decision(dec, huge, None)
+        assert torch.isfinite(out).all() and float(out.abs().max()) < 10.0
