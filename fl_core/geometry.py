@@ -27,8 +27,10 @@ True
 from __future__ import annotations
 
 import abc
+import copy
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import torch
 
@@ -191,6 +193,17 @@ class GeometricRule(abc.ABC):
     def observe(self, aggregate: torch.Tensor) -> None:
         """Called with the opened aggregate (stateful rules keep it, e.g. centered clipping's reference)."""
 
+    def excluding(self, removed: int) -> GeometricRule:
+        """This rule for a cohort from which ``removed`` provably Byzantine clients were already taken out.
+
+        A protocol that rejects clients for a norm over a bound no honest client exceeds
+        knows they were among the ``f`` attackers, so at most ``f - removed`` remain among
+        the rows the rule sees. Returns a shallow copy with ``f`` lowered (``self`` when
+        nothing changes); the copy shares the rule's state, and :meth:`decide` does not
+        change state.
+        """
+        return _fewer_byzantine(self, removed)
+
 
 class GeometricMixer(abc.ABC):
     """Mixin: a pre-aggregator whose output rows are ``mix @ X`` with ``mix`` decided from the geometry."""
@@ -202,6 +215,21 @@ class GeometricMixer(abc.ABC):
     @abc.abstractmethod
     def mixing(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> torch.Tensor:
         """``(m, n)`` float64 mixing matrix."""
+
+    def excluding(self, removed: int) -> GeometricMixer:
+        """As :meth:`GeometricRule.excluding`."""
+        return _fewer_byzantine(self, removed)
+
+
+def _fewer_byzantine(stage: Any, removed: int) -> Any:  # a rule or a mixer
+    f = getattr(stage, "f", 0)
+    if removed < 0:
+        raise ConfigError(f"removed must be >= 0, got removed={removed}")
+    if removed == 0 or not f:
+        return stage
+    out = copy.copy(stage)
+    out.f = max(0, f - removed)
+    return out
 
 
 def supports_geometry(rule: Aggregator) -> bool:

@@ -150,6 +150,13 @@ class Compose(GeometricRule, RobustAggregator):
         coef = torch.cat([dec.coef[: geometry.n] @ total, dec.coef[geometry.n :]])
         return dataclasses.replace(dec, coef=coef)
 
+    def excluding(self, removed: int) -> Compose:
+        """Every stage with ``f`` lowered by ``removed`` (:meth:`fl_core.geometry.GeometricRule.excluding`)."""
+        if removed == 0:
+            return self
+        stages = [s.excluding(removed) for s in (*self.pre, self.rule)]  # type: ignore[attr-defined]
+        return Compose(*stages)
+
     def observe(self, aggregate: torch.Tensor) -> None:
         """Passed on to the rule."""
         self.rule.observe(aggregate)  # type: ignore[attr-defined]

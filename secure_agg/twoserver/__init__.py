@@ -19,7 +19,9 @@ Threat model
   after a coarse-to-exact norm validation that makes wrap-around modulo ``2^64``
   impossible for accepted clients (:mod:`~secure_agg.twoserver.ring`). A client whose
   norm exceeds ``bound`` is out of the round (norm bounding by rejection at the
-  protocol's capacity); the rule then clips or rejects the rest as it says.
+  protocol's capacity); the rule then clips or rejects the rest as it says, with its
+  ``f`` lowered by the number rejected (they are provably attackers when ``bound`` is
+  above every honest norm; ``rejected_are_byzantine=False`` keeps ``f``).
 * A client whose two shares do not both arrive intact (tampered, truncated, replayed,
   equivocated weight, withheld) is simply absent: no recovery round.
 * Dealer: semi-honest, sees no data; a wrong triple is not detected (it could make the

@@ -77,10 +77,14 @@ class TwoServerAggregator(RoundCounterState, Aggregator):
         Fixed-point fractional bits (default: the most ``bound`` allows, ``30 - ceil(log2 bound)``).
     seed : int
         Seed of the servers' noise generators when no round context is given.
+    rejected_are_byzantine : bool
+        Clients rejected for a norm over ``bound`` count among the rule's ``f``: Krum(f=2)
+        with one rejected client decides as Krum(f=1) on the rest (default ``True``; right
+        when ``bound`` is above every honest norm). ``False`` keeps ``f``.
     """
 
     def __init__(self, *, bound: float, rule: Aggregator | None = None, frac_bits: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rejected_are_byzantine: bool = True) -> None:
         if not (isinstance(bound, int | float) and math.isfinite(bound) and bound > 0):
             raise ConfigError(f"bound must be a finite number > 0, got bound={bound!r}")
         rule = GeometricMean() if rule is None else rule
@@ -91,6 +95,9 @@ class TwoServerAggregator(RoundCounterState, Aggregator):
         TwoServerParams.from_bound(d=1, bound=bound, frac_bits=frac_bits)
         self.bound, self.rule, self.frac_bits = float(bound), rule, frac_bits
         self.seed = as_int("seed", seed, minimum=0)
+        if not isinstance(rejected_are_byzantine, bool):
+            raise ConfigError(f"rejected_are_byzantine must be a bool, got {rejected_are_byzantine!r}")
+        self.rejected_are_byzantine = rejected_are_byzantine
         self._calls = 0
         self._round: TwoServerRound | None = None
         self.network: Network | None = None
@@ -105,7 +112,8 @@ class TwoServerAggregator(RoundCounterState, Aggregator):
         return supports_geometry(rule)
 
     def with_rule(self, rule: Aggregator) -> TwoServerAggregator:
-        return TwoServerAggregator(bound=self.bound, rule=rule, frac_bits=self.frac_bits, seed=self.seed)
+        return TwoServerAggregator(bound=self.bound, rule=rule, frac_bits=self.frac_bits, seed=self.seed,
+                                   rejected_are_byzantine=self.rejected_are_byzantine)
 
     def check_tolerance(self, n: int) -> None:
         self.rule.check_tolerance(n)
@@ -118,12 +126,13 @@ class TwoServerAggregator(RoundCounterState, Aggregator):
         self.rule.reset()
 
     def _config(self) -> dict[str, Any]:
-        return {"bound": self.bound, "frac_bits": self.frac_bits, "seed": self.seed}
+        return {"bound": self.bound, "frac_bits": self.frac_bits, "seed": self.seed,
+                "rejected_are_byzantine": self.rejected_are_byzantine}
 
     def _protocol(self, d: int) -> TwoServerRound:
         if self._round is None or self._round.params.d != d:
             self._round = TwoServerRound(bound=self.bound, d=d, rule=self.rule, frac_bits=self.frac_bits,
-                                         seed=self.seed)
+                                         seed=self.seed, rejected_are_byzantine=self.rejected_are_byzantine)
         return self._round
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:

@@ -73,14 +73,20 @@ class TwoServerRound:
         Fixed-point fractional bits (default: the most ``bound`` allows).
     seed : int
         Seed of the servers' noise generators (the protocol's keys and seeds come from the OS).
+    rejected_are_byzantine : bool
+        The rule decides with ``f`` lowered by the clients rejected for their norm (default;
+        right when ``bound`` is above every honest norm). ``False`` keeps ``f``.
     """
 
-    def __init__(self, *, bound: float, d: int, rule: Aggregator, frac_bits: int | None = None, seed: int = 0) -> None:
+    def __init__(self, *, bound: float, d: int, rule: Aggregator, frac_bits: int | None = None, seed: int = 0,
+                 rejected_are_byzantine: bool = True) -> None:
         self.params = TwoServerParams.from_bound(d=d, bound=bound, frac_bits=frac_bits)
         if not supports_geometry(rule):
             raise ConfigError(f"{type(rule).__name__} cannot run under two-server sharing: it does not decide from "
                               "norms and inner products (fl_core.geometry.GeometricRule)")
-        self.rule = rule
+        if not isinstance(rejected_are_byzantine, bool):
+            raise ConfigError(f"rejected_are_byzantine must be a bool, got {rejected_are_byzantine!r}")
+        self.rule, self.rejected_are_byzantine = rule, rejected_are_byzantine
         self.servers = (Party(SERVERS[0]), Party(SERVERS[1]))
         self.dealer = Dealer(party=Party(DEALER), server_publics=(self.servers[0].public, self.servers[1].public))
         self.clients: dict[int, Party] = {}
@@ -128,7 +134,8 @@ class TwoServerRound:
         return ShareServer(index=k, party=self.servers[k], peer_public=self.servers[1 - k].public,
                            dealer_public=self.dealer.party.public,
                            client_publics={c: self.clients[c].public for c in ids}, round_id=round_id,
-                           params=self.params, rule=self.rule, ctx=ctx, noise=noise)
+                           params=self.params, rule=self.rule, ctx=ctx, noise=noise,
+                           rejected_are_byzantine=self.rejected_are_byzantine)
 
     def _upload(self, clients: dict[int, ShareClient], rows: np.ndarray, weights: np.ndarray,
                 ring_rows: dict[int, np.ndarray], servers: list[ShareServer], round_id: int, cost: RoundCost,

@@ -127,12 +127,17 @@ class ShareServer:
         Passed to the rule (references, e.g. FLTrust's ``g0``).
     noise : np.random.Generator
         This server's own generator for its half of the rule's noise.
+    rejected_are_byzantine : bool
+        Count the clients rejected for their norm among the rule's ``f`` (the rule then
+        decides with ``f - rejected``, :meth:`~fl_core.geometry.GeometricRule.excluding`):
+        right when ``bound`` is above every honest norm, as the protocol assumes.
     """
 
     def __init__(self, *, index: int, party: Party, peer_public: bytes, dealer_public: bytes,
                  client_publics: dict[int, bytes], round_id: int, params: TwoServerParams, rule: Aggregator,
-                 ctx: RoundContext | None, noise: np.random.Generator) -> None:
+                 ctx: RoundContext | None, noise: np.random.Generator, rejected_are_byzantine: bool = True) -> None:
         self.index, self.party, self.params, self.rule, self.ctx = index, party, params, rule, ctx
+        self.rejected_are_byzantine = rejected_are_byzantine
         self.peer = SERVERS[1 - index]
         self.round_id, self.noise = round_id, noise
         self._peer_key = party.key_with(peer_public, self.peer, purpose=PEER_PURPOSE, round_id=round_id)
@@ -491,9 +496,10 @@ class ShareServer:
     def _decide(self, acc: np.ndarray) -> Decision:
         if len(acc) == 0:
             raise ProtocolAbortError("no client passed validation: nothing to aggregate")
+        rule = self.rule.excluding(len(self.rejected)) if self.rejected_are_byzantine else self.rule  # type: ignore
         try:
-            self.rule.check_tolerance(len(acc))
-            return self.rule.decide(self.geometry, torch.from_numpy(self.weights[acc]), self.ctx)  # type: ignore
+            rule.check_tolerance(len(acc))
+            return rule.decide(self.geometry, torch.from_numpy(self.weights[acc]), self.ctx)
         except ProtocolAbortError:
             raise
         except FlsecError as e:

@@ -196,10 +196,12 @@ def test_krum_under_two_server_ignores_a_wrapping_client_and_a_3e38_client():
     proto = TwoServerRound(bound=BOUND, d=D, rule=Krum(f=2))
     out, _ = proto.run(rows, np.ones(9), round_id=1, ring_rows={0: evil})
     assert set(out.rejected) == {0, 1}
-    assert np.allclose(out.aggregate, Krum(f=2)(torch.from_numpy(rows[2:])).numpy(), atol=1e-6)
-    # with two clients fewer the accepted cohort no longer satisfies Krum's n > 2f + 2: a specific abort
+    # both rejected clients are among the f = 2 attackers: Krum decides with f = 0 on the other 7
+    assert np.allclose(out.aggregate, Krum(f=0)(torch.from_numpy(rows[2:])).numpy(), atol=1e-6)
+    # counted as honest absentees instead, 5 accepted clients no longer satisfy n > 2f + 2: a specific abort
+    strict = TwoServerRound(bound=BOUND, d=D, rule=Krum(f=2), rejected_are_byzantine=False)
     with pytest.raises(ProtocolAbortError, match="Krum needs n > 2f \\+ 2, got n=5"):
-        proto.run(rows[:7], np.ones(7), round_id=2, ring_rows={0: evil})
+        strict.run(rows[:7], np.ones(7), round_id=2, ring_rows={0: evil})
 
 
 def test_bad_input_to_the_stage_and_the_geometric_rules_is_refused_or_handled():

@@ -134,7 +134,8 @@ def test_equals_the_plaintext_rule_on_the_accepted_clients(name, seed):
     assert np.array_equal(out.accepted, expected_accept)
     assert out.rejected == {3: out.rejected[3]} and len(out.rejected) == 1
     acc = torch.from_numpy(out.accepted)
-    plain = RULES[name](g0).aggregate(X[acc].double(), torch.ones(int(acc.sum()), dtype=torch.float64))
+    rule = RULES[name](g0).excluding(len(out.rejected))  # the rejected client counts among f
+    plain = rule.aggregate(X[acc].double(), torch.ones(int(acc.sum()), dtype=torch.float64))
     # quantisation: F fractional bits per entry and 24 bits per coefficient (norms ~1, at most 12 rows)
     assert np.allclose(out.aggregate, plain.aggregate.numpy(), atol=2e-6, rtol=0)
     if not name.startswith("nnm"):  # NNM can make mixed rows identical: Krum's tie then has equal aggregates
@@ -204,7 +205,7 @@ def test_pipeline_accepts_geometric_rules_and_refuses_coordinate_wise_ones():
     pipe = Pipeline(secure=TwoServerAggregator(bound=4.0), rule=MultiKrum(f=2))
     out = pipe(X, torch.ones(n), Round(0, tuple(range(n)), torch.zeros(d)))
     acc = (X.norm(dim=1) <= 4.0)
-    assert torch.allclose(out.delta, MultiKrum(f=2)(X[acc]), atol=2e-6)
+    assert torch.allclose(out.delta, MultiKrum(f=1)(X[acc]), atol=2e-6)  # the rejected row counts among f
     assert out.rows_seen is None and out.metrics["rejected"] == 1.0
     with pytest.raises(CompositionError, match="Median"):
         Pipeline(secure=TwoServerAggregator(bound=4.0), rule=Median(f=2))
@@ -232,7 +233,7 @@ def test_client_ids_in_any_order_and_gaps():
     assert out.cohort == tuple(sorted(ids)) and set(out.rejected) == {ids[3]}
     Xs = X[torch.from_numpy(order)]
     acc = torch.from_numpy(out.accepted)
-    assert np.allclose(out.aggregate, MultiKrum(f=2)(Xs[acc].double()).numpy(), atol=2e-6)
+    assert np.allclose(out.aggregate, MultiKrum(f=1)(Xs[acc].double()).numpy(), atol=2e-6)  # f less the rejected
 
 
 def test_pipeline_state_keeps_the_rule_state_under_two_server():
@@ -277,5 +278,39 @@ def test_random_cohorts_with_outliers_and_dropouts_match_the_plaintext_rule(seed
     accepted[list(out.cohort)] = out.accepted
     assert np.array_equal(accepted, present & (X.double().norm(dim=1) <= 4.0).numpy())
     rows = X[torch.from_numpy(accepted)].double()
-    plain = RULES[name](g0).aggregate(rows, torch.ones(len(rows), dtype=torch.float64))
+    plain = RULES[name](g0).excluding(len(out.rejected)).aggregate(rows, torch.ones(len(rows), dtype=torch.float64))
     assert np.allclose(out.aggregate, plain.aggregate.numpy(), atol=2e-6)
+
+
+def _two_far_outliers(n: int = 7, d: int = 16):
+    g = torch.Generator().manual_seed(11)
+    X = torch.randn(n, d, generator=g) / 8 + 0.2
+    X[:2] *= 100.0  # both far over the bound: provably Byzantine
+    return X
+
+
+@pytest.mark.parametrize("make", [lambda: Krum(f=2), lambda: Compose(NNM(f=2), MultiKrum(f=2))])
+def test_clients_rejected_for_their_norm_count_among_f(make):
+    """Krum(f=2) needs n > 2f + 2 = 6; with 2 of 7 rejected, 5 remain and at most f - 2 = 0 attackers among them."""
+    X = _two_far_outliers()
+    out, _ = TwoServerRound(bound=4.0, d=16, rule=make()).run(X.double().numpy(), np.ones(7), round_id=1)
+    assert sorted(out.rejected) == [0, 1]
+    plain = make().excluding(2).aggregate(X[2:].double(), torch.ones(5, dtype=torch.float64))
+    assert np.allclose(out.aggregate, plain.aggregate.numpy(), atol=2e-6)
+    with pytest.raises(ProtocolAbortError, match="cannot run on the 5 accepted clients"):
+        TwoServerRound(bound=4.0, d=16, rule=make(), rejected_are_byzantine=False).run(
+            X.double().numpy(), np.ones(7), round_id=1)
+
+
+def test_excluding_lowers_f_on_a_copy_that_shares_the_rule_state():
+    cc = CenteredClipping(f=2, tau=0.5)
+    fewer = cc.excluding(1)
+    assert (fewer.f, cc.f, cc.excluding(5).f, cc.excluding(0) is cc) == (1, 2, 0, True)
+    cc.observe(torch.ones(3, dtype=torch.float64))
+    assert cc.excluding(1)._v is cc._v  # the reference the copy decides from is the rule's current one
+    nested = Compose(NNM(f=2), Krum(f=2)).excluding(1)
+    assert [s.f for s in (*nested.pre, nested.rule)] == [1, 1]
+    with pytest.raises(ConfigError, match="removed must be >= 0"):
+        Krum(f=1).excluding(-1)
+    with pytest.raises(ConfigError, match="rejected_are_byzantine"):
+        TwoServerAggregator(bound=1.0, rejected_are_byzantine=1)
