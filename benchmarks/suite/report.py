@@ -96,11 +96,11 @@ def _psnr_range(vals) -> tuple[float, float]:
     return (0.0, max([40.0, *finite]))
 
 
-def _outcomes(path: Path, attacks, defenses, acc, asr, psnr) -> None:
+def _outcomes(path: Path, attacks, defenses, acc, asr, psnr, whose: str = "most exposed client's") -> None:
     """Accuracy, attack success and privacy exposure side by side, one heatmap each."""
     panels = [("test accuracy (higher is better)", acc, "viridis", {}),
               ("attack success rate (lower is better)", asr, "magma", {}),
-              ("server's reconstruction PSNR, dB (lower is better)", psnr, "magma",
+              (f"{whose} reconstruction PSNR, dB (lower is better)", psnr, "magma",
                dict(zip(("vmin", "vmax"), _psnr_range(psnr), strict=True)) | {"spec": ".1f"})]
     panels = [p for p in panels if p[1]]
     w, h = 1.1 * len(defenses) + 2.6, 0.5 * len(attacks) + 1.6
@@ -150,8 +150,15 @@ def _privacy_sections(out: Path, results, attacks, defenses, acc) -> list[str]:
         parts.append(_table("Privacy exposure: PSNR (dB) of the server's reconstruction of an honest client's image "
                             f"from what it observes ({'; '.join(how)}; one probe round on the initial model, before "
                             "any attack, so the same in every row); lower is better", attacks, defenses, psnr, ".1f"))
+        _, _, worst = _grid(results, "psnr_max")
+        if worst:
+            parts.append(_table("Privacy exposure of the most exposed probe client: the highest PSNR (dB) over all "
+                                "the probe round's clients (a rule whose output is one client's update, such as "
+                                "Krum, exposes that client even where the first one looks safe)",
+                                attacks, defenses, worst, ".1f"))
         _, _, asr = _grid(results, "final_asr")
-        _outcomes(out / "outcomes.png", attacks, defenses, acc, asr, psnr)
+        _outcomes(out / "outcomes.png", attacks, defenses, acc, asr, worst or psnr,
+                  "most exposed client's" if worst else "server's")
         parts.append("![accuracy, attack success and privacy exposure](outcomes.png)\n")
     return parts
 
@@ -166,6 +173,7 @@ def render_report(out: str | Path) -> Path:
             r["rounds"], r["malicious"], Setting(**{**r["setting"], "seeds": tuple(r["setting"]["seeds"])})
         )
         r["summary"]["psnr"] = (r.get("exposure") or {}).get("psnr")
+        r["summary"]["psnr_max"] = (r.get("exposure") or {}).get("psnr_max")
     if not results:
         from benchmarks.suite.spec import SuiteError
 

@@ -180,3 +180,20 @@ def test_cli_suite_errors_before_work(tmp_path, capsys):
     assert cli_main(["suite", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "setting.alpha" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_report_shows_the_most_exposed_client_beside_the_first_honest_one(tmp_path):
+    """Krum's output is one client's update: the first honest client looks safe, the chosen one is exposed."""
+    from benchmarks.suite.report import _privacy_sections
+
+    def cell(defense, psnr, psnr_max):
+        return {"attack": {"label": "none"}, "defense": {"label": defense}, "rounds": [{"metrics": {}}],
+                "summary": {"psnr": psnr, "psnr_max": psnr_max, "final_asr": None},
+                "exposure": {"attack": "ig", "observed": "aggregate"}}
+
+    results = [cell("krum", 9.3, 33.6), cell("mean", 12.0, 14.5)]
+    text = "\n".join(_privacy_sections(tmp_path, results, ["none"], ["krum", "mean"],
+                                       {("none", "krum"): [0.7], ("none", "mean"): [0.8]}))
+    first, worst = text.split("most exposed probe client")
+    assert "| none | 9.3 | 12.0 |" in first and "| none | 33.6 | 14.5 |" in worst
+    assert (tmp_path / "outcomes.png").stat().st_size > 1000
