@@ -17,10 +17,6 @@ same process:
   directions) over ``8 n d`` (one cohort of ring words); the larger online server
   time over SecAgg+'s server time (:class:`~secure_agg.aggregator.SecAggPlusAggregator`,
   one round per ``(n, d)``, weighted mean, no dropout);
-* the floor: the time any two-server round with this upload must spend online, S0 expanding
-  ``n`` input seeds (AES-CTR) and S1 decrypting ``n`` sealed uploads (AES-GCM), timed with
-  the protocol's primitives (``floor/plain``: where it exceeds a goal, no implementation of
-  this design on this machine meets that goal);
 * the peak resident memory of the process during the rule's rounds, and its growth over the
   resident size when the rounds started, in cohorts (``mem/cohort``; a lower bound when an
   earlier, larger configuration left freed memory in the allocator, so read it at large sizes).
@@ -71,8 +67,6 @@ from fl_core.errors import ConfigError
 from fl_core.rng import numpy_generator, torch_generator
 from secure_agg.aggregator import SecAggPlusAggregator
 from secure_agg.twoserver import TwoServerParams, TwoServerRound
-from secure_agg.twoserver.messages import ClientVector, seal, unseal
-from secure_agg.twoserver.params import SERVERS, keystream_words
 
 __all__ = [
     "DEFAULT_RULES",
@@ -311,26 +305,6 @@ def _protocol(rule: Aggregator, rows: np.ndarray, bound: float, repeats: int, se
     }
 
 
-def _floors(n: int, d: int) -> dict[str, float]:
-    """The least online work of any two-server round with a seed-compressed upload, timed with the protocol's own
-    primitives: S0 must expand ``n`` input seeds to ``n d`` ring words (AES-CTR, :func:`keystream_words`), S1 must
-    authenticate and decrypt ``n`` uploads of ``d`` words (AES-GCM, :func:`unseal`). Neither is avoidable: the
-    upload goal (about one ring vector per client) forces one seed, and the issue requires sealed uploads.
-    """
-    key, ident = bytes(range(32)), SERVERS[1]
-    frame = seal(ClientVector(weight=1.0, share=np.zeros(d, dtype=np.uint64)), key, round_id=1, sender=0,
-                 receiver=ident, seq=0)
-    start = time.perf_counter()
-    for _ in range(n):
-        keystream_words(key, slice(0, d))
-    expand = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(n):
-        unseal(frame, key, ClientVector, round_id=1, sender=0, receiver=ident, seq=0)
-    decrypt = time.perf_counter() - start
-    return {"floor_s0_expand_s": expand, "floor_s1_decrypt_s": decrypt, "floor_s": max(expand, decrypt)}
-
-
 def _verdicts(row: dict[str, Any]) -> dict[str, bool | None]:
     goal_time = GOALS["online_over_plain"].get(row["rule"])
     return {
@@ -420,16 +394,14 @@ def run_twoserver_bench(
             else:
                 sa = {"n": n, "d": d, "status": f"skipped: n*d={n * d:.0e} > --secagg-max {secagg_max:.0e}"}
             secagg_rows.append(sa)
-            floors = _floors(n, d)
             for name in names:
                 logger.info("two-server bench: n=%d d=%d %s", n, d, name)
                 plain = _best_plain(RULES[name](f, g0, torch_generator(seed, n, d, 1)), updates, plain_repeats)
                 prot = _protocol(RULES[name](f, g0, torch_generator(seed, n, d, 2)), rows_np, bound, repeats, seed)
                 row: dict[str, Any] = {**base, "rule": name, "status": "ok", "bound": bound,
                                        "frac_bits": TwoServerParams.from_bound(d=d, bound=bound).frac_bits,
-                                       "plain_s": plain, **prot, **floors}
+                                       "plain_s": plain, **prot}
                 row["online_over_plain"] = row["online_max_s"] / plain
-                row["floor_over_plain"] = floors["floor_s"] / plain
                 row["upload_over_f32"] = row["client_upload_B"] / (4 * d)
                 row["peer_over_cohort"] = row["peer_B_total"] / cohort_B
                 row["peer_dir_over_cohort"] = max(row["peer_B_s0_to_s1"], row["peer_B_s1_to_s0"]) / cohort_B
@@ -477,17 +449,16 @@ def _tables(report: dict[str, Any]) -> list[Table]:
     ratio = Table(title="two-server protocol: ratios (goals at n=100, d=1e6: time <= 20x plaintext for krum, "
                         "multi_krum, flame, <= 5x for the others; upload <= 2.05x float32; "
                         "server-to-server <= 4 cohorts)", title_justify="left")
-    for label in ("n", "d", "rule", "acc", "online/plain", "goal", "floor/plain", "online/SecAgg+", "upload/f32",
+    for label in ("n", "d", "rule", "acc", "online/plain", "goal", "online/SecAgg+", "upload/f32",
                   "s2s/cohort", "1 dir/cohort", "mem/cohort", "verdict"):
         ratio.add_column(label, justify="left" if label in ("rule", "verdict") else "right")
     for r in report["rows"]:
         if r["status"] != "ok":
-            ratio.add_row(str(r["n"]), f"{r['d']:.0e}", r["rule"], *[""] * 9, _verdict_text(r))
+            ratio.add_row(str(r["n"]), f"{r['d']:.0e}", r["rule"], *[""] * 8, _verdict_text(r))
             continue
         goal = GOALS["online_over_plain"].get(r["rule"])
         ratio.add_row(str(r["n"]), f"{r['d']:.0e}", r["rule"], str(r["accepted"]), f"{r['online_over_plain']:.1f}",
-                      _fmt(goal, ".0f"), f"{r['floor_over_plain']:.1f}", _fmt(r["online_over_secagg"], ".1f"),
-                      f"{r['upload_over_f32']:.4f}",
+                      _fmt(goal, ".0f"), _fmt(r["online_over_secagg"], ".1f"), f"{r['upload_over_f32']:.4f}",
                       f"{r['peer_over_cohort']:.3f}", f"{r['peer_dir_over_cohort']:.3f}",
                       f"{r['peak_extra_over_cohort']:.1f}", _verdict_text(r))
     absolute = Table(title="two-server protocol: absolute figures (s: seconds, best of --repeats; B: bytes)",
