@@ -264,8 +264,14 @@ def seal(msg: _Message, key: bytes, *, round_id: int, sender: int, receiver: int
 
 
 def unseal(data: bytes | bytearray, key: bytes, expect: type[M], *, round_id: int, sender: int, receiver: int,
-           seq: int) -> M:
-    """Check and open a frame: the expected type, round, ids and position; then authenticate and parse."""
+           seq: int, into: np.ndarray | None = None) -> M:
+    """Check and open a frame: the expected type, round, ids and position; then authenticate and parse.
+
+    ``into``: a ``uint8`` buffer the body is decrypted into when it is large enough (the
+    parsed arrays are views of it, valid until the buffer is reused); a fresh one otherwise.
+    A receiver that opens ``n x d`` matrices every step reuses one buffer instead of asking
+    the kernel for fresh pages each time.
+    """
     what = f"{expect.__name__} from {sender}"
     if not isinstance(data, bytes | bytearray | memoryview) or len(data) < _HEADER.size + _NONCE_AND_TAG:
         raise WireFormatError(f"{what}: frame too short ({len(data) if hasattr(data, '__len__') else '?'} bytes)")
@@ -283,7 +289,10 @@ def unseal(data: bytes | bytearray, key: bytes, expect: type[M], *, round_id: in
                                    f"expected {sender} to {receiver} at {seq} (replayed or redirected)")
     if len(view) != _HEADER.size + _NONCE_AND_TAG + blen:
         raise WireFormatError(f"{what}: frame of {len(view)} bytes does not match its body length {blen}")
-    body = memoryview(np.empty(blen, dtype=np.uint8))  # no zero fill: decryption writes every byte
+    if into is not None and into.dtype == np.uint8 and into.ndim == 1 and into.size >= blen:
+        body = memoryview(into)[:blen]
+    else:
+        body = memoryview(np.empty(blen, dtype=np.uint8))  # no zero fill: decryption writes every byte
     start = _HEADER.size + _NONCE
     nonce, ad, aead = view[_HEADER.size : start], _ad(bytes(view[: _HEADER.size])), AESGCM(key)
     try:

@@ -166,10 +166,10 @@ class ShareServer:
         self._sent += 1
         return frame
 
-    def _recv(self, frame: bytes, expect: type) -> object:
+    def _recv(self, frame: bytes, expect: type, into: np.ndarray | None = None) -> object:
         try:
             msg = unseal(frame, self._peer_key, expect, round_id=self.round_id, sender=self.peer,
-                         receiver=self.party.ident, seq=self._received)
+                         receiver=self.party.ident, seq=self._received, into=into)
         except (MessageRejectedError, WireFormatError) as e:
             what = f"server {self.index}: the other server's {expect.__name__}"
             raise ProtocolAbortError(f"{what} was refused ({e})") from e
@@ -354,7 +354,9 @@ class ShareServer:
             raise MessageRejectedError(f"server {self.index}: openings received before this server sent its own")
         with self._timed():
             tag = self.tags[self._tag_pos]
-            peer = self._recv(frame, Openings)
+            if getattr(self, "_body_buffer", None) is None:  # every triple's peer E is opened into one buffer
+                self._body_buffer = np.empty(self._own_E.nbytes + 4096, dtype=np.uint8)
+            peer = self._recv(frame, Openings, into=self._body_buffer)
             if peer.tags != (tag,) or peer.stack.shape != (1, *self._own_E.shape):  # type: ignore[attr-defined]
                 raise ProtocolAbortError(f"server {self.index}: openings for {peer.tags} of shape "  # type: ignore
                                          f"{peer.stack.shape}, expected ({tag},) {(1, *self._own_E.shape)}")
@@ -366,7 +368,7 @@ class ShareServer:
             self._own_E = None
             self._tag_pos += 1
             if self._tag_pos == len(self.tags):
-                self._E_buffer = None
+                self._E_buffer = self._body_buffer = None
                 self._reference_shares()
                 self.stage = Stage.VALIDATE
 

@@ -314,3 +314,16 @@ def test_excluding_lowers_f_on_a_copy_that_shares_the_rule_state():
         Krum(f=1).excluding(-1)
     with pytest.raises(ConfigError, match="rejected_are_byzantine"):
         TwoServerAggregator(bound=1.0, rejected_are_byzantine=1)
+
+
+def test_unseal_into_a_reused_buffer_parses_views_of_it_and_falls_back_when_too_small():
+    from secure_agg.twoserver.messages import Openings, seal, unseal
+
+    key, E = bytes(range(32)), np.arange(12, dtype=np.uint64).reshape(1, 3, 4)
+    frame = seal(Openings(tags=(5,), stack=E), key, round_id=1, sender=1, receiver=2, seq=0)
+    kw = dict(round_id=1, sender=1, receiver=2, seq=0)
+    buf = np.zeros(4096, dtype=np.uint8)
+    msg = unseal(frame, key, Openings, into=buf, **kw)
+    assert np.array_equal(msg.stack, E) and np.shares_memory(msg.stack, buf)
+    small = unseal(frame, key, Openings, into=np.zeros(8, dtype=np.uint8), **kw)
+    assert np.array_equal(small.stack, E) and not np.shares_memory(small.stack, buf)
