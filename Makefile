@@ -7,7 +7,7 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS      ?= test,text,fm
+EXTRAS      ?= test,text,fm,flower
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.flsec-installed
 FMNIST_DIR  := /usr/share/datasets/fashion-mnist

@@ -1,0 +1,54 @@
+"""A small Flower app for the simulation test: logistic regression on synthetic data, two sign-flipping nodes.
+
+Module-level so that Ray's workers import the ``ClientApp`` by reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+FEATURES, CLASSES, PER_NODE, MALICIOUS, BOOST = 20, 2, 200, (0, 1), 5.0
+_W = np.random.default_rng(1234).normal(size=(CLASSES, FEATURES))
+
+
+def data(partition: int, n: int = PER_NODE) -> tuple[np.ndarray, np.ndarray]:
+    """The partition's examples: Gaussian inputs labelled by a fixed linear teacher."""
+    rng = np.random.default_rng(10_000 + partition)
+    x = rng.normal(size=(n, FEATURES)).astype(np.float32)
+    return x, (x @ _W.T).argmax(axis=1)
+
+
+def local_train(arrays: list[np.ndarray], partition: int, lr: float = 0.5, steps: int = 20) -> list[np.ndarray]:
+    """Full-batch gradient steps of softmax regression; malicious partitions send ``g - BOOST * delta``."""
+    w, b = (a.astype(np.float64).copy() for a in arrays)
+    x, y = data(partition)
+    onehot = np.eye(CLASSES)[y]
+    for _ in range(steps):
+        z = x @ w.T + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        w -= lr * (p - onehot).T @ x / len(x)
+        b -= lr * (p - onehot).mean(axis=0)
+    new = [w, b]
+    if partition in MALICIOUS:
+        new = [a0 - BOOST * (a1 - a0) for a0, a1 in zip(arrays, new, strict=True)]
+    return [a.astype(np.float32) for a in new]
+
+
+def accuracy(arrays: list[np.ndarray]) -> float:
+    x, y = data(999, n=2000)
+    return float(((x @ arrays[0].T + arrays[1]).argmax(axis=1) == y).mean())
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    partition = int(context.node_config["partition-id"])
+    arrays = msg.content["arrays"].to_numpy_ndarrays()
+    new = local_train(arrays, partition)
+    content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": PER_NODE})})
+    return Message(content=content, reply_to=msg)
