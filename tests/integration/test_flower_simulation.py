@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,12 @@ def _initial() -> list[np.ndarray]:
     return [np.zeros((c, f), np.float32), np.zeros(c, np.float32)]
 
 
+def _readme_block() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("# README: flower-strategy")
+    return readme[start : readme.index("```", start)]
+
+
 def _plain_fedavg() -> list[np.ndarray]:
     """Flower's FedAvg arithmetic (equal weights) on the same clients, without Flower: the attack's effect."""
     g = _initial()
@@ -44,12 +51,12 @@ def test_median_pipeline_in_a_flower_simulation_resists_two_sign_flipping_nodes(
     server = ServerApp()
 
     @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy = PipelineStrategy(Pipeline(rule=Median(f=2)), min_train_nodes=NODES, min_available_nodes=NODES,
-                                    node_wait_s=60)
-        res = strategy.start(grid=grid, initial_arrays=ArrayRecord(_initial()), num_rounds=ROUNDS, timeout=120)
-        results["arrays"] = res.arrays.to_numpy_ndarrays()
-        results["metrics"] = res.train_metrics_clientapp
+    def main(grid: Grid, context: Context) -> None:  # the README's three lines, as written there
+        namespace = {"grid": grid, "initial": _initial(), "PipelineStrategy": PipelineStrategy,
+                     "Pipeline": Pipeline, "Median": Median, "ArrayRecord": ArrayRecord}
+        exec(compile(_readme_block(), "README-flower-strategy", "exec"), namespace)
+        results["arrays"] = namespace["final"].to_numpy_ndarrays()
+        results["metrics"] = namespace["metrics"]
 
     torch.set_num_threads(1)
     # the test starts the local Ray cluster itself (Flower's backend reuses it) and stops it
