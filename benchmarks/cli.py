@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,  # an imported library may have put a handler on the root logger already
     )
     if not getattr(args, "func", None):
         parser.print_help()

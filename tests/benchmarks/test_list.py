@@ -71,3 +71,19 @@ def test_help_names_the_families() -> None:
     parser = build_parser()
     text = parser.format_help()
     assert "list" in text and "DP mechanisms" in text and "secure-aggregation protocols" in text
+
+
+def test_verbose_flag_turns_on_info_logs_even_when_an_import_added_a_root_handler():
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        root.addHandler(logging.StreamHandler())  # what an imported library may do before the CLI configures logging
+        assert main(["-v", "list"]) == 0
+        assert root.level == logging.INFO and [type(h) for h in root.handlers] == [RichHandler]
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
