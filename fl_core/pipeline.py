@@ -319,6 +319,9 @@ class Pipeline:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` of a pipeline with the same stages.
 
+        All or nothing: when one stage refuses its state, the stages already restored go
+        back to the state they had, so the pipeline is never half-loaded.
+
         Raises
         ------
         fl_core.state.StateError
@@ -328,8 +331,16 @@ class Pipeline:
         unknown = sorted(set(state) - set(stages))
         if unknown:
             raise StateError(f"pipeline state has slots {unknown} this pipeline does not have ({sorted(stages)})")
-        for slot, sub in state.items():
-            stages[slot].load_state_dict(sub)
+        before = {slot: stages[slot].state_dict() for slot in state}
+        done: list[str] = []
+        try:
+            for slot, sub in state.items():
+                stages[slot].load_state_dict(sub)
+                done.append(slot)
+        except Exception:
+            for slot in done:
+                stages[slot].load_state_dict(before[slot])
+            raise
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{slot}={type(s).__name__}" for slot, s in self.stages())

@@ -126,6 +126,21 @@ def test_pipeline_state_refuses_a_slot_it_does_not_have():
         pipe.load_state_dict({"server.5": {}})
 
 
+def test_a_refused_stage_state_leaves_the_whole_pipeline_as_it_was():
+    """Load a good server-noise ledger and a corrupt optimiser state: the ledger is not half-restored."""
+    U = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    dp, pipe = _dp_pipeline()
+    pipe(U, torch.ones(4), Round(0, (0, 1, 2, 3), torch.zeros(5)))
+    state = pipe.state_dict()
+    dp2, fresh = _dp_pipeline()
+    before = fresh.state_dict()
+    bad = {**state, "optimizer": {**state["optimizer"], "version": 999}}
+    assert list(bad)[-1] == "optimizer"  # the noise's ledger is loaded first, then the optimiser refuses
+    with pytest.raises(StateError):
+        fresh.load_state_dict(bad)
+    assert fresh.state_dict() == before and dp2.ledger.epsilon() == 0.0
+
+
 def test_federation_runs_the_same_pipeline_as_the_shorthand():
     split = load_dataset("digits")
     parts = [np.arange(i * 30, (i + 1) * 30) for i in range(6)]
