@@ -129,7 +129,7 @@ def test_pipeline_state_refuses_a_slot_it_does_not_have():
 def test_a_refused_stage_state_leaves_the_whole_pipeline_as_it_was():
     """Load a good server-noise ledger and a corrupt optimiser state: the ledger is not half-restored."""
     U = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
-    dp, pipe = _dp_pipeline()
+    _, pipe = _dp_pipeline()
     pipe(U, torch.ones(4), Round(0, (0, 1, 2, 3), torch.zeros(5)))
     state = pipe.state_dict()
     dp2, fresh = _dp_pipeline()
