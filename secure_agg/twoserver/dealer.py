@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from secure_agg.twoserver.messages import Triples, seal
-from secure_agg.twoserver.params import GRAM_TAG, SERVERS, Party, expand, keystream_words, new_seed, row_key
+from secure_agg.twoserver.params import GRAM_BITS, GRAM_TAG, SERVERS, Party, expand, keystream_words, new_seed, row_key
 from secure_agg.twoserver.ring import GramAccumulator, column_blocks, row_sums
 
 __all__ = ["DEALER_PURPOSE", "Dealer", "MaskStream", "product_share"]
@@ -93,7 +93,7 @@ class Dealer:
         for tag in tags:
             a_seed0, c_seed0, a_seed1 = new_seed(), new_seed(), new_seed()
             m0, m1 = (MaskStream(sd, round_id=round_id, tag=tag, n=n) for sd in (a_seed0, a_seed1))
-            gram = GramAccumulator(n, n) if tag == GRAM_TAG else None
+            gram = GramAccumulator(n, n, bits=GRAM_BITS) if tag == GRAM_TAG else None
             sums = np.zeros(n, dtype=np.uint64)
             for cols in column_blocks(d):
                 a = m0.block(range(n), cols) + m1.block(range(n), cols)

@@ -24,6 +24,7 @@ from secure_agg.twoserver.ring import validation_levels
 
 __all__ = [
     "DEALER",
+    "GRAM_BITS",
     "GRAM_TAG",
     "SERVERS",
     "Party",
@@ -39,6 +40,9 @@ SERVERS = (0xFFFF_FFF0, 0xFFFF_FFF1)
 DEALER = 0xFFFF_FFF2
 #: Tag of the Gram-matrix triple (norm triples are tagged by their truncation ``t``).
 GRAM_TAG = 0xFFFF
+#: The Gram triple's products are computed modulo ``2^62`` (three limbs, not four): an accepted
+#: client's squared norm is below ``2^61`` and an inner product of two at most ``2^60`` in size.
+GRAM_BITS = 62
 SEED_BYTES = 32
 
 

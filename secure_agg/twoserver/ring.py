@@ -58,6 +58,7 @@ __all__ = [
     "column_blocks",
     "decode",
     "encode",
+    "reduce62",
     "ring_matmul_t",
     "row_sums",
     "truncate",
@@ -125,8 +126,56 @@ def _accumulate(out: np.ndarray, la: list[np.ndarray], lb: list[np.ndarray] | No
             out += part << U64(16 * (i + j))
 
 
+#: Limb layout of products modulo ``2^62``: three limbs of 21, 21 and 20 bits; a limb product
+#: summed over at most ``2^11`` columns stays below ``2^53``, so it is exact in float64.
+_LIMB62, _COLS62 = 21, 1 << 11
+_MASK62 = U64((1 << 62) - 1)
+
+
+def _limbs62(a: np.ndarray) -> list[np.ndarray]:
+    """Bits 0-20, 21-41 and 42-61 of ``uint64`` entries, as float64."""
+    a = np.asarray(a, dtype=U64)
+    low = U64((1 << _LIMB62) - 1)
+    return [((a >> U64(_LIMB62 * k)) & low).astype(np.float64) for k in range(3)]
+
+
+def _accumulate62(out: np.ndarray, la: list[np.ndarray], lb: list[np.ndarray] | None) -> None:
+    """``out += a @ b.T mod 2^62`` (upper two bits of ``out`` are garbage) from the limbs of
+    :func:`_limbs62` over at most ``2^11`` columns: the six limb pairs of weight below ``2^62``
+    (four products when ``b = a``: two symmetric, two transposed)."""
+    for i in range(3):
+        for j in range(3 - i):
+            if lb is None and j < i:
+                continue
+            prod = la[i] @ (la if lb is None else lb)[j].T  # entries < 2^42 * 2^11 = 2^53: exact
+            part = prod.astype(U64)
+            if lb is None and i != j:
+                part = part + part.T
+            out += part << U64(_LIMB62 * (i + j))
+
+
+def reduce62(v: np.ndarray, *, signed: bool) -> np.ndarray:
+    """Ring words read modulo ``2^62`` as int64: in ``[0, 2^62)``, or ``[-2^61, 2^61)`` when ``signed``.
+
+    Examples
+    --------
+    >>> v = np.array([5, 2**64 - 3, 2**62 + 7], dtype=np.uint64)
+    >>> reduce62(v, signed=True).tolist(), reduce62(v, signed=False).tolist()
+    ([5, -3, 7], [5, 4611686018427387901, 7])
+    """
+    r = (np.asarray(v, dtype=U64) & _MASK62).astype(np.int64)
+    return np.where(r >= 2**61, r - 2**62, r) if signed else r
+
+
 class GramAccumulator:
-    """``sum over column blocks of a_blk @ b_blk.T`` modulo ``2^64`` (``b_blk=None``: ``a_blk @ a_blk.T``).
+    """``sum over column blocks of a_blk @ b_blk.T`` modulo ``2^bits`` (``b_blk=None``: ``a_blk @ a_blk.T``).
+
+    ``bits=64``: four 16-bit limbs, ten float64 products per block (six when ``b = a``).
+    ``bits=62``: three 21-bit limbs over sub-blocks of ``2^11`` columns, six products (four
+    when ``b = a``); the upper two bits of :attr:`out` are then meaningless, read it with
+    :func:`reduce62`. Reduction modulo ``2^62`` is a ring homomorphism of ``Z_{2^64}``, so
+    Beaver shares computed this way add up to the product modulo ``2^62``: enough for a
+    Gram matrix whose entries are below ``2^61`` in magnitude.
 
     Examples
     --------
@@ -135,15 +184,30 @@ class GramAccumulator:
     >>> acc.add(a[:, :2]); acc.add(a[:, 2:])
     >>> acc.out.tolist() == ring_matmul_t(a).tolist() == [[5, 14], [14, 50]]
     True
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = (rng.integers(0, 2**64, size=(3, 5000), dtype=np.uint64) for _ in range(2))
+    >>> acc = GramAccumulator(3, 3, bits=62)
+    >>> acc.add(A, B)
+    >>> bool((reduce62(acc.out, signed=False) == reduce62(ring_matmul_t(A, B), signed=False)).all())
+    True
     """
 
-    def __init__(self, n: int, m: int) -> None:
+    def __init__(self, n: int, m: int, *, bits: int = 64) -> None:
+        if bits not in (62, 64):
+            raise ValueError(f"bits must be 62 or 64, got {bits}")
+        self.bits = bits
         self.out = np.zeros((n, m), dtype=U64)
 
     def add(self, a_blk: np.ndarray, b_blk: np.ndarray | None = None) -> None:
         if a_blk.shape[1] > 2**21:
             raise RingOverflowError(f"a block of {a_blk.shape[1]} columns exceeds 2^21")
-        _accumulate(self.out, _limbs(a_blk), None if b_blk is None else _limbs(b_blk))
+        if self.bits == 64:
+            _accumulate(self.out, _limbs(a_blk), None if b_blk is None else _limbs(b_blk))
+            return
+        la, lb = _limbs62(a_blk), None if b_blk is None else _limbs62(b_blk)
+        for c in range(0, a_blk.shape[1], _COLS62):
+            sl = slice(c, c + _COLS62)
+            _accumulate62(self.out, [x[:, sl] for x in la], None if lb is None else [x[:, sl] for x in lb])
 
 
 def ring_matmul_t(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:

@@ -48,8 +48,17 @@ from secure_agg.twoserver.messages import (
     seal,
     unseal,
 )
-from secure_agg.twoserver.params import DEALER, GRAM_TAG, SEED_BYTES, SERVERS, Party, TwoServerParams, keystream_words
-from secure_agg.twoserver.ring import U64, GramAccumulator, column_blocks, encode, row_sums, truncate
+from secure_agg.twoserver.params import (
+    DEALER,
+    GRAM_BITS,
+    GRAM_TAG,
+    SEED_BYTES,
+    SERVERS,
+    Party,
+    TwoServerParams,
+    keystream_words,
+)
+from secure_agg.twoserver.ring import U64, GramAccumulator, column_blocks, encode, reduce62, row_sums, truncate
 
 __all__ = ["ServerOutcome", "ShareServer", "Stage", "triple_tags"]
 
@@ -231,7 +240,7 @@ class ShareServer:
 
     def _self_product(self, stream: MaskStream, tag: int, n: int) -> np.ndarray:
         """S0's ``rowsum(A_0 * A_0)`` or ``A_0 A_0^T`` over every sampled row (input-independent: offline)."""
-        gram = GramAccumulator(n, n) if tag == GRAM_TAG else None
+        gram = GramAccumulator(n, n, bits=GRAM_BITS) if tag == GRAM_TAG else None
         sums = np.zeros(n, dtype=U64)
         for cols in column_blocks(self.params.d):
             a = stream.block(range(n), cols)
@@ -408,7 +417,7 @@ class ShareServer:
     def _gram_product(self, own: np.ndarray, peer: np.ndarray) -> np.ndarray:
         stream, c = self._triples[GRAM_TAG]  # type: ignore[index]
         m, idx = len(self.cohort), np.ix_(self._rows, self._rows)
-        acc = GramAccumulator(m, m)
+        acc = GramAccumulator(m, m, bits=GRAM_BITS)
         for cols in column_blocks(self.params.d):
             e = own[:, cols] + peer[:, cols]
             a = stream.block(self._rows, cols)
@@ -437,6 +446,8 @@ class ShareServer:
             if peer.phase != 1 or peer.values.shape != own.shape:  # type: ignore[attr-defined]
                 raise ProtocolAbortError(f"server {self.index}: validation scalars of the wrong shape")
             norms = (own + peer.values).view(np.int64)  # type: ignore[attr-defined]
+            if self.tags[-1] == GRAM_TAG:  # the exact norms are the Gram's diagonal, modulo 2^62
+                norms[-1] = reduce62(own[-1] + peer.values[-1], signed=False)  # type: ignore[attr-defined]
             self.opened["level_norms2"] = norms.copy()
             accepted = np.ones(len(self.cohort), dtype=bool)
             self.rejected: dict[int, int] = {}
@@ -474,6 +485,9 @@ class ShareServer:
             if self.needs >= Needs.GRAM:
                 own = np.concatenate([own, self._gram_share[np.ix_(acc, acc)].ravel()])  # type: ignore[index]
             opened = (own + peer.values).view(np.int64)  # type: ignore[attr-defined]
+            if self.needs >= Needs.GRAM:  # the pairwise part, after the reference dots, was computed modulo 2^62
+                used = self._ref_share[acc].size
+                opened[used:] = reduce62(opened[used:].view(U64), signed=True)
             self.opened["geometry"] = opened.copy()
             self.geometry = self._geometry(acc, opened)
             self.decision = self._decide(acc)

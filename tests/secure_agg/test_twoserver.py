@@ -327,3 +327,23 @@ def test_unseal_into_a_reused_buffer_parses_views_of_it_and_falls_back_when_too_
     assert np.array_equal(msg.stack, E) and np.shares_memory(msg.stack, buf)
     small = unseal(frame, key, Openings, into=np.zeros(8, dtype=np.uint8), **kw)
     assert np.array_equal(small.stack, E) and not np.shares_memory(small.stack, buf)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**16), d=st.sampled_from([1, 7, 2048, 2049, 5000]), at_bound=st.booleans())
+def test_opened_gram_and_norms_are_the_exact_integer_ones(seed, d, at_bound):
+    """The Gram triple is computed modulo 2^62 (three limbs): every opened entry is still the exact integer."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(6, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X *= rng.uniform(0.2, 1.0, size=(6, 1)) * 4.0
+    if at_bound:  # an antiparallel pair at the bound: the largest norms, the most negative inner product
+        X[0] = X[0] / np.linalg.norm(X[0]) * 3.999
+        X[1] = -X[0]
+    proto = TwoServerRound(bound=4.0, d=d, rule=Krum(f=1))
+    out, _ = proto.run(X, np.ones(6), round_id=1)
+    assert out.accepted.all()
+    Y = encode(X, proto.params.frac_bits)
+    exact = ring_matmul_t(Y).view(np.int64)  # below 2^63 in magnitude: the ring value is the integer
+    assert np.array_equal(out.opened["geometry"].reshape(6, 6), exact)
+    assert np.array_equal(out.opened["level_norms2"][-1], np.diagonal(exact))
