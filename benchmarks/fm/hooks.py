@@ -40,6 +40,7 @@ Examples
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -85,7 +86,10 @@ __all__ = [
     "Scores",
     "TriggerScanHooks",
     "cell_hooks",
+    "samples_without",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class Scores(NamedTuple):
@@ -284,8 +288,11 @@ class PublicDataHooks(CellHooks):
         ctx.info["public_set"] = report
         texts = public.data
         if ctx.strip:  # the scan flagged tokens: drop the FM-made samples that carry one (the rest is stripped anyway)
-            keep = [i for i, t in enumerate(strip_tokens(list(texts.texts), ctx.strip)) if t == texts.texts[i]]
+            keep = samples_without(list(texts.texts), ctx.strip)
             report["dropped_by_scan"] = len(texts) - len(keep)
+            if not keep:  # a common word was flagged: every sample carries it; keep them all, stripped at encoding
+                log.warning("the scan's tokens %s are in every public sample: none dropped, all stripped", ctx.strip)
+                keep, report["dropped_by_scan"] = list(range(len(texts))), 0
             texts = texts.subset(keep)
         return texts
 
@@ -425,3 +432,14 @@ def cell_hooks(cell: Cell) -> tuple[CellHooks, CellHooks]:
     else:
         defense = RobustRuleHooks(d)
     return attack, defense
+
+
+def samples_without(texts: list[str], tokens: tuple[str, ...]) -> list[int]:
+    """Indices of the texts that carry none of ``tokens`` as a word (empty when every text carries one).
+
+    Examples
+    --------
+    >>> samples_without(["buy cf now", "a fine deal", "CF!"], ("cf",))
+    [1]
+    """
+    return [i for i, t in enumerate(strip_tokens(texts, tokens)) if t == texts[i]]
