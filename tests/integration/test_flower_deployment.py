@@ -1,0 +1,148 @@
+"""The example app ``examples/flower-robust-dp`` on a real local Flower deployment, run by Flower's own CLI.
+
+One ``flower-superlink`` and 10 ``flower-supernode`` processes on 127.0.0.1 (each SuperNode
+with its partition in ``--node-config``), then ``flwr run`` of the app against that
+SuperLink: Median with central DP under two sign-flipping, boosting nodes. The ServerApp
+writes its final accuracy and per-round metrics to the ``result-path`` of the run config.
+Every process (and the SuperExec/app processes they spawn) is stopped in ``finally``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr", reason="the flower extra (flwr) is not installed")
+psutil = pytest.importorskip("psutil", reason="psutil finds the processes Flower spawns in new sessions")
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "examples" / "flower-robust-dp"
+BIN = Path(sys.executable).parent
+NODES, ROUNDS = 10, 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(flwr_home: Path) -> dict[str, str]:
+    """No telemetry, no update check, no runtime ``uv sync``; a private Flower home; one thread each."""
+    env = dict(os.environ)
+    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", UV_OFFLINE="1", FLWR_HOME=str(flwr_home),
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not up after {timeout_s:.0f} s") from None
+            time.sleep(0.5)
+
+
+def _tree(procs: list[subprocess.Popen]) -> list[psutil.Process]:
+    """Our processes and all their descendants (SuperExec and app processes run in their own sessions)."""
+    out: list[psutil.Process] = []
+    for p in procs:
+        try:
+            root = psutil.Process(p.pid)
+            out += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    tree = _tree(procs)
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    for p in procs:
+        p.wait(timeout=5)
+
+
+def _listening(procs: list[subprocess.Popen]) -> set[tuple[str, int]]:
+    addrs = set()
+    for p in _tree(procs):
+        try:
+            addrs |= {(c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet") if c.status == "LISTEN"}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return addrs
+
+
+@pytest.mark.slow
+def test_flwr_run_on_a_local_deployment_median_with_dp_resists_two_sign_flipping_nodes(tmp_path: Path) -> None:
+    env, port, result = _env(tmp_path / "flwr-home"), _free_port(), tmp_path / "result.json"
+    (tmp_path / "flwr-home").mkdir()
+    (tmp_path / "flwr-home" / "config.toml").write_text(  # the SuperLink connection `flwr run` uses
+        f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\naddress = "127.0.0.1:{port}"\n'
+        "insecure = true\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, *cmd: str) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "wb") as out:
+            procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    try:
+        start("superlink", str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+              "--disable-runtime-dependency-installation")
+        _wait_http(f"http://127.0.0.1:{port}/health", 60)
+        for k in range(NODES):
+            start(f"supernode-{k}", str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                  "--host", "127.0.0.1", "--port", str(_free_port()),
+                  "--node-config", f"partition-id={k} num-partitions={NODES}")
+        t0 = time.monotonic()
+        run = start("flwr-run", str(BIN / "flwr"), "run", str(APP), "deployment", "--stream", "--run-config",
+                    f'num-nodes={NODES} num-server-rounds={ROUNDS} rule="median" attack=true dp=true '
+                    f'noise-multiplier=0.01 result-path="{result}"')
+        checked_listen = False
+        while not result.exists():
+            assert time.monotonic() - t0 < 480, (logs / "flwr-run.log").read_text()[-3000:]
+            assert run.poll() is None or run.returncode == 0, (logs / "flwr-run.log").read_text()[-3000:]
+            if not checked_listen and time.monotonic() - t0 > 10:
+                listening = _listening(procs)
+                assert listening and all(ip == "127.0.0.1" for ip, _ in listening), listening
+                checked_listen = True
+            time.sleep(1)
+        summary = json.loads(result.read_text())
+    finally:
+        _stop(procs)
+    assert checked_listen
+    assert summary["rounds_done"] == ROUNDS
+    history = summary["history"]
+    eps = [history[str(r)]["dp_epsilon"] for r in range(1, ROUNDS + 1)]
+    assert all(0 < a < b for a, b in itertools.pairwise(eps)), eps  # the ledger grows every round
+    assert all(history[str(r)]["nodes-aggregated"] == NODES for r in range(1, ROUNDS + 1)), history
+    assert history[str(ROUNDS)]["malicious"] == pytest.approx(2 / NODES)  # the two attackers replied every round
+    # Median (f=2) under two sign-flipping nodes boosted 5x; the plain mean ends below 0.1 on the same task
+    assert summary["final_accuracy"] >= 0.85, summary
