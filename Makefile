@@ -12,7 +12,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.flsec-installed
 FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo fedavg test test-slow setup data lint clean
+.PHONY: demo fedavg test test-slow setup data lint clean flower-deploy
 
 demo: setup data
 	@echo ">> flsec suite run threat-short: 3 attacks x 9 pipelines (mean, median, FLAME, central DP, SecAgg+, BFV HE,"
@@ -58,3 +58,9 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# The example Flower app on a real local deployment: one SuperLink and 10 SuperNodes on 127.0.0.1,
+# `flwr run` of examples/flower-robust-dp (Median + central DP under two sign-flipping nodes), all stopped after.
+# Needs the flower extra in $(VENV) (`make setup`); it installs nothing itself.
+flower-deploy:
+	PYTHON_BIN_DIR=$(abspath $(BIN)) examples/flower-robust-dp/deploy.sh
