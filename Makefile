@@ -62,5 +62,5 @@ clean:
 # The example Flower app on a real local deployment: one SuperLink and 10 SuperNodes on 127.0.0.1,
 # `flwr run` of examples/flower-robust-dp (Median + central DP under two sign-flipping nodes), all stopped after.
 # Needs the flower extra in $(VENV) (`make setup`); it installs nothing itself.
-flower-deploy:
+flower-deploy: setup
 	PYTHON_BIN_DIR=$(abspath $(BIN)) examples/flower-robust-dp/deploy.sh

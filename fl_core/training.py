@@ -214,6 +214,17 @@ def local_train(
     engine, train_model, batches = None, model, None
     if config.dp_sgd is not None:
         engine, train_model, opt, batches = _make_private(model, opt, data, config, generator, device)
+    # dropout and other layers draw from torch's global RNG: fork it, seeded by this client's generator
+    # (its initial seed: the batch order's stream is not consumed), and restore it afterwards
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(generator.initial_seed())
+        return _train_loop(model, train_model, opt, data, config, generator, device, hooks, engine, batches)
+
+
+def _train_loop(model: nn.Module, train_model: nn.Module, opt: torch.optim.Optimizer, data: ArrayDataset | TextDataset,
+                config: LocalTrainingConfig, generator: torch.Generator, device: torch.device,
+                hooks: Sequence[TrainingHook], engine: object, batches: object) -> LocalResult:
     step, total = 0, 0.0
     try:
         for _ in range(config.epochs):

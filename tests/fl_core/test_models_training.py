@@ -133,3 +133,27 @@ def test_max_steps():
 def test_bad_training_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         LocalTrainingConfig(**kwargs)
+
+
+def test_dropout_draws_come_from_the_clients_generator_and_leave_the_global_rng_alone():
+    """Two calls with different global RNG states train identically; the global state is as before the call."""
+    from torch import nn
+
+    from fl_core.data.dataset import ArrayDataset
+    from fl_core.training import LocalTrainingConfig, local_train
+
+    X, y = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 2
+    data, cfg = ArrayDataset(X, y, 2, "toy"), LocalTrainingConfig(epochs=1, batch_size=16, lr=0.1)
+
+    def train(global_seed: int) -> torch.Tensor:
+        model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 2))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.1)
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        local_train(model, data, config=cfg, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(torch.get_rng_state(), before)
+        return torch.cat([p.flatten() for p in model.parameters()])
+
+    assert torch.equal(train(1), train(2))
