@@ -50,6 +50,7 @@ def _bench_modules() -> list:
         "benchmarks.bench_fm",
         "benchmarks.bench_round",
         "benchmarks.bench_twoserver",
+        "benchmarks.bench_flower",
     ):
         try:
             found.append(importlib.import_module(name))
