@@ -1,4 +1,4 @@
-"""Typed messages of the two-server protocol and their sealed wire format (version 1).
+"""Typed messages of the two-server protocol and their sealed wire format (version 2).
 
 Every message travels as one frame::
 
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 MAGIC = b"FL2S"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 _HEADER = struct.Struct("<4sBBQIIIQ")
 _NONCE = 12
 _NONCE_AND_TAG = _NONCE + 16
@@ -174,7 +174,11 @@ class Survivors(_Message):
 
 @dataclass(frozen=True)
 class Openings(_Message):
-    """Server to server: this server's shares of the masked matrices ``E = X - A`` (one per triple)."""
+    """Server to server: this server's share of one column block of a masked matrix ``E = X - A``.
+
+    ``tags`` is ``(triple tag, block index)``; ``stack`` is ``(1, n, block columns)``. Wire
+    version 2 streams each triple's ``E`` block by block (version 1 sent it whole).
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.OPENINGS
     LAYOUT: ClassVar = (("tags", "ints"), ("stack", "array"))

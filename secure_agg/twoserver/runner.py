@@ -156,7 +156,7 @@ class TwoServerRound:
     @staticmethod
     def _online(servers: list[ShareServer], cost: RoundCost,
                 network: Network | None) -> tuple[ServerOutcome, ServerOutcome]:
-        opens = [(ShareServer.openings_frame, ShareServer.receive_openings)] * len(servers[0].tags)
+        opens = [(ShareServer.openings_frame, ShareServer.receive_openings)] * servers[0].opening_steps
         steps = [(ShareServer.survivors_frame, ShareServer.agree), *opens,
                  (ShareServer.validation_frame, ShareServer.receive_validation),
                  (ShareServer.geometry_frame, ShareServer.receive_geometry),

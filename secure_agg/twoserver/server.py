@@ -58,7 +58,16 @@ from secure_agg.twoserver.params import (
     TwoServerParams,
     keystream_words,
 )
-from secure_agg.twoserver.ring import U64, GramAccumulator, column_blocks, encode, reduce62, row_sums, truncate
+from secure_agg.twoserver.ring import (
+    BLOCK,
+    U64,
+    GramAccumulator,
+    column_blocks,
+    encode,
+    reduce62,
+    row_sums,
+    truncate,
+)
 
 __all__ = ["ServerOutcome", "ShareServer", "Stage", "triple_tags"]
 
@@ -312,7 +321,10 @@ class ShareServer:
             rows = [self._triple_ids.index(c) for c in cohort]
             self._rows = np.asarray(rows, dtype=np.int64)
             self._hold_inputs()
-            self._tag_pos, self._own_E = 0, None
+            self._tag_pos, self._blk, self._own_E, self._mask = 0, 0, None, None
+            self._cols = column_blocks(self.params.d)
+            self._acc: GramAccumulator | None = None
+            self._sums: np.ndarray | None = None
             self._norm_shares, self._gram_share = [], None
             self.stage = Stage.OPEN
 
@@ -337,49 +349,85 @@ class ShareServer:
         return out
 
     # ---------------------------------------------------------------- OPEN
+    @property
+    def opening_steps(self) -> int:
+        """Openings frames each way: one per triple and column block (:func:`column_blocks`)."""
+        return len(self.tags) * len(column_blocks(self.params.d))
+
     def openings_frame(self) -> bytes:
-        """This server's share of ``E = trunc(X, t) - A_t`` for the next triple (one frame per triple)."""
+        """This server's share of ``E = trunc(X, t) - A_t`` on the next column block of the current triple.
+
+        Streamed block by block: a server holds one block of ``E`` and of the mask at a time,
+        never an ``n x d`` matrix of them, and each frame is ``n x`` :data:`BLOCK` words.
+        """
         self._expect(Stage.OPEN)
         if self._own_E is not None:
-            raise MessageRejectedError(f"server {self.index}: openings of triple {self._tag_pos} already sent")
+            raise MessageRejectedError(f"server {self.index}: openings of triple {self._tag_pos} block {self._blk} "
+                                       "already sent")
         with self._timed():
-            tag = self.tags[self._tag_pos]
-            stream = self._triples[tag][0]  # type: ignore[index]
-            if getattr(self, "_E_buffer", None) is None:  # one buffer for every triple's E: allocated once
-                self._E_buffer = np.empty((len(self.cohort), self.params.d), dtype=U64)
-            E = self._E_buffer
-            for cols in column_blocks(self.params.d):
-                y = self._x_block(cols)
-                if tag not in (0, GRAM_TAG):
-                    y = truncate(y, tag)
-                np.subtract(y, stream.block(self._rows, cols), out=E[:, cols])
-            self._own_E = E
-            return self._send(Openings(tags=(tag,), stack=E[None]))
+            tag, cols = self.tags[self._tag_pos], self._cols[self._blk]
+            y = self._x_block(cols)
+            if tag not in (0, GRAM_TAG):
+                y = truncate(y, tag)
+            self._mask = self._triples[tag][0].block(self._rows, cols)  # type: ignore[index]
+            self._own_E = y - self._mask  # a new array: S1's y is a view of its input shares
+            return self._send(Openings(tags=(tag, self._blk), stack=self._own_E[None]))
 
     def receive_openings(self, frame: bytes) -> None:
-        """Open ``E`` for the current triple and compute this server's share of its products, block by block."""
+        """Open this block of ``E`` and add its part of this server's product share; close the triple after its
+        last block."""
         self._expect(Stage.OPEN)
         if self._own_E is None:
             raise MessageRejectedError(f"server {self.index}: openings received before this server sent its own")
         with self._timed():
-            tag = self.tags[self._tag_pos]
-            if getattr(self, "_body_buffer", None) is None:  # every triple's peer E is opened into one buffer
-                self._body_buffer = np.empty(self._own_E.nbytes + 4096, dtype=np.uint8)
+            tag, own = self.tags[self._tag_pos], self._own_E
+            if getattr(self, "_body_buffer", None) is None:  # every block of every triple is opened into one buffer
+                self._body_buffer = np.empty(8 * len(self.cohort) * BLOCK + 4096, dtype=np.uint8)
             peer = self._recv(frame, Openings, into=self._body_buffer)
-            if peer.tags != (tag,) or peer.stack.shape != (1, *self._own_E.shape):  # type: ignore[attr-defined]
+            if peer.tags != (tag, self._blk) or peer.stack.shape != (1, *own.shape):  # type: ignore[attr-defined]
                 raise ProtocolAbortError(f"server {self.index}: openings for {peer.tags} of shape "  # type: ignore
-                                         f"{peer.stack.shape}, expected ({tag},) {(1, *self._own_E.shape)}")
-            if tag == GRAM_TAG:
-                self._gram_share = self._gram_product(self._own_E, peer.stack[0])  # type: ignore[attr-defined]
-                self._norm_shares.append(self._gram_share.diagonal().copy())
+                                         f"{peer.stack.shape}, expected {(tag, self._blk)} {(1, *own.shape)}")
+            e = np.add(own, peer.stack[0], out=own)  # type: ignore[attr-defined]
+            self._accumulate_block(tag, e, self._mask)
+            self._own_E = self._mask = None
+            self._blk += 1
+            if self._blk == len(self._cols):
+                self._close_triple(tag)
+
+    def _accumulate_block(self, tag: int, e: np.ndarray, a: np.ndarray) -> None:
+        """S0 adds ``(E + A_0)(E + A_0)^T`` (or its row sums of squares), S1 ``E A_1^T``, for this block."""
+        m = len(self.cohort)
+        if self.index == 0:
+            e += a
+        if tag == GRAM_TAG:
+            if self._acc is None:
+                self._acc = GramAccumulator(m, m, bits=GRAM_BITS)
+            self._acc.add(e) if self.index == 0 else self._acc.add(e, a)
+        else:
+            if self._sums is None:
+                self._sums = np.zeros(m, dtype=U64)
+            self._sums += row_sums(e * e if self.index == 0 else e * a)
+
+    def _close_triple(self, tag: int) -> None:
+        """The triple's product share from the accumulated blocks and the dealer's shares; on to the next triple."""
+        c = self._triples[tag][1]  # type: ignore[index]
+        if tag == GRAM_TAG:
+            idx, out = np.ix_(self._rows, self._rows), self._acc.out  # type: ignore[union-attr]
+            if self.index == 0:
+                self._gram_share = out - self._self_products[GRAM_TAG][idx] + c[idx]
             else:
-                self._norm_shares.append(self._square_product(self._own_E, peer.stack[0], tag))  # type: ignore
-            self._own_E = None
-            self._tag_pos += 1
-            if self._tag_pos == len(self.tags):
-                self._E_buffer = self._body_buffer = None
-                self._reference_shares()
-                self.stage = Stage.VALIDATE
+                self._gram_share = out + out.T + c[idx]
+            self._norm_shares.append(self._gram_share.diagonal().copy())
+        elif self.index == 0:
+            self._norm_shares.append(self._sums - self._self_products[tag][self._rows] + c[self._rows])
+        else:
+            self._norm_shares.append(self._sums * U64(2) + c[self._rows])
+        self._acc = self._sums = None
+        self._blk, self._tag_pos = 0, self._tag_pos + 1
+        if self._tag_pos == len(self.tags):
+            self._body_buffer = None
+            self._reference_shares()
+            self.stage = Stage.VALIDATE
 
     def _reference_shares(self) -> None:
         self._refs = self.rule.references(self.params.d, self.ctx).to(torch.float64).cpu().numpy()  # type: ignore
@@ -398,37 +446,6 @@ class ShareServer:
         """Fractional bits of a reference vector: ``F``, fewer if ``||r|| 2^F`` would exceed ``2^31``."""
         norm = float(np.linalg.norm(r))
         return min(self.params.frac_bits, 31 - max(0, math.ceil(math.log2(norm))) if norm > 0 else 31)
-
-    def _square_product(self, own: np.ndarray, peer: np.ndarray, tag: int) -> np.ndarray:
-        stream, c = self._triples[tag]  # type: ignore[index]
-        sums = np.zeros(len(self.cohort), dtype=U64)
-        for cols in column_blocks(self.params.d):
-            e = own[:, cols] + peer[:, cols]
-            a = stream.block(self._rows, cols)
-            if self.index == 0:
-                e += a
-                sums += row_sums(e * e)
-            else:
-                sums += row_sums(e * a)
-        if self.index == 0:
-            return sums - self._self_products[tag][self._rows] + c[self._rows]
-        return sums * U64(2) + c[self._rows]
-
-    def _gram_product(self, own: np.ndarray, peer: np.ndarray) -> np.ndarray:
-        stream, c = self._triples[GRAM_TAG]  # type: ignore[index]
-        m, idx = len(self.cohort), np.ix_(self._rows, self._rows)
-        acc = GramAccumulator(m, m, bits=GRAM_BITS)
-        for cols in column_blocks(self.params.d):
-            e = own[:, cols] + peer[:, cols]
-            a = stream.block(self._rows, cols)
-            if self.index == 0:
-                e += a
-                acc.add(e)
-            else:
-                acc.add(e, a)
-        if self.index == 0:
-            return acc.out - self._self_products[GRAM_TAG][idx] + c[idx]
-        return acc.out + acc.out.T + c[idx]
 
     # ---------------------------------------------------------------- VALIDATE
     def validation_frame(self) -> bytes:

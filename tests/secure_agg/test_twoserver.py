@@ -347,3 +347,28 @@ def test_opened_gram_and_norms_are_the_exact_integer_ones(seed, d, at_bound):
     exact = ring_matmul_t(Y).view(np.int64)  # below 2^63 in magnitude: the ring value is the integer
     assert np.array_equal(out.opened["geometry"].reshape(6, 6), exact)
     assert np.array_equal(out.opened["level_norms2"][-1], np.diagonal(exact))
+
+
+def test_openings_stream_block_by_block_and_the_result_is_exact_across_blocks():
+    """d over two column blocks: one Openings frame per triple and block, and the exact Gram and Krum's choice."""
+    from secure_agg.twoserver.ring import BLOCK
+
+    d, n = 2 * BLOCK + 3, 5
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(n, d)) / np.sqrt(d)
+    X[0] *= 3.0
+    frames = []
+
+    def count(channel, sender, receiver, frame):
+        if channel == "peer" and sender == SERVERS[0]:
+            frames.append(len(frame))
+        return frame
+
+    proto = TwoServerRound(bound=4.0, d=d, rule=Krum(f=1))
+    out, _ = proto.run(X, np.ones(n), round_id=1, network=count)
+    triples = len(proto.params.levels) + 1
+    assert len(frames) == 1 + 3 * triples + 3  # survivors, 3 blocks per triple, validation, geometry, aggregate
+    assert max(frames) < 8 * n * BLOCK + 200  # no frame carries more than one block
+    exact = ring_matmul_t(encode(X, proto.params.frac_bits)).view(np.int64)
+    assert np.array_equal(out.opened["geometry"].reshape(n, n), exact)
+    assert np.allclose(out.aggregate, Krum(f=1)(torch.from_numpy(X)).numpy(), atol=2e-6)
