@@ -100,9 +100,10 @@ GOALS: dict[str, Any] = {
 }
 
 #: Peak resident memory of one in-memory round (both servers, the dealer, the clients' frames) in cohorts of
-#: ``8 n d`` bytes: 8.1 measured at n=100, d=1e6 with the column-block streaming of b75a514 (it was about 39
-#: before); 10 leaves room. Used to skip what cannot fit.
-MEM_COHORTS = 10.0
+#: ``8 n d`` bytes: about 4.1 measured at n=100, d=1e6 with the openings streamed per column block (wire v2; the
+#: process's whole RSS, interpreter and data included; it was 8-9 before); 6 leaves room. Used to skip what
+#: cannot fit.
+MEM_COHORTS = 6.0
 #: Memory of the interpreter with torch and the data, added to the projection (bytes).
 _BASE_BYTES = 1.0e9
 
