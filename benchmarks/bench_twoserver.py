@@ -527,7 +527,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--mem-fraction", type=float, default=0.8,
                    help="skip a configuration whose projected peak exceeds this fraction of the available memory")
     p.add_argument("--mem-cohorts", type=float, default=MEM_COHORTS,
-                   help="projected peak of one round in cohorts of 8 n d bytes (measured: about 8 at n=100, d=1e6)")
+                   help="projected peak of one round in cohorts of 8 n d bytes (measured: about 4 at n=100, d=1e6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch and NumPy BLAS threads (default: their own choice; 1 is steadier on a shared box)")
