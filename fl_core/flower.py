@@ -154,7 +154,7 @@ class PipelineStrategy(FedAvg):
         if contract_of(pipeline.aggregator).hides_rows:
             raise ConfigError(f"{type(pipeline.aggregator).__name__} is a secure-aggregation protocol: Flower's "
                               "train replies carry plaintext arrays, so running it in the strategy would protect "
-                              "nothing; run the protocol over Flower messages (secure_agg.flower) instead")
+                              "nothing (a protocol must run between the ClientApp and the ServerApp)")
         if not (0.0 < fraction_train <= 1.0):
             raise ConfigError(f"fraction_train must be in (0, 1], got fraction_train={fraction_train!r}")
         for name, v in (("min_train_nodes", min_train_nodes), ("min_available_nodes", min_available_nodes)):
@@ -227,7 +227,10 @@ class PipelineStrategy(FedAvg):
         flat = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0)
         if not bool(torch.isfinite(flat).all()):
             return "the arrays hold NaN or Inf"
-        return flat - layout.flat, weight
+        update = flat - layout.flat
+        if not bool(torch.isfinite(update).all()):  # finite arrays whose difference overflows float32
+            return "the update (reply minus global model) overflows float32"
+        return update, weight
 
     def _collect(self, server_round: int, replies: list[Message]) -> tuple[list[int], list[torch.Tensor], list[float]]:
         if server_round not in self._rounds:

@@ -145,3 +145,23 @@ def test_construction_refuses_a_secure_protocol_and_bad_values():
         PipelineStrategy(Pipeline(rule=Krum(f=1)), min_train_nodes=0)
     with pytest.raises(ConfigError, match="Pipeline"):
         PipelineStrategy(Krum(f=1))  # type: ignore[arg-type]
+
+
+def test_huge_finite_values_reach_the_robust_rule_and_an_overflowing_update_is_dropped():
+    """A reply of 3e38 everywhere is finite: Median ignores it; one whose difference to the model overflows is out."""
+    g = [np.full(s, -3.0e38, np.float32) if k == 1 else np.zeros(s, np.float32) for k, s in enumerate(SHAPES)]
+    ids = [1, 2, 3, 4, 5]
+    deltas = _cohort(ids)
+    replies = [reply(i, _arrays(g, deltas[i]), 1.0) for i in (1, 2, 3, 4)]
+    replies.append(reply(5, [np.full(s, 3.0e38, np.float32) for s in SHAPES], 1.0))  # 3e38 - (-3e38) = inf
+    strategy = PipelineStrategy(Pipeline(rule=Median(f=1)))
+    strategy.remember_round(1, ArrayRecord(g), node_ids=ids)
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert list(strategy.dropped) == [5] and "overflows" in strategy.dropped[5]
+    g2 = _global()
+    huge = [reply(i, _arrays(g2, deltas[i]), 1.0) for i in (1, 2, 3, 4)]
+    huge.append(reply(5, [np.full(s, 3.0e38, np.float32) for s in SHAPES], 1.0))
+    strategy.remember_round(2, ArrayRecord(g2), node_ids=ids)
+    arrays, metrics = strategy.aggregate_train(2, huge)
+    assert strategy.dropped == {} and metrics["nodes-aggregated"] == 5.0
+    assert np.abs(_flat(arrays.to_numpy_ndarrays()) - _flat(g2)).max() < 1.0  # the median outvotes 3e38
