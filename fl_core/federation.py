@@ -10,7 +10,8 @@ Everything after local training is one :class:`~fl_core.pipeline.Pipeline`, the 
 value a user can call in their own loop. Every random choice draws from a generator
 derived from ``seed`` and the round and client ids (:mod:`fl_core.rng`), so the same
 seed gives the same history; each stage of the pipeline has its own stream
-(:class:`~fl_core.pipeline.StageKind`). Clients train one after the other on ``device``.
+(:class:`~fl_core.pipeline.StageKind`). Clients train one after the other on ``device``,
+or on Ray workers with ``executor=`` :class:`fl_core.cohort_ray.RayCohortExecutor` (same history).
 
 Examples
 --------
@@ -33,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,7 +54,7 @@ from fl_core.rng import Stream, numpy_generator, torch_generator
 from fl_core.server_opt import ServerOptimizer
 from fl_core.training import LocalTrainingConfig, TrainingHook, evaluate, local_train
 
-__all__ = ["Client", "Federation", "StageKind", "make_clients"]
+__all__ = ["Client", "CohortExecutor", "Federation", "StageKind", "make_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,20 @@ def make_clients(
     poisoning for the malicious ones).
     """
     return [Client(id=k, data=train.subset(idx), hooks=tuple(hooks(k)) if hooks else ()) for k, idx in enumerate(parts)]
+
+
+@runtime_checkable
+class CohortExecutor(Protocol):
+    """Trains a round's cohort somewhere else than in this process (e.g. :class:`fl_core.cohort_ray.RayCohortExecutor`).
+
+    It must return what :meth:`Federation.train_cohort` returns sequentially: the ``(n, d)``
+    updates on the federation's device (rows in cohort order), the losses and the example
+    counts; each client trains from ``x`` with ``torch_generator(seed, Stream.CLIENT, round_idx, id)``.
+    """
+
+    def train_cohort(
+        self, federation: Federation, cohort: Sequence[Client], x: torch.Tensor, round_idx: int
+    ) -> tuple[torch.Tensor, list[float], list[int]]: ...
 
 
 class Federation:
@@ -113,6 +129,9 @@ class Federation:
         ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
     eval_every : int
         Evaluate the global model every this many rounds (and after the last).
+    executor : CohortExecutor, optional
+        Where the cohort trains: ``None`` (default) one client after the other in this
+        process; :class:`fl_core.cohort_ray.RayCohortExecutor` on Ray workers.
     """
 
     def __init__(
@@ -132,6 +151,7 @@ class Federation:
         seed: int = 0,
         device: str | torch.device = "cpu",
         eval_every: int = 1,
+        executor: CohortExecutor | None = None,
     ) -> None:
         if not clients:
             raise ConfigError("a federation needs at least one client")
@@ -146,6 +166,9 @@ class Federation:
             raise ConfigError("give exactly one of model_name and model")
         if local is not None and not isinstance(local, LocalTrainingConfig):
             raise ConfigError(f"local must be a LocalTrainingConfig, got {type(local).__name__}")
+        if executor is not None and not isinstance(executor, CohortExecutor):
+            raise ConfigError(f"executor must have a train_cohort method, got {type(executor).__name__}")
+        self.executor = executor
         self.pipeline = _pipeline(
             pipeline,
             aggregator=aggregator,
@@ -192,6 +215,8 @@ class Federation:
         self, cohort: Sequence[Client], x: torch.Tensor, round_idx: int
     ) -> tuple[torch.Tensor, list[float], list[int]]:
         """Local training of each client from ``x``: the ``(n, d)`` updates, the losses and the example counts."""
+        if self.executor is not None:
+            return self.executor.train_cohort(self, cohort, x, round_idx)
         rows, losses, counts = [], [], []
         for client in cohort:
             unflatten_into(self._worker, x)
