@@ -9,6 +9,9 @@ as it arrives, so a crash, a Ctrl-C or a lost worker loses at most the cells tha
 running, and the same command resumes. A cell's seed is in the cell, so its result is
 the sequential run's (to the bit when both use the same number of torch threads:
 ``flsec suite run NAME --threads 1`` and ``--ray`` with its default of one CPU per cell).
+The privacy probe of each defense's column runs once, as a task of its own, from the
+column's first cell (the cell the sequential run computes and caches it in), unless a
+finished cell of the column holds it already; the column's cells wait for it.
 
 The dataset goes to the object store once and is deserialised once per worker. Before
 anything is submitted, the address must answer (bounded) and some node must have a
@@ -43,8 +46,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.suite.build import preflight_attacks
-from benchmarks.suite.runner import run_cell
+from benchmarks.suite.build import build_cell, preflight_attacks
+from benchmarks.suite.runner import done_cells, probe_exposure, run_cell, stored_exposures
 from benchmarks.suite.spec import Cell, SuiteSpec
 from benchmarks.suite.store import ResultStore
 from fl_core import load_dataset
@@ -59,15 +62,32 @@ log = logging.getLogger(__name__)
 DEFAULT_GPUS_PER_CELL = 0.25
 
 
-def _cell_task(cell: Cell, spec: SuiteSpec, split_box: list, threads: int, cell_fn: Callable) -> dict[str, Any]:
-    """One cell on a Ray worker: the dataset from the object store (once per worker), ``threads`` threads."""
+def _exposure_key(cell: Cell) -> tuple[str, int]:
+    return (cell.defense.label, cell.seed)  # run_cell's cache key: the probe of a defense's column
+
+
+def _probe_task(cell: Cell, spec: SuiteSpec, split_box: list, threads: int) -> dict[str, Any]:
+    """The privacy probe of ``cell``'s column on a Ray worker (what the sequential run caches)."""
     import ray
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
     split = get_once_per_worker(ray, split_box[0])
     with threadpool_limits(limits=threads):
-        return cell_fn(cell, spec, split)
+        return probe_exposure(build_cell(cell, spec.setting, split), cell, spec.setting)
+
+
+def _cell_task(cell: Cell, spec: SuiteSpec, split_box: list, threads: int, cell_fn: Callable,
+               probe: dict[str, Any] | None) -> dict[str, Any]:
+    """One cell on a Ray worker: the dataset from the object store (once per worker), ``threads`` threads."""
+    import ray
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    split = get_once_per_worker(ray, split_box[0])
+    exposure = None if probe is None else {_exposure_key(cell): probe}
+    with threadpool_limits(limits=threads):
+        return cell_fn(cell, spec, split, exposure=exposure)
 
 
 def _gpus(spec: SuiteSpec, gpus_per_cell: float | None, cluster_gpus: float) -> float:
@@ -124,7 +144,8 @@ def run_suite_ray(
     console : rich Console, optional
         Where the bar goes (default: stderr).
     cell_fn : callable
-        What runs a cell (default :func:`~benchmarks.suite.runner.run_cell`; tests inject faults here).
+        What runs a cell, ``cell_fn(cell, spec, split, exposure=...)`` (default
+        :func:`~benchmarks.suite.runner.run_cell`; tests inject faults here).
 
     Raises
     ------
@@ -174,7 +195,16 @@ def _run_on_ray(ray, spec: SuiteSpec, store: ResultStore, cells: list[Cell], tod
     split_box = [ray.put(split)]  # the dataset goes to the object store once
     task = ray.remote(_cell_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries,
                                           retry_exceptions=False)
-    refs = [task.remote(cell, spec, split_box, threads, cell_fn) for cell in todo]
+    probes: dict[tuple[str, int], Any] = {}
+    if spec.setting.exposure:  # one probe per column: a finished cell's, or one task from the column's first cell
+        probes.update(stored_exposures(store, done_cells(cells, todo)))
+        probe_task = ray.remote(_probe_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries,
+                                                     retry_exceptions=False)
+        needed = {_exposure_key(c) for c in todo}
+        for cell in cells:
+            if _exposure_key(cell) in needed and _exposure_key(cell) not in probes:
+                probes[_exposure_key(cell)] = probe_task.remote(cell, spec, split_box, threads)
+    refs = [task.remote(cell, spec, split_box, threads, cell_fn, probes.get(_exposure_key(cell))) for cell in todo]
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

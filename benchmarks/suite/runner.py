@@ -12,6 +12,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -33,7 +34,7 @@ from fl_core import __version__ as flsec_version
 from fl_core import evaluate, load_dataset
 from fl_core.errors import InvalidUpdateError
 
-__all__ = ["run_cell", "run_suite"]
+__all__ = ["done_cells", "run_cell", "run_suite", "stored_exposures"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,26 @@ def run_cell(cell: Cell, spec: SuiteSpec, split, *, on_round=None, exposure: dic
     }
 
 
+def stored_exposures(store: ResultStore, done: list[Cell]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The privacy probes of the finished cells ``done``, by (defense label, seed): a resumed run reuses its column's.
+
+    A column's probe is computed once, in its first cell to run; reusing the stored one
+    keeps a resumed run's results those of an uninterrupted run.
+    """
+    probes: dict[tuple[str, int], dict[str, Any]] = {}
+    for cell in done:
+        probe = json.loads(store.path(cell.cell_id).read_text()).get("exposure")
+        if probe is not None:
+            probes.setdefault((cell.defense.label, cell.seed), probe)
+    return probes
+
+
+def done_cells(cells: list[Cell], todo: list[Cell]) -> list[Cell]:
+    """The cells of ``cells`` not in ``todo``, in suite order."""
+    ids = {c.cell_id for c in todo}
+    return [c for c in cells if c.cell_id not in ids]
+
+
 def run_suite(
     spec: SuiteSpec, *, out: str | Path, progress: bool = True, console: Console | None = None
 ) -> list[dict[str, Any]]:
@@ -184,7 +205,7 @@ def run_suite(
         disable=not progress,
     ) as bar:
         overall = bar.add_task(f"suite {spec.name}", total=len(cells), completed=len(cells) - len(todo), status="")
-        exposure: dict = {}
+        exposure: dict = stored_exposures(store, done_cells(cells, todo)) if spec.setting.exposure else {}
         for cell in todo:
             rounds_task = bar.add_task(f"  {cell.cell_id}", total=spec.setting.rounds, status="")
 
