@@ -62,6 +62,7 @@ __all__ = [
     "RayCohortExecutor",
     "as_completed",
     "check_resources",
+    "get_once_per_worker",
     "parse_address",
     "ray_session",
 ]
@@ -278,7 +279,8 @@ def as_completed(
 _WORKER_CACHE: dict[str, Any] = {}  # in a Ray worker: the model template, deserialised once per worker
 
 
-def _cached_get(ray, ref) -> Any:
+def get_once_per_worker(ray, ref) -> Any:
+    """``ray.get(ref)`` in a Ray worker, deserialised once per worker process (the last 8 objects are kept)."""
     key = ref.hex()
     if key not in _WORKER_CACHE:
         if len(_WORKER_CACHE) >= 8:  # models of finished federations
@@ -287,11 +289,15 @@ def _cached_get(ray, ref) -> Any:
     return _WORKER_CACHE[key]
 
 
-def _train_client(
-    model_box: list, data: Any, hooks: tuple, x: torch.Tensor, *, client_id: int, round_idx: int, seed: int,
+def _train_clients(
+    model_box: list, clients: list[tuple[int, Any, bytes]], x: torch.Tensor, *, round_idx: int, seed: int,
     local: Any, device: str, threads: int,
-) -> tuple[torch.Tensor, float, int]:
-    """One client's local training on a Ray worker (the body of the sequential loop of ``train_cohort``)."""
+) -> tuple[torch.Tensor, list[float], list[int]]:
+    """Some clients' local training on a Ray worker, one after the other (the sequential loop of ``train_cohort``).
+
+    ``clients`` holds ``(id, [data ref], pickled hooks)``: the hooks as they stood after
+    their ``on_round_start`` in the driver.
+    """
     import ray
     from threadpoolctl import threadpool_limits
 
@@ -302,14 +308,20 @@ def _train_client(
 
     torch.set_num_threads(threads)
     dev = resolve_device(device)
-    model = _cached_get(ray, model_box[0]).to(dev)
+    model = get_once_per_worker(ray, model_box[0]).to(dev)
+    datas = ray.get([box[0] for _, box, _ in clients], timeout=600)
+    rows, losses, counts = [], [], []
     with threadpool_limits(limits=threads):
         x = x.to(dev)
-        unflatten_into(model, x)
-        generator = torch_generator(seed, Stream.CLIENT, round_idx, client_id)
-        res = local_train(model, data, config=local, generator=generator, device=dev, hooks=hooks)
-        row = flatten_params(model) - x
-    return row.cpu(), res.loss, res.num_samples
+        for (client_id, _, hooks), data in zip(clients, datas, strict=True):
+            unflatten_into(model, x)
+            generator = torch_generator(seed, Stream.CLIENT, round_idx, client_id)
+            res = local_train(model, data, config=local, generator=generator, device=dev,
+                              hooks=ray.cloudpickle.loads(hooks))
+            rows.append((flatten_params(model) - x).cpu())
+            losses.append(res.loss)
+            counts.append(res.num_samples)
+    return torch.stack(rows), losses, counts
 
 
 class RayCohortExecutor:
@@ -318,9 +330,10 @@ class RayCohortExecutor:
     Give it to :class:`~fl_core.federation.Federation` (``executor=``) and run the
     federation inside :func:`ray_session` (or after ``ray.init``). The model (as the
     federation built it) and every client's data are put into the object store the
-    first time a federation uses the executor, once; each round puts ``x`` once.
+    first time a federation uses the executor, once; each round puts ``x`` once, and
+    each task trains a few clients of the cohort one after the other.
     The driver calls each client's hooks' ``on_round_start`` in cohort order, as the
-    sequential loop does, and ships the hooks with the task: a hook's state that
+    sequential loop does, and ships a snapshot of the hooks with the task: a hook's state that
     must last across rounds changes in ``on_round_start`` (true of every hook in
     ``attacks``); what a hook changes during training stays on the worker.
 
@@ -337,6 +350,10 @@ class RayCohortExecutor:
         Times Ray re-runs a client whose worker died (>= 0); then a :class:`RayClusterError`.
     round_timeout_s : float
         Bound on one round's local training on the cluster (> 0).
+    clients_per_task : int, optional
+        Clients one task trains one after the other (>= 1); default: the cohort split
+        into twice as many tasks as the cluster runs at once (fewer, larger tasks cost
+        less scheduling and transfer; more balance the load).
 
     Notes
     -----
@@ -352,6 +369,7 @@ class RayCohortExecutor:
         threads: int | None = None,
         max_retries: int = 2,
         round_timeout_s: float = 3600.0,
+        clients_per_task: int | None = None,
     ) -> None:
         if not (isinstance(num_cpus, int | float) and math.isfinite(num_cpus) and num_cpus > 0):
             raise ConfigError(f"num_cpus per client must be > 0, got {num_cpus!r}")
@@ -363,6 +381,9 @@ class RayCohortExecutor:
             raise ConfigError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         if not (isinstance(round_timeout_s, int | float) and round_timeout_s > 0):
             raise ConfigError(f"round_timeout_s must be > 0, got {round_timeout_s!r}")
+        if clients_per_task is not None and not (isinstance(clients_per_task, int) and clients_per_task >= 1):
+            raise ConfigError(f"clients_per_task must be an integer >= 1, got {clients_per_task!r}")
+        self.clients_per_task = clients_per_task
         self.num_cpus = float(num_cpus)
         self.num_gpus = float(num_gpus)
         self.threads = threads if threads is not None else max(1, int(num_cpus))
@@ -394,23 +415,34 @@ class RayCohortExecutor:
         model_ref, data_refs = self._put_once(ray, federation)
         x_ref = ray.put(x.detach().cpu())
         if self._task is None:  # defined (exported to the cluster) once
-            self._task = ray.remote(_train_client).options(
+            self._task = ray.remote(_train_clients).options(
                 num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries, retry_exceptions=False
             )
-        task = self._task
+        per = self.clients_per_task or max(1, math.ceil(len(cohort) / (2 * self._slots(ray))))
+        chunks = [list(range(i, min(i + per, len(cohort)))) for i in range(0, len(cohort), per)]
         refs = []
-        for client in cohort:
-            for hook in client.hooks:  # in the driver, in cohort order, as the sequential loop does
-                hook.on_round_start(round_idx=round_idx, global_params=x)
-            refs.append(task.remote([model_ref], data_refs[client.id], client.hooks, x_ref, client_id=client.id,
-                                    round_idx=round_idx, seed=federation.seed, local=federation.local,
-                                    device=str(federation.device), threads=self.threads))
-        rows: list[torch.Tensor | None] = [None] * len(cohort)
+        for chunk in chunks:
+            items = []
+            for i in chunk:
+                client = cohort[i]
+                for hook in client.hooks:  # in the driver, in cohort order, as the sequential loop does
+                    hook.on_round_start(round_idx=round_idx, global_params=x)
+                items.append((client.id, [data_refs[client.id]], ray.cloudpickle.dumps(client.hooks)))
+            refs.append(self._task.remote([model_ref], items, x_ref, round_idx=round_idx, seed=federation.seed,
+                                          local=federation.local, device=str(federation.device),
+                                          threads=self.threads))
+        rows: list[torch.Tensor | None] = [None] * len(chunks)
         losses = [0.0] * len(cohort)
         counts = [0] * len(cohort)
-        for i, (row, loss, n) in as_completed(
+        for j, (chunk_rows, chunk_losses, chunk_counts) in as_completed(
             refs, timeout_s=self.round_timeout_s, retries=self.max_retries,
-            describe=lambda i: f"client {cohort[i].id} of round {round_idx}",
+            describe=lambda j: f"clients {[cohort[i].id for i in chunks[j]]} of round {round_idx}",
         ):
-            rows[i], losses[i], counts[i] = row, loss, n
-        return torch.stack(rows).to(federation.device), losses, counts  # type: ignore[arg-type]
+            rows[j] = chunk_rows
+            for i, loss, n in zip(chunks[j], chunk_losses, chunk_counts, strict=True):
+                losses[i], counts[i] = loss, n
+        return torch.cat(rows).to(federation.device), losses, counts  # type: ignore[arg-type]
+
+    def _slots(self, ray) -> int:
+        """How many tasks the cluster runs at once."""
+        return max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // self.num_cpus))

@@ -72,6 +72,7 @@ def test_cohort_on_ray_equals_sequential(cluster, monkeypatch):
     assert torch.equal(seq.global_params, par.global_params)
     assert _history(seq) == _history(par)
     assert 0 in {c for r in par.history.records for c in r.client_ids}  # the hooked client trained on a worker
+    assert len(par.history.records[0].client_ids) == 5  # 3 tasks on the 2-CPU cluster: 2, 2 and 1 clients
     # the model and the 6 clients' data once; per round only x
     assert sorted(puts) == sorted(["MLP"] + ["ArrayDataset"] * 6 + ["Tensor"] * 2)
 
@@ -84,7 +85,8 @@ def test_a_client_larger_than_any_node_is_refused_before_training(cluster):
     with pytest.raises(ConfigError, match="needs a CUDA federation"):
         _federation(RayCohortExecutor(num_gpus=0.5)).run(rounds=1)
     for bad, match in [({"num_cpus": 0}, "num_cpus"), ({"threads": 0}, "threads"), ({"max_retries": -1}, "max_retries"),
-                       ({"round_timeout_s": 0}, "round_timeout_s")]:
+                       ({"round_timeout_s": 0}, "round_timeout_s"),
+                       ({"clients_per_task": 0}, "clients_per_task")]:
         with pytest.raises(ConfigError, match=match):
             RayCohortExecutor(**bad)
 
@@ -92,7 +94,7 @@ def test_a_client_larger_than_any_node_is_refused_before_training(cluster):
 def test_a_round_past_its_timeout_is_cancelled_with_a_clear_error(cluster):
     fed = _federation(RayCohortExecutor(round_timeout_s=0.05))
     t0 = time.monotonic()
-    with pytest.raises(RayClusterError, match=r"not finished within 0.05 s \(client \d+ of round 0"):
+    with pytest.raises(RayClusterError, match=r"not finished within 0.05 s \(clients \[[0-9, ]+\] of round 0"):
         fed.run(rounds=1)
     assert time.monotonic() - t0 < 30
     assert len(fed.history) == 0
