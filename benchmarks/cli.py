@@ -51,6 +51,7 @@ def _bench_modules() -> list:
         "benchmarks.bench_round",
         "benchmarks.bench_twoserver",
         "benchmarks.bench_flower",
+        "benchmarks.bench_ray",
     ):
         try:
             found.append(importlib.import_module(name))
