@@ -7,12 +7,12 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS      ?= test,text,fm,flower
+EXTRAS      ?= test,text,fm,flower,ray
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.flsec-installed
 FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo fedavg test test-slow setup data lint clean flower-deploy
+.PHONY: demo fedavg test test-slow setup data lint clean flower-deploy bench-ray
 
 demo: setup data
 	@echo ">> flsec suite run threat-short: 3 attacks x 9 pipelines (mean, median, FLAME, central DP, SecAgg+, BFV HE,"
@@ -52,6 +52,10 @@ data:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	  || echo ">> could not install dataset-fashion-mnist: runs will fall back to scikit-learn digits"; \
 	else echo ">> not root or no apt-get: Fashion-MNIST not installed, runs fall back to scikit-learn digits"; fi
+
+# Sequential vs a local Ray on this machine: a 4-cell suite and a 50-client cohort round (docs/scale-out.md).
+bench-ray: setup data
+	$(BIN)/flsec bench ray
 
 lint: setup
 	$(BIN)/ruff check .
