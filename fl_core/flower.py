@@ -151,10 +151,7 @@ class PipelineStrategy(FedAvg):
                  arrayrecord_key: str = "arrays", configrecord_key: str = "config") -> None:
         if not isinstance(pipeline, Pipeline):
             raise ConfigError(f"pipeline must be a fl_core.pipeline.Pipeline, got {type(pipeline).__name__}")
-        if contract_of(pipeline.aggregator).hides_rows:
-            raise ConfigError(f"{type(pipeline.aggregator).__name__} is a secure-aggregation protocol: Flower's "
-                              "train replies carry plaintext arrays, so running it in the strategy would protect "
-                              "nothing (a protocol must run between the ClientApp and the ServerApp)")
+        self._check_protocol(pipeline)
         if not (0.0 < fraction_train <= 1.0):
             raise ConfigError(f"fraction_train must be in (0, 1], got fraction_train={fraction_train!r}")
         for name, v in (("min_train_nodes", min_train_nodes), ("min_available_nodes", min_available_nodes)):
@@ -170,6 +167,14 @@ class PipelineStrategy(FedAvg):
         self._rounds: dict[int, tuple[_Layout, frozenset[int]]] = {}
         #: Node id to why its reply was dropped, for the latest aggregated round.
         self.dropped: dict[int, str] = {}
+
+    def _check_protocol(self, pipeline: Pipeline) -> None:
+        """Refuse a secure-aggregation protocol: here the replies carry plaintext arrays."""
+        if contract_of(pipeline.aggregator).hides_rows:
+            raise ConfigError(f"{type(pipeline.aggregator).__name__} is a secure-aggregation protocol: Flower's "
+                              "train replies carry plaintext arrays, so running it in PipelineStrategy would protect "
+                              "nothing; use secure_agg.flower_server.SecureAggregationStrategy, which runs it between "
+                              "the ClientApp and the ServerApp")
 
     # ------------------------------------------------------------------ sampling
     def _wait_for_nodes(self, grid: Grid, need: int) -> list[int]:

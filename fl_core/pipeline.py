@@ -253,9 +253,10 @@ class Pipeline:
         g = torch_generator(self.seed, Stream.PLUGIN, base.round_idx, kind, index)
         return RoundContext(base.round_idx, base.client_ids, base.weights, base.global_params, g, **kw)
 
-    def _client_side(self, updates: torch.Tensor, base: RoundContext) -> tuple[torch.Tensor, float | None, dict]:
+    def _client_side(self, updates: torch.Tensor, base: RoundContext, *,
+                     attack: bool = True) -> tuple[torch.Tensor, float | None, dict]:
         shape, bound, metrics = tuple(updates.shape), None, {}
-        steps = [(StageKind.ATTACK, 0, self.attack)] if self.attack is not None else []
+        steps = [(StageKind.ATTACK, 0, self.attack)] if attack and self.attack is not None else []
         steps += [(StageKind.CLIENT_TRANSFORM, i, s) for i, s in enumerate(self.client)]
         for kind, i, stage in steps:
             out = apply_stage(stage, updates, self._ctx(base, kind, i, bound=bound))
@@ -287,22 +288,88 @@ class Pipeline:
         rows, bound, metrics = self._client_side(updates, base)
         agg_ctx = self._ctx(base, StageKind.AGGREGATOR, 0, bound=bound)
         result = self.aggregator.aggregate(rows, weights, ctx=agg_ctx)
-        sens = None if bound is None else self.aggregator.sensitivity(bound, rows.shape[0])
-        delta = result.aggregate
+        hidden = contract_of(self.aggregator).hides_rows
+        out = self.finish(result, info, bound=bound, n=rows.shape[0], metrics=metrics)
+        return RoundOutput(params=out.params, delta=out.delta, result=result,
+                           rows_seen=None if hidden else rows, metrics=out.metrics)
+
+    def finish(self, result: AggregationResult, info: Round, *, bound: float | None, n: int,
+               metrics: Mapping[str, float] | None = None) -> RoundOutput:
+        """The server half of a round: server transforms and optimiser on an aggregate computed elsewhere.
+
+        Where the aggregator's protocol runs outside this process (SecAgg+ between a
+        Flower ``ClientApp`` and ``ServerApp``), its result comes here; the noise is sized by
+        :meth:`~fl_core.aggregation.Aggregator.sensitivity` of ``bound`` (the client
+        transforms' bound, :meth:`client_bound`) and ``n`` rows, as in :meth:`__call__`.
+        ``rows_seen`` is ``None``: this path never sees rows.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from fl_core.aggregation import AggregationResult
+        >>> res = AggregationResult(aggregate=torch.tensor([0.5, 1.0]), kept=torch.ones(2, dtype=torch.bool))
+        >>> Pipeline().finish(res, Round(0, (1, 2), torch.ones(2)), bound=None, n=2).params
+        tensor([1.5000, 2.0000])
+        """
+        x = info.global_params
+        base = RoundContext(info.index, tuple(info.client_ids), torch.ones(len(info.client_ids)), x,
+                            torch.Generator())
+        sens = None if bound is None else self.aggregator.sensitivity(bound, n)
+        delta, metrics = result.aggregate, dict(metrics or {})
         for j, stage in enumerate(self.server):
             out = apply_stage(stage, delta, self._ctx(base, StageKind.SERVER_TRANSFORM, j, sensitivity=sens))
             delta = out.value
             metrics.update(out.metrics)
         check_update(delta, d=x.shape[0], name="aggregate")
         metrics = {**result.metrics, **metrics, **collect_metrics([s for _, s in self.stages()])}
-        hidden = contract_of(self.aggregator).hides_rows
-        return RoundOutput(
-            params=self.optimizer.step(x, delta),
-            delta=delta,
-            result=result,
-            rows_seen=None if hidden else rows,
-            metrics=metrics,
-        )
+        return RoundOutput(params=self.optimizer.step(x, delta), delta=delta, result=result, rows_seen=None,
+                           metrics=metrics)
+
+    def client_side_for(self, client_id: int, update: torch.Tensor, info: Round) -> torch.Tensor:
+        """The client transforms (clip, local DP) on one client's own ``(d,)`` update, where that client runs.
+
+        For a protocol that hides the rows, the client transforms run on each client
+        before it encodes its input. Each stage's generator is keyed by the client id as
+        well, so two clients never draw the same noise. The attack slot does not run here
+        (an attacker changes its own update before this call).
+
+        Examples
+        --------
+        >>> import torch
+        >>> halve = lambda rows, ctx: rows / 2
+        >>> Pipeline(client=[halve]).client_side_for(7, torch.tensor([3.0, 4.0]), Round(0, (7,), torch.zeros(2)))
+        tensor([1.5000, 2.0000])
+        """
+        x = info.global_params
+        if update.shape != x.shape:
+            raise InvalidUpdateError(f"update must have shape {tuple(x.shape)}, got {tuple(update.shape)}")
+        row, cid = update.reshape(1, -1), int(client_id)
+        for i, stage in enumerate(self.client):
+            g = torch_generator(self.seed, Stream.PLUGIN, info.index, StageKind.CLIENT_TRANSFORM, i, cid)
+            ctx = RoundContext(info.index, (cid,), torch.ones(1), x, g)
+            row = apply_stage(stage, row, ctx).value
+            if tuple(row.shape) != (1, x.shape[0]):
+                raise InvalidUpdateError(f"client transform {type(stage).__name__} changed the shape to "
+                                         f"{tuple(row.shape)}")
+        return row[0]
+
+    def client_bound(self, d: int) -> float | None:
+        """The norm bound the client transforms guarantee for every row (``None``: unbounded).
+
+        It is a property of the transforms' configuration, not of the data: they run
+        once on a zero row to read it.
+
+        Examples
+        --------
+        >>> from fl_core.aggregation import StageOutput
+        >>> class Clip:
+        ...     def apply(self, rows, ctx):
+        ...         return StageOutput(rows * (2.0 / rows.norm(dim=1, keepdim=True).clamp(min=2.0)), bound=2.0)
+        >>> Pipeline(client=[Clip()]).client_bound(3), Pipeline().client_bound(3)
+        (2.0, None)
+        """
+        base = RoundContext(0, (0,), torch.ones(1), torch.zeros(d), torch.Generator())
+        return self._client_side(torch.zeros(1, d), base, attack=False)[1]
 
     def state_dict(self) -> dict[str, Any]:
         """``{slot: stage.state_dict()}`` for every stage that has state (see :meth:`stages`)."""

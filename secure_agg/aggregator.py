@@ -169,7 +169,17 @@ class SecAggPlusAggregator(RoundCounterState, ExactWeights, Aggregator):
         """Hides the rows from the server; a mean of real rows, or the modular sum of ``integer_input`` rows."""
         if self.integer_input:
             return StageContract(accepts=("modular",), output="modular_sum", hides_rows=True)
-        return StageContract(output="mean", hides_rows=True)
+        return StageContract(output="mean", hides_rows=True, bounded=True)
+
+    def sensitivity(self, bound: float, n: int) -> float | None:
+        """``2 C`` for the weighted mean of rows of L2 norm at most ``C`` (``None`` in integer mode).
+
+        The per-coordinate clip to ``[-c, c]`` only shrinks a row; unbiased stochastic
+        rounding moves the decoded mean by at most ``n / (s W)`` per coordinate
+        (``quantization_error_bound`` in the metrics), below ``1e-4`` of ``c`` for any
+        ``W`` the ring allows at 32 bits, and is not counted here.
+        """
+        return None if self.integer_input else 2.0 * float(bound)
 
     def check_tolerance(self, n: int) -> None:
         """Raise :class:`SecAggConfigError` unless rounds of ``n`` clients have a secure ``(k, t)``.

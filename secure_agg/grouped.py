@@ -103,7 +103,8 @@ class GroupedSecAggPlus(RoundCounterState, Aggregator):
 
     def contract(self) -> StageContract:
         """Hides the rows (the server sees group means only); real-valued rows; the rule's kind of output."""
-        return StageContract(output=contract_of(self.rule).output, hides_rows=True)
+        rule = contract_of(self.rule)
+        return StageContract(output=rule.output, hides_rows=True, bounded=rule.bounded)
 
     def supports_rule(self, rule: Aggregator) -> bool:
         """Any rule that reads plaintext rows: it runs over the group means."""
@@ -121,6 +122,14 @@ class GroupedSecAggPlus(RoundCounterState, Aggregator):
             raise ToleranceError(f"grouped secure aggregation needs n >= group_size={self.group_size}, got n={n}")
         self.secagg.check_tolerance(self.group_size)
         self.rule.check_tolerance(count)
+
+    def sensitivity(self, bound: float, n: int) -> float | None:
+        """The rule's sensitivity over ``floor(n / s)`` group means.
+
+        A group's weighted mean of rows of norm at most ``C`` has norm at most ``C``, and
+        one client changes only its own group's mean: the rule sees one row change.
+        """
+        return self.rule.sensitivity(bound, max(1, int(n) // self.group_size))
 
     def _config(self) -> dict[str, Any]:
         return {"group_size": self.group_size, "clip": self.clip, "seed": self.seed, **self._secagg_params}

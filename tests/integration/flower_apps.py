@@ -9,6 +9,11 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from defenses.dp import L2Clip
+from fl_core.pipeline import Pipeline
+from secure_agg.flower_client import add_secagg, handle_secagg, train_reply
+from secure_agg.flower_wire import ACTION, RECORD
+
 FEATURES, CLASSES, PER_NODE, MALICIOUS, BOOST = 20, 2, 200, (0, 1), 5.0
 _W = np.random.default_rng(1234).normal(size=(CLASSES, FEATURES))
 
@@ -52,3 +57,37 @@ def train(msg: Message, context: Context) -> Message:
     new = local_train(arrays, partition)
     content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": PER_NODE})})
     return Message(content=content, reply_to=msg)
+
+
+# --------------------------------------------------------------------------- secure rounds (flsec's SecAgg+)
+#: (server round, stage) -> partitions whose node fails there: a SecAgg+ dropout mid-round.
+FAILS = {(2, "shares"): (3, 4), (3, "unmask"): (5,)}
+
+
+#: The honest nodes' client transform in a secure round (an attacker skips it).
+HONEST_CLIENT = Pipeline(client=[L2Clip(clip_norm=5.0)])
+
+
+def _secure_train(msg: Message, context: Context) -> Message:
+    partition = int(context.node_config["partition-id"])
+    new = local_train(msg.content["arrays"].to_numpy_ndarrays(), partition)
+    pipeline = None if partition in MALICIOUS else HONEST_CLIENT
+    return train_reply(msg, context, new, PER_NODE, pipeline=pipeline, metrics={"partition-id": partition})
+
+
+def _failing_secagg(msg: Message, context: Context) -> Message:
+    rec = msg.content.config_records[RECORD]
+    if int(context.node_config["partition-id"]) in FAILS.get((int(rec["server-round"]), str(rec["stage"])), ()):
+        raise RuntimeError(f"node fails in stage {rec['stage']}")  # Flower answers with an error message
+    return handle_secagg(msg, context)
+
+
+#: Trains, keeps its update and answers the protocol; fails where FAILS says.
+secure_app = ClientApp()
+secure_app.train()(_secure_train)
+secure_app.train(ACTION)(_failing_secagg)
+
+#: The same without failures.
+steady_app = ClientApp()
+steady_app.train()(_secure_train)
+add_secagg(steady_app)
