@@ -45,6 +45,7 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -127,7 +128,8 @@ def ray_session(
     ----------
     address : str, optional
         ``None``: the ``RAY_ADDRESS`` environment variable if set, else a new local Ray
-        on this machine (127.0.0.1); ``"auto"``: the cluster ``ray start`` left on this
+        on this machine, listening on 127.0.0.1 only when Ray was not imported before
+        (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` unless set); ``"auto"``: the cluster ``ray start`` left on this
         machine; ``"HOST:PORT"``: the head's GCS address printed by ``ray start --head``;
         ``"ray://HOST:PORT"``: a Ray Client server.
     num_cpus : int, optional
@@ -154,11 +156,14 @@ def ray_session(
         raise ConfigError(f"num_cpus of a local Ray must be an integer >= 1, got {num_cpus!r}")
     if address is not None and address != "auto":
         parse_address(address)  # malformed: before importing Ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None and "ray" not in sys.modules:
+        # a local Ray listens on 127.0.0.1 only (Ray reads this when it is imported)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _ray()
     if ray.is_initialized():
         yield ray
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None and address != "auto":
         _probe(address, connect_timeout_s)
     opts: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
