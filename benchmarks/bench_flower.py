@@ -73,8 +73,12 @@ def client_round(arrays: list[np.ndarray], partition: int, round_idx: int, *, ex
     return [v.detach().numpy().copy() for v in model.state_dict().values()]
 
 
-def _pipeline() -> Pipeline:
-    return Pipeline(rule=Median(f=2))
+def _pipeline(secure: bool = False) -> Pipeline:
+    if not secure:
+        return Pipeline(rule=Median(f=2))
+    from secure_agg.grouped import GroupedSecAggPlus
+
+    return Pipeline(secure=GroupedSecAggPlus(group_size=2, clip=1.0, gamma=0.0, delta=0.0), rule=Median(f=2))
 
 
 def run_plain(*, nodes: int = 10, rounds: int = 3, examples: int = 256,
@@ -101,22 +105,31 @@ def run_plain(*, nodes: int = 10, rounds: int = 3, examples: int = 256,
 
 
 def run_flower(*, nodes: int = 10, rounds: int = 3, examples: int = 256, hidden: tuple[int, ...] = (200, 200),
-               cpus: int = 2) -> dict[str, Any]:
-    """The same rounds in ``run_simulation``: seconds per round after the first, bytes per round each way."""
+               cpus: int = 2, secure: bool = False) -> dict[str, Any]:
+    """The same rounds in ``run_simulation``: seconds per round after the first, bytes per round each way.
+
+    ``secure``: Median over grouped SecAgg+ (groups of 2) run between the ClientApps and the
+    ServerApp (:class:`~secure_agg.flower_server.SecureAggregationStrategy`); the bytes then
+    are the global model down plus the protocol's payloads both ways.
+    """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when ray is imported: 127.0.0.1 only
     import ray
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, Context, Message
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from fl_core.flower import PipelineStrategy
+    from secure_agg.flower_client import add_secagg, train_reply
+    from secure_agg.flower_server import SecureAggregationStrategy
 
-    class _Timed(PipelineStrategy):
+    base = SecureAggregationStrategy if secure else PipelineStrategy
+
+    class _Timed(base):  # type: ignore[valid-type,misc]
         def __init__(self) -> None:
-            super().__init__(_pipeline(), min_train_nodes=nodes, min_available_nodes=nodes)
+            super().__init__(_pipeline(secure), min_train_nodes=nodes, min_available_nodes=nodes)
             self.marks: list[float] = []
             self.up: list[int] = []
             self.down: list[int] = []
@@ -129,12 +142,16 @@ def run_flower(*, nodes: int = 10, rounds: int = 3, examples: int = 256, hidden:
 
         def aggregate_train(self, server_round, replies):
             replies = list(replies)
-            self.up.append(sum(m.content["arrays"].count_bytes() for m in replies if not m.has_error()))
+            self.up.append(sum(m.content["arrays"].count_bytes() for m in replies
+                               if not m.has_error() and "arrays" in m.content))
             out = super().aggregate_train(server_round, replies)
             self.marks.append(time.perf_counter())
+            self.up[-1] += int(out[1].get("secure-bytes-up", 0))
+            self.down[-1] += int(out[1].get("secure-bytes-down", 0))
             return out
 
     client = ClientApp()
+    add_secagg(client)
 
     @client.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -142,8 +159,7 @@ def run_flower(*, nodes: int = 10, rounds: int = 3, examples: int = 256, hidden:
         arrays = msg.content["arrays"].to_numpy_ndarrays()
         new = client_round(arrays, int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"]),
                            examples=examples, hidden=hidden)
-        content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": examples})})
-        return Message(content=content, reply_to=msg)
+        return train_reply(msg, context, new, examples)  # the arrays, or (secure round) the weight only
 
     server, got = ServerApp(), {}
 
@@ -189,6 +205,7 @@ def main(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     plain = run_plain(nodes=args.nodes, rounds=args.rounds, examples=args.examples)
     flower = run_flower(nodes=args.nodes, rounds=args.rounds, examples=args.examples)
+    secure = run_flower(nodes=args.nodes, rounds=args.rounds, examples=args.examples, secure=True)
     table = Table(title=f"Median(f=2) pipeline, {args.nodes} clients, MLP with {plain['params']:,} parameters, "
                         f"one local epoch of {args.examples} examples", title_justify="left")
     for col in ("", "seconds per round", "of which the pipeline", "bytes down per round", "bytes up per round"):
@@ -197,7 +214,10 @@ def main(args: argparse.Namespace) -> int:
                   "0", "0")
     table.add_row("Flower simulation", f"{flower['round_s']:.2f}", "", f"{flower['down_B']:,.0f}",
                   f"{flower['up_B']:,.0f}")
+    table.add_row("Flower + grouped SecAgg+ (groups of 2)", f"{secure['round_s']:.2f}", "",
+                  f"{secure['down_B']:,.0f}", f"{secure['up_B']:,.0f}")
     Console().print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_flower.json").write_text(json.dumps({"plain": plain, "flower": flower}, indent=2))
+    report = {"plain": plain, "flower": flower, "flower_secagg": secure}
+    (args.out / "bench_flower.json").write_text(json.dumps(report, indent=2))
     return 0

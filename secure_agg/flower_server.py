@@ -227,4 +227,7 @@ class SecureAggregationStrategy(PipelineStrategy):
         metrics.update({k: float(v) for k, v in out.metrics.items()
                         if isinstance(v, int | float) and math.isfinite(float(v))})
         metrics["quantization-error-bound"] = err  # per coordinate, of each group's mean
-        return layout.unflatten(out.params), MetricRecord(metrics)
+        trained = set(ids)
+        valid = [m.content for m in replies if not m.has_error() and int(m.metadata.src_node_id) in trained]
+        client = self.train_metrics_aggr_fn(valid, self.weighted_by_key) if valid else MetricRecord()
+        return layout.unflatten(out.params), MetricRecord({**dict(client), **metrics})

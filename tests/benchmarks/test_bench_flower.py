@@ -18,3 +18,14 @@ def test_flower_bytes_per_round_are_the_model_to_and_from_every_node():
     assert flower["down_B"] == flower["up_B"]
     assert nodes * model_bytes < flower["down_B"] < nodes * (model_bytes + 1024)
     assert flower["round_s"] > 0 and plain["train_s"] > 0 and plain["pipeline_s"] > 0
+
+
+def test_flower_secagg_bytes_up_are_masked_inputs_not_models():
+    hidden, nodes = (8,), 10  # Median(f=2) over 5 groups of 2
+    plain = run_plain(nodes=2, rounds=1, examples=16, hidden=hidden)
+    secure = run_flower(nodes=nodes, rounds=1, examples=16, hidden=hidden, cpus=2, secure=True)
+    ring_words = 4 * (plain["params"] + 1)  # one masked 32-bit ring vector per node, plus the weight coordinate
+    # up: each node's masked input, its two public keys, a Shamir share pair for its one neighbour and the unmasking
+    # shares, but never its float32 model; down: the global model plus the relayed keys, shares and survivor lists
+    assert nodes * ring_words < secure["up_B"] < nodes * (ring_words + 2048)
+    assert nodes * 4 * plain["params"] < secure["down_B"] < nodes * (4 * plain["params"] + 3072)

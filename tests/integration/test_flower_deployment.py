@@ -2,8 +2,10 @@
 
 One ``flower-superlink`` and 10 ``flower-supernode`` processes on 127.0.0.1 (each SuperNode
 with its partition in ``--node-config``), then ``flwr run`` of the app against that
-SuperLink: Median with central DP under two sign-flipping, boosting nodes. The ServerApp
-writes its final accuracy and per-round metrics to the ``result-path`` of the run config.
+SuperLink, twice: one round of flsec's SecAgg+ between the ClientApps and the ServerApp, whose
+aggregate must equal plaintext FedAvg recomputed here; then Median with central DP under two
+sign-flipping, boosting nodes. The ServerApp writes its final accuracy, per-round
+metrics and arrays to the ``result-path`` of the run config.
 Every process (and the SuperExec/app processes they spawn) is stopped in ``finally``.
 """
 
@@ -19,7 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tomllib
 
 pytest.importorskip("flwr", reason="the flower extra (flwr) is not installed")
 psutil = pytest.importorskip("psutil", reason="psutil finds the processes Flower spawns in new sessions")
@@ -28,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "examples" / "flower-robust-dp"
 BIN = Path(sys.executable).parent
 NODES, ROUNDS = 10, 5
+sys.path.insert(0, str(APP))  # the app's task module: the known answer is computed from the same training
+from flower_robust_dp import task  # noqa: E402
 
 
 def _free_port() -> int:
@@ -97,9 +103,26 @@ def _listening(procs: list[subprocess.Popen]) -> set[tuple[str, int]]:
     return addrs
 
 
+def _replay_fedavg(rounds: int) -> list[np.ndarray]:
+    """Plaintext FedAvg of the app's 10 honest nodes (equal weights), without Flower: the known answer."""
+    cfg = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    g = task.initial_arrays()
+    for _ in range(rounds):
+        news = [task.train(g, k, lr=float(cfg["lr"]), steps=int(cfg["local-steps"])) for k in range(NODES)]
+        g = [np.mean([n[i].astype(np.float64) for n in news], axis=0) for i in range(len(g))]
+    return g
+
+
 @pytest.mark.slow
-def test_flwr_run_on_a_local_deployment_median_with_dp_resists_two_sign_flipping_nodes(tmp_path: Path) -> None:
-    env, port, result = _env(tmp_path / "flwr-home"), _free_port(), tmp_path / "result.json"
+def test_flwr_run_on_a_local_deployment_secagg_plus_round_and_median_dp_under_attack(tmp_path: Path) -> None:
+    """Two runs on one deployment: a SecAgg+ round equal to plaintext FedAvg; Median with DP under attack.
+
+    Flower starts a ``flwr-clientapp`` process for every message, so each of SecAgg+'s five
+    messages per node per round pays a Python start-up (about 1 min per stage for 10 nodes on
+    2 cores): one secure round here; grouped SecAgg+ with Median and DP over several rounds
+    runs in the simulation test (``tests/integration/test_flower_secagg.py``).
+    """
+    env, port = _env(tmp_path / "flwr-home"), _free_port()
     (tmp_path / "flwr-home").mkdir()
     (tmp_path / "flwr-home" / "config.toml").write_text(  # the SuperLink connection `flwr run` uses
         f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\naddress = "127.0.0.1:{port}"\n'
@@ -113,6 +136,20 @@ def test_flwr_run_on_a_local_deployment_median_with_dp_resists_two_sign_flipping
             procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
         return procs[-1]
 
+    def flwr_run(name: str, run_config: str) -> dict:
+        result = tmp_path / f"{name}.json"
+        t0 = time.monotonic()
+        run = start(name, str(BIN / "flwr"), "run", str(APP), "deployment", "--stream", "--run-config",
+                    f'num-nodes={NODES} {run_config} result-path="{result}"')
+        while not result.exists():
+            assert time.monotonic() - t0 < 1200, (logs / f"{name}.log").read_text()[-3000:]
+            assert run.poll() is None or run.returncode == 0, (logs / f"{name}.log").read_text()[-3000:]
+            time.sleep(1)
+        summary = json.loads(result.read_text())
+        with np.load(f"{result}.npz") as z:
+            summary["arrays"] = [z[k] for k in sorted(z.files, key=lambda f: int(f.split("_")[1]))]
+        return summary
+
     try:
         start("superlink", str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
               "--disable-runtime-dependency-installation")
@@ -121,28 +158,26 @@ def test_flwr_run_on_a_local_deployment_median_with_dp_resists_two_sign_flipping
             start(f"supernode-{k}", str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
                   "--host", "127.0.0.1", "--port", str(_free_port()),
                   "--node-config", f"partition-id={k} num-partitions={NODES}")
+        time.sleep(10)
+        listening = _listening(procs)
         t0 = time.monotonic()
-        run = start("flwr-run", str(BIN / "flwr"), "run", str(APP), "deployment", "--stream", "--run-config",
-                    f'num-nodes={NODES} num-server-rounds={ROUNDS} rule="median" attack=true dp=true '
-                    f'noise-multiplier=0.01 result-path="{result}"')
-        checked_listen = False
-        while not result.exists():
-            assert time.monotonic() - t0 < 480, (logs / "flwr-run.log").read_text()[-3000:]
-            assert run.poll() is None or run.returncode == 0, (logs / "flwr-run.log").read_text()[-3000:]
-            if not checked_listen and time.monotonic() - t0 > 10:
-                listening = _listening(procs)
-                assert listening and all(ip == "127.0.0.1" for ip, _ in listening), listening
-                checked_listen = True
-            time.sleep(1)
-        summary = json.loads(result.read_text())
+        plain = flwr_run("secagg-mean", 'num-server-rounds=1 secure=true rule="mean" dp=false attack=false')
+        secure_s = time.monotonic() - t0
+        robust = flwr_run("median-dp", f'num-server-rounds={ROUNDS} secure=false rule="median" attack=true '
+                                       "dp=true noise-multiplier=0.01")
     finally:
         _stop(procs)
-    assert checked_listen
-    assert summary["rounds_done"] == ROUNDS
-    history = summary["history"]
+    assert listening and all(ip == "127.0.0.1" for ip, _ in listening), listening
+    # SecAgg+ across 11 processes: the aggregate is plaintext FedAvg within the quantisation bound
+    for got, want in zip(plain["arrays"], _replay_fedavg(1), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert plain["history"]["1"]["nodes-aggregated"] == NODES
+    print(f"one SecAgg+ round on the deployment: {secure_s:.0f} s (a ClientApp process per node per stage)")
+    history = robust["history"]
+    assert robust["rounds_done"] == ROUNDS
     eps = [history[str(r)]["dp_epsilon"] for r in range(1, ROUNDS + 1)]
     assert all(0 < a < b for a, b in itertools.pairwise(eps)), eps  # the ledger grows every round
     assert all(history[str(r)]["nodes-aggregated"] == NODES for r in range(1, ROUNDS + 1)), history
-    assert history[str(ROUNDS)]["malicious"] == pytest.approx(2 / NODES)  # the two attackers replied every round
-    # Median (f=2) under two sign-flipping nodes boosted 5x; the plain mean ends below 0.1 on the same task
-    assert summary["final_accuracy"] >= 0.85, summary
+    assert history[str(ROUNDS)]["malicious"] == pytest.approx(2 / NODES)  # the two attackers took part every round
+    # Median (f=2) under two sign-flipping nodes boosted 5x; the plain mean ends below 0.1
+    assert robust["final_accuracy"] >= 0.85, {k: v for k, v in robust.items() if k != "arrays"}

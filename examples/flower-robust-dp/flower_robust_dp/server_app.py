@@ -1,4 +1,9 @@
-"""The ServerApp: flsec's PipelineStrategy with a robust rule and (optionally) central DP.
+"""The ServerApp: a flsec pipeline -- robust rule, central DP, SecAgg+ -- as a Flower strategy.
+
+With ``secure`` (the default) the nodes' updates reach the ServerApp only through
+flsec's SecAgg+ (``SecureAggregationStrategy``): grouped SecAgg+ in random groups of
+``group-size`` nodes with the robust rule over the group means, or plain SecAgg+ for
+``rule="mean"``. Without it, ``PipelineStrategy`` runs the rule on the plaintext replies.
 
 Per round it logs the global model's test accuracy and the privacy ledger's
 ``dp_epsilon``; with ``result-path`` set it writes the final accuracy, the per-round
@@ -23,23 +28,43 @@ from fl_core.aggregation import WeightedMean
 from fl_core.flower import PipelineStrategy
 from fl_core.pipeline import Pipeline
 from flower_robust_dp import task
+from secure_agg.aggregator import SecAggPlusAggregator
+from secure_agg.flower_server import SecureAggregationStrategy
+from secure_agg.grouped import GroupedSecAggPlus
 
 log = logging.getLogger("flwr")  # Flower's own logger: its records reach `flwr run --stream` and `flwr log`
 app = ServerApp()
 
 
 def build_pipeline(cfg: dict[str, Any], nodes: int) -> Pipeline:
-    """The run config's pipeline: ``rule`` (median, krum; mean as the baseline) and, with ``dp``, central DP."""
+    """The run config's pipeline: ``rule`` (median, krum; mean as the baseline), with ``dp`` central DP, with
+    ``secure`` under SecAgg+ (grouped for a robust rule)."""
     f = int(cfg["byzantine-f"])
     rules = {"median": lambda: Median(f=f), "krum": lambda: Krum(f=f), "mean": WeightedMean}
     if cfg["rule"] not in rules:
         raise ValueError(f"rule must be one of {sorted(rules)}, got {cfg['rule']!r}")
-    rule = rules[str(cfg["rule"])]()
-    if not cfg["dp"]:
-        return Pipeline(rule=rule, seed=int(cfg["seed"]))
+    rule, seed = rules[str(cfg["rule"])](), int(cfg["seed"])
     dp = CentralDPFedAvg(noise_multiplier=float(cfg["noise-multiplier"]), expected_clients=nodes, sample_rate=1.0,
-                         delta=float(cfg["delta"]), clip_norm=float(cfg["clip-norm"]))
-    return dp.pipeline(rule=rule, seed=int(cfg["seed"]))
+                         delta=float(cfg["delta"]), clip_norm=float(cfg["clip-norm"])) if cfg["dp"] else None
+    if not cfg["secure"]:
+        return dp.pipeline(rule=rule, seed=seed) if dp else Pipeline(rule=rule, seed=seed)
+    clip = float(cfg["secure-clip"])  # SecAgg+'s per-coordinate range [-clip, clip]
+    if cfg["rule"] == "mean":
+        secure, rule = SecAggPlusAggregator(clip=clip, gamma=0.0, delta=0.2), None
+    else:
+        secure = GroupedSecAggPlus(group_size=int(cfg["group-size"]), clip=clip, gamma=0.0, delta=0.0)
+    return Pipeline(client=[dp.clip] if dp else [], secure=secure, rule=rule, server=[dp.noise] if dp else [],
+                    seed=seed)
+
+
+def build_strategy(cfg: dict[str, Any], nodes: int) -> PipelineStrategy:
+    """``SecureAggregationStrategy`` with ``secure``, else ``PipelineStrategy``, on ``nodes`` nodes."""
+    common = {"min_train_nodes": nodes, "min_available_nodes": nodes, "seed": int(cfg["seed"]),
+              "node_wait_s": float(cfg["node-wait-s"])}
+    if cfg["secure"]:  # a protocol stage waits as long as a training round
+        return SecureAggregationStrategy(build_pipeline(cfg, nodes), stage_timeout_s=float(cfg["round-timeout-s"]),
+                                         **common)
+    return PipelineStrategy(build_pipeline(cfg, nodes), **common)
 
 
 @app.main()
@@ -47,8 +72,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds on ``num-nodes`` nodes and report accuracy and epsilon."""
     cfg = dict(context.run_config)
     nodes, rounds = int(cfg["num-nodes"]), int(cfg["num-server-rounds"])
-    strategy = PipelineStrategy(build_pipeline(cfg, nodes), min_train_nodes=nodes, min_available_nodes=nodes,
-                                seed=int(cfg["seed"]), node_wait_s=float(cfg["node-wait-s"]))
+    strategy = build_strategy(cfg, nodes)
     history: dict[int, dict[str, float]] = {}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -68,8 +92,9 @@ def main(grid: Grid, context: Context) -> None:
     final = result.arrays.to_numpy_ndarrays()
     acc = task.accuracy(final)
     last = history.get(rounds, {})
-    log.info("FINAL accuracy %.4f (rule=%s, dp=%s, attack=%s, dp_epsilon=%s) after %.1f s", acc, cfg["rule"],
-             cfg["dp"], cfg["attack"], last.get("dp_epsilon", "n/a"), time.monotonic() - start)
+    log.info("FINAL accuracy %.4f (rule=%s, dp=%s, secure=%s, attack=%s, dp_epsilon=%s) after %.1f s", acc,
+             cfg["rule"], cfg["dp"], cfg["secure"], cfg["attack"], last.get("dp_epsilon", "n/a"),
+             time.monotonic() - start)
     if cfg["result-path"]:
         path = Path(str(cfg["result-path"]))
         path.parent.mkdir(parents=True, exist_ok=True)
