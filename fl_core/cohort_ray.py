@@ -141,7 +141,8 @@ def ray_session(
     ------
     module
         The ``ray`` module, initialised. A Ray this block started or connected to is
-        shut down when it ends; one that was already initialised is left running.
+        shut down when it ends; one that was already initialised in this process is
+        used (``address``, if given, must still answer) and left running.
 
     Raises
     ------
@@ -161,11 +162,14 @@ def ray_session(
         # a local Ray listens on 127.0.0.1 only (Ray reads this when it is imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _ray()
+    if address is not None and address != "auto":
+        _probe(address, connect_timeout_s)  # also when already connected: the address asked for must answer
     if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address not in (None, "auto", current):
+            log.warning("Ray is already initialised in this process (%s); using it, not %s", current, address)
         yield ray
         return
-    if address is not None and address != "auto":
-        _probe(address, connect_timeout_s)
     opts: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:
         opts["num_cpus"] = num_cpus

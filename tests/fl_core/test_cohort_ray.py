@@ -1,6 +1,8 @@
 """A round's cohort on Ray workers (a local 2-CPU Ray started and stopped here) gives the sequential history."""
 
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,13 +24,13 @@ def _free_port() -> int:
 
 
 def test_unreachable_address_is_a_quick_clear_error():
-    assert not ray.is_initialized()  # the cluster fixture below has not started yet
+    was = ray.is_initialized()
     address = f"127.0.0.1:{_free_port()}"  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(RayClusterError, match=f"no Ray cluster reachable at '{address}'"), ray_session(address):
         pass
     assert time.monotonic() - t0 < 5
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == was  # a failed connection changes nothing
     with pytest.raises(ConfigError, match="'head' is not HOST:PORT"), ray_session("head"):
         pass
 
@@ -98,3 +100,22 @@ def test_a_round_past_its_timeout_is_cancelled_with_a_clear_error(cluster):
         fed.run(rounds=1)
     assert time.monotonic() - t0 < 30
     assert len(fed.history) == 0
+
+
+def test_an_unreachable_address_is_refused_also_when_connected(cluster):
+    address = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(RayClusterError, match=f"no Ray cluster reachable at '{address}'"), ray_session(address):
+        pass
+    assert ray.is_initialized()  # the cluster this process uses is left as it was
+
+
+def test_flsec_imports_and_explains_without_ray():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if the ray extra were not installed
+        "import fl_core, benchmarks.suite.ray_runner, benchmarks.bench_ray\n"
+        "from fl_core.cohort_ray import RayClusterError, ray_session\n"
+        "try:\n    ray_session().__enter__()\nexcept RayClusterError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Ray is not installed; install the ray extra" in out.stdout
