@@ -171,10 +171,10 @@ def ray_session(
         yield ray
         return
     opts: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address is None:
+    if address is None:  # "local": a new Ray, not the cluster `ray start` may have left on this machine
         opts["num_cpus"] = num_cpus
     try:
-        ray.init(address=address, **opts)
+        ray.init(address=address or "local", **opts)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         raise RayClusterError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
     try:

@@ -19,7 +19,7 @@ from benchmarks.threads import apply_threads
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     builtin = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.toml")))
-    p = subparsers.add_parser("suite", help="attack-vs-defense evaluation suites (run, report)")
+    p = subparsers.add_parser("suite", help="attack-vs-defense evaluation suites (run, report; run --ray: on Ray)")
     sub = p.add_subparsers(dest="suite_command", metavar="SUITE_COMMAND")
     run = sub.add_parser(
         "run",

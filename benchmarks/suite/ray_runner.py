@@ -219,7 +219,7 @@ def _run_on_ray(ray, spec: SuiteSpec, store: ResultStore, cells: list[Cell], tod
         last = [""]
 
         def on_poll(pending: int) -> None:
-            bar.update(overall, status=f"{pending} running or queued{last[0]}")
+            bar.update(overall, status=f"{pending} to go{last[0]}")
 
         for i, result in as_completed(refs, timeout_s=timeout_s, retries=max_retries, on_poll=on_poll,
                                       describe=lambda i: f"cell {todo[i].cell_id}"):

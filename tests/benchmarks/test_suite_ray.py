@@ -80,7 +80,7 @@ def test_unreachable_address_is_a_quick_clear_error_and_creates_nothing(tmp_path
 
 @pytest.fixture(scope="module")
 def cluster():
-    info = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    info = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield info.address_info["gcs_address"]
     finally:
