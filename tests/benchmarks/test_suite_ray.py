@@ -76,6 +76,9 @@ def test_unreachable_address_is_a_quick_clear_error_and_creates_nothing(tmp_path
     assert ray.is_initialized() == was  # a failed connection changes nothing
     assert cli_main(["suite", "run", str(suite), "--out", str(tmp_path / "o"), "--cpus-per-cell", "2"]) == 2
     assert "--cpus-per-cell: applies to --ray runs only" in capsys.readouterr().err
+    assert cli_main(["suite", "run", "fm", "--out", str(tmp_path / "fm"), "--ray"]) == 2
+    assert "--ray: runs image suites; the FM suite 'fm' runs without it" in capsys.readouterr().err
+    assert not (tmp_path / "fm").exists()
 
 
 @pytest.fixture(scope="module")
