@@ -1,7 +1,7 @@
 """``flsec bench ray``: a small suite and a 50-client cohort round, sequentially and on a local Ray.
 
-* **suite**: the same suite (default: 4 cells on Fashion-MNIST, 20 clients, 5 per round,
-  2 rounds, with the privacy probe; or ``--suite FILE|NAME``) run by
+* **suite**: the same suite (default: 4 cells on Fashion-MNIST, 20 clients, all sampled,
+  4 rounds, with the privacy probe: a fifth of a ``standard`` cell; or ``--suite FILE|NAME``) run by
   :func:`benchmarks.suite.runner.run_suite` in this process with 1 and with ``--cpus``
   torch threads, and by :func:`benchmarks.suite.ray_runner.run_suite_ray` on a local
   Ray of ``--cpus`` CPUs, one CPU and one thread per cell (``--cpus`` cells at once).
@@ -48,8 +48,8 @@ description = "4 cells for flsec bench ray"
 [setting]
 dataset = "fashion-mnist"
 clients = 20
-clients_per_round = 5
-rounds = 2
+clients_per_round = 20
+rounds = 4
 seeds = [0]
 malicious_fraction = 0.2
 [[attacks]]
