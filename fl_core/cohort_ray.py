@@ -407,6 +407,8 @@ class RayCohortExecutor:
             request = {"CPU": self.num_cpus, "GPU": self.num_gpus}
             if self.num_gpus and fed.device.type != "cuda":
                 raise ConfigError(f"num_gpus={self.num_gpus:g} per client needs a CUDA federation, not {fed.device}")
+            if not self.num_gpus and fed.device.type == "cuda":  # Ray hides the GPUs from a task without any
+                raise ConfigError(f"a federation on {fed.device} needs num_gpus > 0 per client (e.g. 0.25), got 0")
             check_resources(request, what="a client's local training")
             template = copy.deepcopy(fed._worker).cpu()
             data = {c.id: ray.put(c.data) for c in fed.clients}
