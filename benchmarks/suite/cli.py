@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="GPU share of a cell when the suite's device is CUDA (default 0.25)")
     ray.add_argument("--max-retries", type=int, default=2, metavar="N",
                      help="re-runs of a cell whose worker died before the run stops (default 2)")
+    ray.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="stop the run (finished cells kept) if it has not ended after S seconds (default: no bound)")
     run.set_defaults(func=_run)
     rep = sub.add_parser("report", help="render report.md, heatmaps and accuracy curves of a results directory")
     rep.add_argument("out", type=Path, help="results directory of `flsec suite run`")
@@ -75,10 +77,11 @@ def _run(args: argparse.Namespace) -> int:
         from benchmarks.suite.ray_runner import run_suite_ray
 
         run = functools.partial(run_suite_ray, address=args.ray or None, cpus_per_cell=args.cpus_per_cell,
-                                gpus_per_cell=args.gpus_per_cell, threads=args.threads, max_retries=args.max_retries)
+                                gpus_per_cell=args.gpus_per_cell, threads=args.threads, max_retries=args.max_retries,
+                                timeout_s=args.timeout)
         where = f" on Ray ({args.ray or 'a new local Ray'}, {args.cpus_per_cell} CPU per cell)"
     else:
-        defaults = {"cpus_per_cell": 1, "gpus_per_cell": None, "max_retries": 2}
+        defaults = {"cpus_per_cell": 1, "gpus_per_cell": None, "max_retries": 2, "timeout": None}
         changed = [k for k, v in defaults.items() if getattr(args, k) != v]
         if changed:
             raise SuiteError("--" + changed[0].replace("_", "-"), "applies to --ray runs only")

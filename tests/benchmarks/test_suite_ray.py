@@ -106,8 +106,8 @@ def test_a_cell_larger_than_any_node_is_refused_before_work(cluster, tmp_path):
         run_suite_ray(parse_suite(SUITE), out=tmp_path / "o", gpus_per_cell=0.5, progress=False)
 
 
-@pytest.mark.slow  # about 10 s: two worker restarts
-def test_a_dead_worker_is_retried_then_a_clear_error(cluster, sequential, tmp_path):
+@pytest.mark.slow  # about 15 s: worker restarts
+def test_a_dead_worker_is_retried_then_a_clear_error_and_a_run_timeout_stops(cluster, sequential, tmp_path):
     marker = tmp_path / "died"
 
     def die_once(cell, spec, split, **kw):  # pickled by value: the worker kills itself in its first ipm cell
@@ -127,6 +127,10 @@ def test_a_dead_worker_is_retried_then_a_clear_error(cluster, sequential, tmp_pa
                       timeout_s=300)
     assert not (tmp_path / "b" / "cells" / "ipm__median__seed0.json").exists()
     assert not list((tmp_path / "b" / "cells").glob(".*.tmp"))  # nothing half-written
+    t0 = time.monotonic()  # a run past its bound stops, cancelling its cells
+    with pytest.raises(RayClusterError, match=r"not finished within 0.5 s \(cell none__median__seed0"):
+        run_suite_ray(parse_suite(SUITE), out=tmp_path / "c", progress=False, timeout_s=0.5)
+    assert time.monotonic() - t0 < 30 and not list((tmp_path / "c" / "cells").iterdir())
 
 
 def test_resume_after_the_driver_is_killed(cluster, sequential, tmp_path, caplog):
