@@ -21,6 +21,7 @@ array([0.2])
 
 from defenses.robust.base import PreAggregation, PreAggregator, RobustAggregator
 from defenses.robust.bulyan import Bulyan
+from defenses.robust.caf import CAF
 from defenses.robust.centered_clipping import CenteredClipping
 from defenses.robust.compose import Compose
 from defenses.robust.distances import pairwise_cosine_similarity, pairwise_sq_distances
@@ -37,8 +38,11 @@ from defenses.robust.foolsgold import FoolsGold
 from defenses.robust.formats import FormSpec, from_cohort, from_vector, to_cohort, to_vector
 from defenses.robust.geomed import GeometricMedian
 from defenses.robust.krum import Krum, MultiKrum
+from defenses.robust.mda import MDA, SubsetLimitError
+from defenses.robust.meamed import Meamed
 from defenses.robust.mean import Mean
 from defenses.robust.median import Median
+from defenses.robust.monna import MissingPivotError, MoNNA
 from defenses.robust.norm_bound import NormBound
 from defenses.robust.preagg import ARC, NNM, Bucketing
 from defenses.robust.registry import RegistryEntry, entries, get, make, names, register
@@ -46,7 +50,9 @@ from defenses.robust.trimmed_mean import TrimmedMean
 
 __all__ = [
     "ARC",
+    "CAF",
     "FLAME",
+    "MDA",
     "NNM",
     "Bucketing",
     "Bulyan",
@@ -59,10 +65,13 @@ __all__ = [
     "GeometricMedian",
     "Krum",
     "LayerShapeError",
+    "Meamed",
     "Mean",
     "Median",
     "MissingGeneratorError",
+    "MissingPivotError",
     "MissingServerUpdateError",
+    "MoNNA",
     "MultiKrum",
     "NormBound",
     "PreAggregation",
@@ -70,6 +79,7 @@ __all__ = [
     "RegistryEntry",
     "RobustAggregator",
     "StateMismatchError",
+    "SubsetLimitError",
     "TrimmedMean",
     "entries",
     "from_cohort",
