@@ -22,7 +22,7 @@ def test_flower_bytes_per_round_are_the_model_to_and_from_every_node():
 
 def test_flower_secagg_bytes_up_are_masked_inputs_not_models():
     hidden, nodes = (8,), 10  # Median(f=2) over 5 groups of 2
-    plain = run_plain(nodes=2, rounds=1, examples=16, hidden=hidden)
+    plain = run_plain(nodes=5, rounds=1, examples=16, hidden=hidden)
     secure = run_flower(nodes=nodes, rounds=1, examples=16, hidden=hidden, cpus=2, secure=True)
     ring_words = 4 * (plain["params"] + 1)  # one masked 32-bit ring vector per node, plus the weight coordinate
     # up: each node's masked input, its two public keys, a Shamir share pair for its one neighbour and the unmasking
