@@ -46,6 +46,8 @@ from defenses.robust.monna import MissingPivotError, MoNNA
 from defenses.robust.norm_bound import NormBound
 from defenses.robust.preagg import ARC, NNM, Bucketing
 from defenses.robust.registry import RegistryEntry, entries, get, make, names, register
+from defenses.robust.rlr import RLR
+from defenses.robust.signguard import SignGuard
 from defenses.robust.trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "FLAME",
     "MDA",
     "NNM",
+    "RLR",
     "Bucketing",
     "Bulyan",
     "CenteredClipping",
@@ -78,6 +81,7 @@ __all__ = [
     "PreAggregator",
     "RegistryEntry",
     "RobustAggregator",
+    "SignGuard",
     "StateMismatchError",
     "SubsetLimitError",
     "TrimmedMean",
