@@ -33,6 +33,7 @@ from defenses.robust.errors import (
     StateMismatchError,
 )
 from defenses.robust.flame import FLAME
+from defenses.robust.fldetector import FLDetector
 from defenses.robust.fltrust import FLTrust
 from defenses.robust.foolsgold import FoolsGold
 from defenses.robust.formats import FormSpec, from_cohort, from_vector, to_cohort, to_vector
@@ -62,6 +63,7 @@ __all__ = [
     "CenteredClipping",
     "Compose",
     "DnC",
+    "FLDetector",
     "FLTrust",
     "FoolsGold",
     "FormSpec",
