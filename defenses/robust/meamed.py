@@ -15,7 +15,7 @@ from defenses.robust.base import RobustAggregator, all_kept, require
 from defenses.robust.registry import register
 from defenses.robust.sorting import column_median, sort_columns
 from fl_core.aggregation import AggregationResult, RoundContext
-from fl_core.numerics import WIDE, safe_mean
+from fl_core.numerics import safe_mean
 
 __all__ = ["Meamed", "mean_around_median"]
 
@@ -28,8 +28,8 @@ def mean_around_median(sorted_updates: torch.Tensor, k: int) -> torch.Tensor:
     radius ``max(med - a_s, a_{s+k-1} - med)`` and the window of the smallest
     radius is taken, the lowest ``s`` on a tie (the paper leaves ties open; the
     choice depends only on the values, never on the client order). Distances are
-    halved and compared in float64 (a difference of two float32 values of
-    ``3e38`` fits, and halving keeps float64 input finite); the window mean is
+    computed on halved values, in the updates' dtype (a difference of two halves
+    of finite values is finite, ``3e38`` included); each window mean is
     :func:`~fl_core.numerics.safe_mean`.
 
     Examples
@@ -39,15 +39,31 @@ def mean_around_median(sorted_updates: torch.Tensor, k: int) -> torch.Tensor:
     [1.0]
     """
     n = sorted_updates.shape[0]
-    med = column_median(sorted_updates).to(WIDE) * 0.5
-    half = sorted_updates.to(WIDE) * 0.5
-    starts = n - k + 1
-    below = med[None, :] - half[:starts]
-    above = half[k - 1 :] - med[None, :]
-    radius = torch.maximum(below, above)
-    best = torch.argmin(radius, dim=0)  # the first minimum: the lowest start on a tie
-    rows = best[None, :] + torch.arange(k, device=sorted_updates.device)[:, None]
-    return safe_mean(torch.gather(sorted_updates, 0, rows))
+    med = column_median(sorted_updates) * 0.5
+    starts = n - k + 1  # only the first and last n - k + 1 rows bound a window
+
+    def radius(start: int) -> torch.Tensor:
+        return torch.maximum(med - sorted_updates[start] * 0.5, sorted_updates[start + k - 1] * 0.5 - med)
+
+    # the first minimum over the starts (the lowest start on a tie), by a running comparison: a strided
+    # argmin over dim 0 costs more on CPU
+    best_radius = radius(0)
+    best = torch.zeros(med.shape[0], dtype=torch.long, device=med.device)
+    for start in range(1, starts):
+        r = radius(start)
+        better = r < best_radius
+        best_radius = torch.where(better, r, best_radius)
+        best.masked_fill_(better, start)
+    # one mean per window start over the columns that chose it (a loop over the n - k + 1 starts, never
+    # over clients; an (k, d) index for torch.gather would cost 8 k d bytes)
+    out = torch.empty_like(sorted_updates[0])
+    for start in range(starts):
+        cols = (best == start).nonzero().squeeze(1)
+        if cols.numel() == 0:
+            continue
+        window = sorted_updates[start : start + k]
+        out[cols] = safe_mean(window if cols.numel() == window.shape[1] else window.index_select(1, cols))
+    return out
 
 
 @register(

@@ -20,7 +20,7 @@ __all__ = ["RLR", "sign_votes"]
 
 
 def sign_votes(updates: torch.Tensor) -> torch.Tensor:
-    """``(d,)`` int64 sums of the coordinate signs, ``sum_k sgn(x_kj)`` (``sgn(0) = 0``), exact for any ``n``.
+    """``(d,)`` int64 sums of the coordinate signs, ``sum_k sgn(x_kj)`` (``sgn(0) = 0``), exact for ``n < 2^24``.
 
     Examples
     --------
@@ -28,7 +28,9 @@ def sign_votes(updates: torch.Tensor) -> torch.Tensor:
     >>> sign_votes(torch.tensor([[2.0, 0.0, -1.0], [3e38, -5.0, -1.0]])).tolist()
     [2, -1, -2]
     """
-    return torch.sign(updates).to(torch.int64).sum(dim=0)
+    # the signs summed in float32 (float64 for float64 input): exact for n < 2^24, without an (n, d) int64 copy
+    acc = torch.float64 if updates.dtype == torch.float64 else torch.float32
+    return torch.sign(updates).sum(dim=0, dtype=acc).to(torch.int64)
 
 
 @register(
