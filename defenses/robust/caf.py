@@ -15,7 +15,7 @@ from defenses.robust.base import RobustAggregator, all_kept, require
 from defenses.robust.distances import scaled_sq_distances
 from defenses.robust.registry import register
 from fl_core.aggregation import AggregationResult, RoundContext
-from fl_core.numerics import WIDE, combine, safe_mean
+from fl_core.numerics import WIDE, combine, safe_mean, unscale
 
 __all__ = ["CAF", "caf_weights"]
 
@@ -115,7 +115,8 @@ class CAF(RobustAggregator):
     Notes
     -----
     ``scores`` are the normalised weights ``c_i / sum c`` of the returned mean;
-    ``kept`` is ``c_i > 0``; ``metrics["lambda"]`` is its top eigenvalue.
+    ``kept`` is ``c_i > 0``; ``metrics["lambda"]`` is its top eigenvalue (``inf``
+    where it exceeds float64, for float64 input beyond ``~1e154``).
     Rounding: the centred Gram matrix inherits the distances' error, about
     ``eps`` times the squared norms of the rows involved, as in Krum.
 
@@ -140,5 +141,5 @@ class CAF(RobustAggregator):
         p, lam = caf_weights(sq_dist, self.f)
         agg = combine(p, updates)
         return AggregationResult(
-            aggregate=agg, kept=p > 0, scores=p, metrics={"lambda": float(lam) * 2.0**log2}
+            aggregate=agg, kept=p > 0, scores=p, metrics={"lambda": float(unscale(lam, log2))}
         )

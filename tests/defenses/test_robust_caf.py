@@ -100,6 +100,15 @@ def test_rows_of_3e38_drop_out() -> None:
     assert np.isfinite(res.metrics["lambda"])
 
 
+def test_float64_rows_near_the_largest_double() -> None:
+    honest = torch.rand(6, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    big = torch.full((1, 3), 1.7e308, dtype=torch.float64)
+    x = torch.cat([big, honest, -big])
+    res = CAF(f=2).aggregate(x)
+    assert res.kept.tolist()[0] is False and res.kept.tolist()[-1] is False
+    assert bool((res.aggregate >= honest.min(dim=0).values).all() and (res.aggregate <= honest.max(dim=0).values).all())
+
+
 def test_tolerance() -> None:
     with pytest.raises(ToleranceError, match=r"CAF needs n > 2f, got n=4, f=2"):
         CAF(f=2)(np.zeros((4, 3)))
