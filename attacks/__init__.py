@@ -10,8 +10,11 @@ True
 from attacks.byzantine import AttackView, ByzantineTransform, ModelPoisoning
 from attacks.data_poisoning import LabelFlip, PixelBackdoor, ScheduledHook, TextBackdoor
 from attacks.hooks import AnomalyEvasion, NeurotoxinMask
+from attacks.inf import Inf
 from attacks.metrics import Backdoor, DetectionRates, attack_success_rate, detection_rates
+from attacks.mimic import Mimic
 from attacks.model_poisoning import ALIE, IPM, ConstrainedScaling, GaussianNoise, Scaling, SignFlip
+from attacks.optimal import OptimalALIE, OptimalIPM
 from attacks.optimized import FangKrum, FangTrimmedMean, MinMax, MinSum
 from attacks.registry import (
     ATTACKS,
@@ -41,11 +44,15 @@ __all__ = [
     "FangKrum",
     "FangTrimmedMean",
     "GaussianNoise",
+    "Inf",
     "LabelFlip",
+    "Mimic",
     "MinMax",
     "MinSum",
     "ModelPoisoning",
     "NeurotoxinMask",
+    "OptimalALIE",
+    "OptimalIPM",
     "PixelBackdoor",
     "PixelTrigger",
     "Scaling",

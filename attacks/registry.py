@@ -381,3 +381,71 @@ def _fang_krum(*, threat: ThreatModel, env: AttackEnv, aggregator: Aggregator | 
 @_register("fang-trmean", kind="model", description="Fang et al. 2020 attack tailored to trimmed mean / median")
 def _fang_trmean(*, threat: ThreatModel, env: AttackEnv, aggregator: Aggregator | None, b: float = 2.0) -> AttackPlan:
     return _model_plan("fang-trmean", FangTrimmedMean(b=b), threat, aggregator)
+
+
+@_register(
+    "mimic",
+    kind="model",
+    description="copy the honest client furthest along the top principal direction (Karimireddy et al. 2022)",
+)
+def _mimic(
+    *, threat: ThreatModel, env: AttackEnv, aggregator: Aggregator | None, warmup: int = 1, seed: int = 0
+) -> AttackPlan:
+    from attacks.mimic import Mimic
+
+    return _model_plan("mimic", Mimic(warmup=warmup, seed=seed, threat=threat), threat, aggregator)
+
+
+@_register(
+    "inf",
+    kind="model",
+    description="rows of float32's largest finite value; finite=false: byzfl's +inf, refused as invalid input",
+)
+def _inf(
+    *, threat: ThreatModel, env: AttackEnv, aggregator: Aggregator | None, finite: bool = True, negative: bool = False
+) -> AttackPlan:
+    from attacks.inf import Inf
+
+    return _model_plan("inf", Inf(finite=finite, negative=negative), threat, aggregator)
+
+
+@_register(
+    "optimal-alie",
+    kind="model",
+    description="ALIE with z searched in [low, high] to push the defense's output furthest (byzfl)",
+)
+def _optimal_alie(
+    *,
+    threat: ThreatModel,
+    env: AttackEnv,
+    aggregator: Aggregator | None,
+    low: float = 0.0,
+    high: float = 10.0,
+    points: int = 11,
+    refine: int = 12,
+) -> AttackPlan:
+    from attacks.optimal import OptimalALIE
+
+    attack = OptimalALIE(low=low, high=high, points=points, refine=refine)
+    return _model_plan("optimal-alie", attack, threat, aggregator)
+
+
+@_register(
+    "optimal-ipm",
+    kind="model",
+    description="IPM with epsilon searched in [low, high] to push the defense's output furthest (byzfl)",
+)
+def _optimal_ipm(
+    *,
+    threat: ThreatModel,
+    env: AttackEnv,
+    aggregator: Aggregator | None,
+    low: float = 0.0,
+    high: float = 10.0,
+    points: int = 11,
+    refine: int = 12,
+) -> AttackPlan:
+    from attacks.optimal import OptimalIPM
+
+    attack = OptimalIPM(low=low, high=high, points=points, refine=refine)
+    return _model_plan("optimal-ipm", attack, threat, aggregator)
