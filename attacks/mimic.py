@@ -1,7 +1,8 @@
 """Mimic: every Byzantine client sends a copy of one chosen honest client's update.
 
 Karimireddy, He & Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets
-via Bucketing", ICLR 2022, Sec. 4 and App. (the *mimic* attack). Under
+via Bucketing", ICLR 2022 (the *mimic* attack; reference code
+epfml/byzantine-robust-noniid-optimizer, ``MimicVariantAttacker``). Under
 heterogeneous data a robust rule that outvotes outliers can be steered without
 sending a single outlier: the ``f`` attackers all send the update of one honest
 client ``i*``, so that client's data is over-represented and the others' under-
