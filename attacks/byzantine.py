@@ -37,6 +37,7 @@ import torch
 from attacks.threat import ThreatModel
 from fl_core.aggregation import Aggregator, RoundContext, StageOutput
 from fl_core.errors import ConfigError, InvalidUpdateError
+from fl_core.state import StateError
 
 __all__ = ["AttackView", "ByzantineTransform", "ModelPoisoning"]
 
@@ -126,3 +127,23 @@ class ByzantineTransform:
         out[mal] = crafted.to(out.dtype)
         log.debug("round %d: %s replaced %d rows", ctx.round_idx, self.attack, f)
         return StageOutput(out, metrics={**metrics, "attack_active": 1.0})
+
+    def state_dict(self) -> dict:
+        """The attack's state (Mimic's chosen client and direction), so a resumed run attacks the same way.
+
+        Raises
+        ------
+        NotImplementedError
+            For a stateless attack (the pipeline then saves nothing for this slot).
+        """
+        save = getattr(self.attack, "state_dict", None)
+        if not callable(save):
+            raise NotImplementedError(f"{type(self.attack).__name__} has no state")
+        return save()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into the attack."""
+        load = getattr(self.attack, "load_state_dict", None)
+        if not callable(load):
+            raise StateError(f"{type(self.attack).__name__} has no state to restore, got {sorted(state)[:5]}")
+        load(state)
