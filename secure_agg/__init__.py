@@ -42,59 +42,43 @@ Examples
 tensor([0.3750])
 """
 
-from secure_agg.aggregator import SecAggAggregator, SecAggPlusAggregator
-from secure_agg.client import ClientState, SecAggClient
-from secure_agg.errors import (
-    MessageRejectedError,
-    ProtocolAbortError,
-    RingOverflowError,
-    SecAggConfigError,
-    SecAggError,
-    ShamirError,
-    WireFormatError,
-)
-from secure_agg.graph import CommunicationGraph, choose_k_t, secure_threshold
-from secure_agg.grouped import GroupedSecAggPlus
-from secure_agg.he import BFVAggregator, CKKSAggregator, HEParams, KeyHolder, run_he, select_params
-from secure_agg.messages import Stage, decode_message
-from secure_agg.params import SecAggParams
-from secure_agg.quantize import FixedPointEncoder, ring_dtype
-from secure_agg.runner import RunResult, run_secagg
-from secure_agg.server import SecAggServer, ServerResult, ServerState
-from secure_agg.twoserver import TwoServerAggregator, TwoServerRound
+from fl_core.lazy import lazy_exports
 
-__all__ = [
-    "BFVAggregator",
-    "CKKSAggregator",
-    "ClientState",
-    "CommunicationGraph",
-    "FixedPointEncoder",
-    "GroupedSecAggPlus",
-    "HEParams",
-    "KeyHolder",
-    "MessageRejectedError",
-    "ProtocolAbortError",
-    "RingOverflowError",
-    "RunResult",
-    "SecAggAggregator",
-    "SecAggClient",
-    "SecAggConfigError",
-    "SecAggError",
-    "SecAggParams",
-    "SecAggPlusAggregator",
-    "SecAggServer",
-    "ServerResult",
-    "ServerState",
-    "ShamirError",
-    "Stage",
-    "TwoServerAggregator",
-    "TwoServerRound",
-    "WireFormatError",
-    "choose_k_t",
-    "decode_message",
-    "ring_dtype",
-    "run_he",
-    "run_secagg",
-    "secure_threshold",
-    "select_params",
-]
+#: Public name -> the module it lives in; each loads on first use (:mod:`fl_core.lazy`).
+_EXPORTS = {
+    "BFVAggregator": "secure_agg.he",
+    "CKKSAggregator": "secure_agg.he",
+    "ClientState": "secure_agg.client",
+    "CommunicationGraph": "secure_agg.graph",
+    "FixedPointEncoder": "secure_agg.quantize",
+    "GroupedSecAggPlus": "secure_agg.grouped",
+    "HEParams": "secure_agg.he",
+    "KeyHolder": "secure_agg.he",
+    "MessageRejectedError": "secure_agg.errors",
+    "ProtocolAbortError": "secure_agg.errors",
+    "RingOverflowError": "secure_agg.errors",
+    "RunResult": "secure_agg.runner",
+    "SecAggAggregator": "secure_agg.aggregator",
+    "SecAggClient": "secure_agg.client",
+    "SecAggConfigError": "secure_agg.errors",
+    "SecAggError": "secure_agg.errors",
+    "SecAggParams": "secure_agg.params",
+    "SecAggPlusAggregator": "secure_agg.aggregator",
+    "SecAggServer": "secure_agg.server",
+    "ServerResult": "secure_agg.server",
+    "ServerState": "secure_agg.server",
+    "ShamirError": "secure_agg.errors",
+    "Stage": "secure_agg.messages",
+    "TwoServerAggregator": "secure_agg.twoserver",
+    "TwoServerRound": "secure_agg.twoserver",
+    "WireFormatError": "secure_agg.errors",
+    "choose_k_t": "secure_agg.graph",
+    "decode_message": "secure_agg.messages",
+    "ring_dtype": "secure_agg.quantize",
+    "run_he": "secure_agg.he",
+    "run_secagg": "secure_agg.runner",
+    "secure_threshold": "secure_agg.graph",
+    "select_params": "secure_agg.he",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -39,14 +39,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_core.pipeline import Pipeline, Round
 from secure_agg import crypto
 from secure_agg.client import ClientState, SecAggClient
 from secure_agg.client_state import restore, snapshot
@@ -54,6 +53,9 @@ from secure_agg.errors import ProtocolAbortError, SecAggError
 from secure_agg.flower_wire import ACTION, CONFIG_FLAG, PIN_KEY, RECORD, STAGES, STATE_KEY, channel_key
 from secure_agg.params import SecAggParams
 from secure_agg.quantize import FixedPointEncoder
+
+if TYPE_CHECKING:
+    from fl_core.pipeline import Pipeline
 
 __all__ = ["add_secagg", "handle_secagg", "train_reply"]
 
@@ -90,7 +92,11 @@ def train_reply(msg: Message, context: Context, arrays: Sequence[np.ndarray], nu
     update = np.concatenate([(np.asarray(a, np.float64) - g.astype(np.float64)).ravel()
                              for a, g in zip(arrays, glob, strict=True)])
     server_round = int(config["server-round"])
-    if pipeline is not None:
+    if pipeline is not None:  # PyTorch only here: the protocol's messages never load it
+        import torch
+
+        from fl_core.pipeline import Round
+
         flat = torch.from_numpy(np.concatenate([g.astype(np.float32).ravel() for g in glob]))
         info = Round(server_round - 1, (int(context.node_id),), flat)
         update = pipeline.client_side_for(int(context.node_id), torch.from_numpy(update.astype(np.float32)),
