@@ -14,21 +14,28 @@ import torch
 
 from defenses.robust import (
     ARC,
+    CAF,
     FLAME,
+    MDA,
     NNM,
+    RLR,
     Bucketing,
     Bulyan,
     CenteredClipping,
     Compose,
     DnC,
+    FLDetector,
     FLTrust,
     FoolsGold,
     GeometricMedian,
     Krum,
+    Meamed,
     Mean,
     Median,
+    MoNNA,
     MultiKrum,
     NormBound,
+    SignGuard,
     TrimmedMean,
 )
 
@@ -61,6 +68,13 @@ RULES: dict[str, Callable[[int, int], object]] = {
     "nnm+krum": lambda f, d: Compose(NNM(f=f), Krum(f=f)),
     "arc+median": lambda f, d: Compose(ARC(f=f), Median(f=f)),
     "bucketing+median": lambda f, d: Compose(Bucketing(s=1, generator=gen(3)), Median(f=f)),
+    "meamed": lambda f, d: Meamed(f=f),
+    "mda": lambda f, d: MDA(f=f),
+    "monna": lambda f, d: MoNNA(f=f, server_update=lambda ctx: torch.ones(d, dtype=torch.float64)),
+    "caf": lambda f, d: CAF(f=f),
+    "rlr": lambda f, d: RLR(f=f),
+    "signguard": lambda f, d: SignGuard(f=f, fraction=1.0, generator=gen(4)),
+    "fldetector": lambda f, d: FLDetector(f=f, generator=gen(5)),
 }
 
 # minimal n for a given f, per rule
@@ -81,6 +95,13 @@ MIN_N: dict[str, Callable[[int], int]] = {
     "nnm+krum": lambda f: 2 * f + 3,
     "arc+median": lambda f: 2 * f + 1,
     "bucketing+median": lambda f: 2 * f + 1,
+    "meamed": lambda f: 2 * f + 1,
+    "mda": lambda f: 2 * f + 1,
+    "monna": lambda f: 2 * f + 1,
+    "caf": lambda f: 2 * f + 1,
+    "rlr": lambda f: f + 1,
+    "signguard": lambda f: 2 * f + 1,
+    "fldetector": lambda f: max(2, f + 1),
 }
 
 
