@@ -44,10 +44,9 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.suite.build import build_cell, preflight_attacks
-from benchmarks.suite.runner import done_cells, probe_exposure, run_cell, stored_exposures
+from benchmarks.suite.runner import done_cells, probe_exposure, run_cell, stored_exposures, suite_progress
 from benchmarks.suite.spec import Cell, SuiteSpec
 from benchmarks.suite.store import ResultStore
 from fl_core import load_dataset
@@ -205,15 +204,7 @@ def _run_on_ray(ray, spec: SuiteSpec, store: ResultStore, cells: list[Cell], tod
             if _exposure_key(cell) in needed and _exposure_key(cell) not in probes:
                 probes[_exposure_key(cell)] = probe_task.remote(cell, spec, split_box, threads)
     refs = [task.remote(cell, spec, split_box, threads, cell_fn, probes.get(_exposure_key(cell))) for cell in todo]
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not progress,
-    ) as bar:
+    with suite_progress(console, progress) as bar:
         overall = bar.add_task(f"suite {spec.name} on Ray", total=len(cells), completed=len(cells) - len(todo),
                                status=f"{len(todo)} queued")
         last = [""]

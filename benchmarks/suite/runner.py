@@ -48,6 +48,12 @@ def _versions() -> dict[str, str]:
     }
 
 
+def suite_progress(console: Console, progress: bool) -> Progress:
+    """The suite's progress display: one bar of cells done, with a status column and the elapsed time."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, disable=not progress)
+
+
 def summarize(rounds: list[dict[str, Any]], malicious: list[int], setting: Setting) -> dict[str, Any]:
     """Final accuracy and attack success, and detection rates.
 
@@ -195,15 +201,7 @@ def run_suite(
     store.claim(spec.source)
     console = console or Console(stderr=True)
     log.info("suite %s: %d cells, %d to run", spec.name, len(cells), len(todo))
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not progress,
-    ) as bar:
+    with suite_progress(console, progress) as bar:
         overall = bar.add_task(f"suite {spec.name}", total=len(cells), completed=len(cells) - len(todo), status="")
         exposure: dict = stored_exposures(store, done_cells(cells, todo)) if spec.setting.exposure else {}
         for cell in todo:
