@@ -18,7 +18,7 @@ Examples
 >>> import torch
 >>> from attacks.model_poisoning import SignFlip
 >>> from attacks.threat import ThreatModel
->>> from fl_core.aggregation import RoundContext
+>>> from fl_core.aggregation import AggregationResult, RoundContext
 >>> U = torch.ones(3, 2)
 >>> ctx = RoundContext(round_idx=0, client_ids=(0, 1, 2), weights=torch.ones(3), global_params=torch.zeros(2),
 ...                    generator=torch.Generator())
@@ -29,13 +29,14 @@ Examples
 from __future__ import annotations
 
 import abc
+import copy
 import logging
 from dataclasses import dataclass
 
 import torch
 
 from attacks.threat import ThreatModel
-from fl_core.aggregation import Aggregator, RoundContext, StageOutput
+from fl_core.aggregation import AggregationResult, Aggregator, RoundContext, StageOutput
 from fl_core.errors import ConfigError, InvalidUpdateError
 from fl_core.state import StateError
 
@@ -71,6 +72,21 @@ class AttackView:
     f: int
     ctx: RoundContext
     aggregator: Aggregator | None
+
+    def probe(self, cohort: torch.Tensor) -> AggregationResult:
+        """What a copy of the defense returns on ``cohort`` in this round (the live defense is never touched).
+
+        The copy sees the round's context (its global parameters, which FLTrust's root
+        update and MoNNA's server pivot need) with equal weights and ids ``0..m-1`` for the
+        ``m`` probe rows, and a generator of its own keyed by the round.
+        """
+        if self.aggregator is None:
+            raise ConfigError("an adaptive attack needs the defense as aggregator=")
+        m = cohort.shape[0]
+        g = torch.Generator(device=cohort.device).manual_seed(1_000_003 * (self.ctx.round_idx + 1))
+        ctx = RoundContext(self.ctx.round_idx, tuple(range(m)), torch.ones(m, device=cohort.device),
+                           self.ctx.global_params, g)
+        return copy.deepcopy(self.aggregator).aggregate(cohort, ctx=ctx)
 
 
 class ModelPoisoning(abc.ABC):

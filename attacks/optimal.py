@@ -42,7 +42,6 @@ Against the plain mean, the distance grows with the scale: the search ends at th
 from __future__ import annotations
 
 import abc
-import copy
 import inspect
 import logging
 import math
@@ -180,8 +179,9 @@ class _OptimalScale(ModelPoisoning):
         """``||agg(benign, f x row(scale)) - mean(benign)||_2`` on a copy of the defense; ``-inf`` on overflow.
 
         The probe cohort is the reference rows followed by the ``f`` crafted rows, with
-        equal weights and no round context (the rows' order and the clients' weights are
-        the live round's business; flsec's rules do not depend on the order).
+        equal weights and the round's context (:meth:`AttackView.probe`: FLTrust's root
+        update needs the global parameters); the rows' order and the clients' weights are
+        the live round's business (flsec's rules do not depend on the order).
         """
         if view.aggregator is None:
             raise ConfigError(f"{type(self).__name__} is adaptive: it needs the defense as aggregator=")
@@ -189,7 +189,7 @@ class _OptimalScale(ModelPoisoning):
         if not bool(torch.isfinite(row).all()):
             return -math.inf
         cohort = torch.cat([view.benign, row.expand(view.f, -1)])
-        result = copy.deepcopy(view.aggregator).aggregate(cohort)
+        result = view.probe(cohort)
         honest = view.benign.to(torch.float64).mean(dim=0)
         return float((result.aggregate.to(torch.float64) - honest).norm())
 

@@ -33,7 +33,6 @@ True
 from __future__ import annotations
 
 import abc
-import copy
 import math
 
 import torch
@@ -157,7 +156,7 @@ class FangKrum(ModelPoisoning):
         while lam > self.threshold:
             mal = (-lam * s).expand(view.f, -1)
             cohort = torch.cat([probe_rows, mal])
-            result = copy.deepcopy(view.aggregator).aggregate(cohort)
+            result = view.probe(cohort)
             if bool(result.kept[probe_rows.shape[0] :].any()):
                 break
             lam /= 2

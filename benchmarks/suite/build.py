@@ -19,7 +19,7 @@ from fl_core import (
     make_clients,
     partition,
 )
-from fl_core.aggregation import Aggregator
+from fl_core.aggregation import Aggregator, WeightedMean
 from fl_core.data.dataset import ArrayDataset, TextDataset
 from fl_core.errors import FlsecError
 from fl_core.params import num_params
@@ -48,8 +48,8 @@ def preflight_attacks(attacks: Sequence[ComponentSpec], setting: Setting, train:
     env = attack_env(train)
     threat = ThreatModel(malicious=frozenset({0}), omniscient=setting.omniscient)
     for i, a in enumerate(attacks):
-        try:
-            build_attack(a.name, threat=threat, env=env, **a.params)
+        try:  # adaptive attacks (Fang, optimal ALIE/IPM) need a defense to probe: the mean stands in for the cell's
+            build_attack(a.name, threat=threat, env=env, aggregator=WeightedMean(), **a.params)
         except (FlsecError, TypeError) as exc:
             raise SuiteError(f"attacks[{i}]", f"attack {a.label!r} cannot be built: {exc}") from None
 

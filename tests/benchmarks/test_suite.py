@@ -112,6 +112,23 @@ def test_builtin_suites_parse():
                 load_suite(path.stem)
 
 
+def test_builtin_image_suites_pass_the_attack_preflight():
+    """Every attack of every built-in image suite builds on its data, adaptive ones (Fang, optimal ALIE) included:
+    `standard` used to stop at its preflight ("FangKrum is adaptive: pass the defense as aggregator=")."""
+    from benchmarks.fm.spec import is_fm_suite
+    from benchmarks.suite.build import preflight_attacks
+    from fl_core import load_dataset
+
+    checked = set()
+    for path in sorted(BUILTIN_DIR.glob("*.toml")):
+        if is_fm_suite(path.read_text()):
+            continue
+        spec = load_suite(path.stem)
+        preflight_attacks(spec.attacks, spec.setting, load_dataset(spec.setting.dataset).train)
+        checked |= {a.name for a in spec.attacks}
+    assert {"fang-krum", "optimal-alie", "optimal-ipm", "mimic"} <= checked
+
+
 def test_run_resume_and_report(tmp_path, monkeypatch):
     spec = parse_suite(_suite(GRID))
     assert len(spec.cells()) == 12
