@@ -179,9 +179,10 @@ class RobustAggregator(Aggregator):
 
     def sensitivity(self, bound: float, n: int) -> float | None:
         """``2R`` for an output always inside the ball of radius ``R`` (adding or removing a client moves it
-        at most across that ball): in the rows' hull ``R = C``; coordinate-wise within their range
+        at most across that ball): in the rows' hull, or in the ball of the rows' norm bound (``"ball"``:
+        RLR, SignGuard), ``R = C``; coordinate-wise within their range
         ``R = sqrt(sum_j max_i u_ij^2) <= C sqrt(n)``; ``None`` where the rule declares no region."""
-        if self.OUTPUT_REGION == "hull":
+        if self.OUTPUT_REGION in ("hull", "ball"):
             return 2.0 * bound
         if self.OUTPUT_REGION == "coordinates":
             return 2.0 * bound * math.sqrt(n)

@@ -93,9 +93,6 @@ class RLR(RobustAggregator):
         super().__init__(f=f)
         self.theta = self.f + 1 if theta is None else check_count("theta", theta, minimum=1)
 
-    def sensitivity(self, bound: float, n: int) -> float | None:
-        """``2C``: the output's norm is that of the mean of rows of norm at most ``C``."""
-        return 2.0 * bound
 
     def check_tolerance(self, n: int) -> None:
         super().check_tolerance(n)

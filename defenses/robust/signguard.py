@@ -163,9 +163,6 @@ class SignGuard(RobustAggregator):
             raise ConfigError(f"fraction must be in (0, 1], got fraction={fraction!r}")
         self.generator = generator
 
-    def sensitivity(self, bound: float, n: int) -> float | None:
-        """``2C``: every clipped row, and so the mean, has norm at most ``min(M, C) <= C``."""
-        return 2.0 * bound
 
     def check_tolerance(self, n: int) -> None:
         require(n > 2 * self.f, f"SignGuard needs n > 2f, got n={n}, f={self.f}")
