@@ -205,19 +205,32 @@ class PipelineStrategy(FedAvg):
         return self._construct_messages(record, sampled, MessageType.TRAIN)
 
     # ------------------------------------------------------------------ aggregation
-    def _check(self, msg: Message, layout: _Layout, sampled: frozenset[int]) -> tuple[torch.Tensor, float] | str:
-        """The reply's flat update and weight, or why it is refused."""
+    @staticmethod
+    def _origin_problem(msg: Message, sampled: frozenset[int]) -> str | None:
+        """Why a reply cannot count at all (an error reply, a node not sampled), or None."""
         if msg.has_error():
             return f"the node replied with an error: {msg.error.reason}"
         if msg.metadata.src_node_id not in sampled:
             return "the node was not sampled this round"
+        return None
+
+    def _weight(self, msg: Message) -> float | str:
+        """The reply's one scalar weight, or why there is none."""
+        weights = [m[self.weighted_by_key] for m in msg.content.metric_records.values() if self.weighted_by_key in m]
+        if len(weights) != 1 or isinstance(weights[0], list):
+            return f"not exactly one scalar '{self.weighted_by_key}' in the reply's MetricRecords"
+        return float(weights[0])
+
+    def _check(self, msg: Message, layout: _Layout, sampled: frozenset[int]) -> tuple[torch.Tensor, float] | str:
+        """The reply's flat update and weight, or why it is refused."""
+        if (why := self._origin_problem(msg, sampled)) is not None:
+            return why
         content = msg.content
         if self.arrayrecord_key not in content.array_records:
             return f"no ArrayRecord '{self.arrayrecord_key}' in the reply"
-        weights = [m[self.weighted_by_key] for m in content.metric_records.values() if self.weighted_by_key in m]
-        if len(weights) != 1 or isinstance(weights[0], list):
-            return f"not exactly one scalar '{self.weighted_by_key}' in the reply's MetricRecords"
-        weight = float(weights[0])
+        weight = self._weight(msg)
+        if isinstance(weight, str):
+            return weight
         if not (math.isfinite(weight) and weight > 0):
             return f"weight {self.weighted_by_key}={weight} is not a finite number > 0"
         arrays = content.array_records[self.arrayrecord_key]

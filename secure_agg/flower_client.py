@@ -110,6 +110,11 @@ def _answer(msg: Message, **fields: object) -> Message:
     return Message(content=RecordDict({RECORD: ConfigRecord(fields)}), reply_to=msg)
 
 
+def _kept(context: Context) -> ConfigRecord | None:
+    """What this node keeps between messages (its update, then its protocol snapshot), if anything."""
+    return context.state.config_records[STATE_KEY] if STATE_KEY in context.state else None
+
+
 def _forget(context: Context) -> None:
     if STATE_KEY in context.state:
         del context.state[STATE_KEY]
@@ -122,7 +127,7 @@ def _abort(msg: Message, context: Context, reason: str) -> Message:
 
 
 def _setup(msg: Message, context: Context, f: ConfigRecord) -> Message:
-    kept = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
+    kept = _kept(context)
     rnd = int(f["server-round"])
     if kept is None or kept.get("kind") != "update" or int(kept["server-round"]) != rnd:
         return _abort(msg, context, f"no update kept for round {rnd} (setup replayed, or no train message)")
@@ -149,7 +154,7 @@ def _setup(msg: Message, context: Context, f: ConfigRecord) -> Message:
 
 
 def _step(msg: Message, context: Context, f: ConfigRecord) -> Message:
-    kept = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
+    kept = _kept(context)
     if kept is None or kept.get("kind") != "protocol" or int(kept["server-round"]) != int(f["server-round"]):
         return _abort(msg, context, f"stage {f['stage']!r} of round {f['server-round']} without a setup")
     client = restore(bytes(kept["snapshot"]))

@@ -41,6 +41,7 @@ from secure_agg.aggregator import SecAggPlusAggregator
 from secure_agg.errors import ProtocolAbortError, SecAggError
 from secure_agg.flower_wire import MESSAGE_TYPE, RECORD, channel_key
 from secure_agg.graph import CommunicationGraph
+from secure_agg.grouped import GROUP_SPACE
 from secure_agg.params import SecAggParams
 from secure_agg.quantize import FixedPointEncoder
 from secure_agg.server import SecAggServer
@@ -48,9 +49,6 @@ from secure_agg.server import SecAggServer
 __all__ = ["GroupRun", "SecureRound", "plan_group"]
 
 logger = logging.getLogger(__name__)
-
-#: Group ``g`` of server round ``r`` runs the protocol round ``r * GROUP_SPACE + g``.
-GROUP_SPACE = 65_536
 
 
 def _demo_protocol() -> SecAggPlusAggregator:

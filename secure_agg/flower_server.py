@@ -131,16 +131,13 @@ class SecureAggregationStrategy(PipelineStrategy):
 
     def _check(self, msg: Message, layout: _Layout, sampled: frozenset[int]) -> tuple[None, float] | str:
         """A valid train reply of a secure round: sampled, no error, one integer weight, no arrays."""
-        if msg.has_error():
-            return f"the node replied with an error: {msg.error.reason}"
-        if msg.metadata.src_node_id not in sampled:
-            return "the node was not sampled this round"
+        if (why := self._origin_problem(msg, sampled)) is not None:
+            return why
         if msg.content.array_records:
             return "the node sent arrays in the clear in a secure round"
-        weights = [m[self.weighted_by_key] for m in msg.content.metric_records.values() if self.weighted_by_key in m]
-        if len(weights) != 1 or isinstance(weights[0], list):
-            return f"not exactly one scalar '{self.weighted_by_key}' in the reply's MetricRecords"
-        w = float(weights[0])
+        w = self._weight(msg)
+        if isinstance(w, str):
+            return w
         if not (math.isfinite(w) and w == math.floor(w) and 1 <= w <= MAX_WEIGHT):
             return f"weight {self.weighted_by_key}={w} is not an integer example count in [1, {MAX_WEIGHT}]"
         return None, w

@@ -47,7 +47,10 @@ from fl_core.errors import ConfigError, ToleranceError
 from fl_core.state import RoundCounterState
 from secure_agg.aggregator import SecAggPlusAggregator
 
-__all__ = ["GroupedSecAggPlus", "random_groups"]
+__all__ = ["GROUP_SPACE", "GroupedSecAggPlus", "random_groups"]
+
+#: Group ``g`` of round ``r`` runs the protocol round ``r * GROUP_SPACE + g`` (distinct ids, so distinct keys).
+GROUP_SPACE = 65_536
 
 #: The SecAgg+ parameters a grouped round passes through (its defaults are SecAgg+'s).
 SECAGG_PARAMETERS = ("ring_bits", "gamma", "delta", "sigma", "eta", "active")
@@ -141,7 +144,7 @@ class GroupedSecAggPlus(RoundCounterState, Aggregator):
         # a distinct protocol round id per group, and a generator of the group's own
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=ctx.generator)))
         ids = tuple(ctx.client_ids[i] for i in idx.tolist())
-        return RoundContext(ctx.round_idx * 65_536 + g, ids, weights[idx], ctx.global_params, gen)
+        return RoundContext(ctx.round_idx * GROUP_SPACE + g, ids, weights[idx], ctx.global_params, gen)
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
         if ctx is None:

@@ -42,6 +42,11 @@ def local_train(arrays: list[np.ndarray], partition: int, lr: float = 0.5, steps
     return [a.astype(np.float32) for a in new]
 
 
+def initial_arrays() -> list[np.ndarray]:
+    """The all-zero model: weight ``(CLASSES, FEATURES)`` and bias ``(CLASSES,)``."""
+    return [np.zeros((CLASSES, FEATURES), np.float32), np.zeros(CLASSES, np.float32)]
+
+
 def accuracy(arrays: list[np.ndarray]) -> float:
     x, y = data(999, n=2000)
     return float(((x @ arrays[0].T + arrays[1]).argmax(axis=1) == y).mean())

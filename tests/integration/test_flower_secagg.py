@@ -33,9 +33,7 @@ from tests.integration import flower_apps  # noqa: E402
 NODES, ROUNDS = 10, 3
 
 
-def _initial() -> list[np.ndarray]:
-    c, f = flower_apps.CLASSES, flower_apps.FEATURES
-    return [np.zeros((c, f), np.float32), np.zeros(c, np.float32)]
+_initial = flower_apps.initial_arrays
 
 
 class RecordingStrategy(SecureAggregationStrategy):

@@ -26,9 +26,7 @@ from tests.integration import flower_apps  # noqa: E402
 NODES, ROUNDS = 10, 4
 
 
-def _initial() -> list[np.ndarray]:
-    c, f = flower_apps.CLASSES, flower_apps.FEATURES
-    return [np.zeros((c, f), np.float32), np.zeros(c, np.float32)]
+_initial = flower_apps.initial_arrays
 
 
 def _readme_block() -> str:
