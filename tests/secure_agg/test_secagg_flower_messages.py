@@ -233,3 +233,48 @@ def test_snapshot_restores_the_client_exactly_at_every_stage():
     arrays, metrics = _round(grid, strategy)
     _check(arrays, range(N), metrics)
     assert {s for s, _ in seen} == {"setup", "keys", "shares"}
+
+
+def _app_with_row(bad_partition: int, row: np.ndarray) -> ClientApp:
+    app = ClientApp()
+    add_secagg(app)
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        p = int(context.node_config["partition-id"])
+        local = [row.reshape(1, D).astype(np.float32)] if p == bad_partition else _local(p)
+        return train_reply(msg, context, local, _weight(p))
+
+    return app
+
+
+def test_a_nan_update_makes_that_node_abort_in_setup_and_the_others_sum():
+    strategy = _strategy()
+    arrays, metrics = _round(LocalGrid(_app_with_row(4, np.full(D, np.nan)), N), strategy)
+    _check(arrays, [0, 1, 2, 3, 5], metrics)
+    assert "x contains NaN or Inf" in strategy.dropped[1004]
+
+
+def test_a_huge_finite_update_is_clipped_to_the_ring_range_never_wraps():
+    strategy = _strategy()  # clip c = 1.0 per coordinate
+    arrays, metrics = _round(LocalGrid(_app_with_row(4, np.full(D, 3e38)), N), strategy)
+    w = np.array([_weight(p) for p in range(N)], np.float64)
+    rows = np.stack([np.ones(D) if p == 4 else _local(p)[0][0].astype(np.float64) for p in range(N)])
+    want = (w[:, None] * rows).sum(0) / w.sum()
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0][0], want, rtol=0,
+                               atol=metrics["quantization-error-bound"] + 1e-6)
+    assert not strategy.dropped
+
+
+def test_train_reply_refuses_arrays_that_do_not_match_the_global_model():
+    app = ClientApp()
+    add_secagg(app)
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        return train_reply(msg, context, [np.zeros((2, D), np.float32)], 10)
+
+    strategy = _strategy()
+    arrays, metrics = _round(LocalGrid(app, N), strategy)
+    assert arrays is None and metrics["nodes-trained"] == 0
+    assert all("do not match the global model" in why for why in strategy.dropped.values())

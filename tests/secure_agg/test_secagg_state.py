@@ -89,3 +89,21 @@ def test_other_configuration_or_scheme_refused() -> None:
         CKKSAggregator(clip=1.0, precision_bits=12, dropout_rate=0.2, seed=7).load_state_dict(bfv)
     with pytest.raises(StateError, match="precision_bits"):
         BFVAggregator(clip=1.0, precision_bits=16, dropout_rate=0.2, seed=7).load_state_dict(bfv)
+
+
+def test_a_damaged_client_snapshot_is_refused_by_name():
+    import numpy as np
+
+    from secure_agg.client import SecAggClient
+    from secure_agg.client_state import restore, snapshot
+    from secure_agg.errors import SecAggConfigError
+    from secure_agg.params import SecAggParams
+
+    c = SecAggClient(2, np.arange(4, dtype=np.uint32), params=SecAggParams(round_id=1, t=2, d=4),
+                     channel_key=bytes(32))
+    c.advertise_keys()
+    blob = snapshot(c)
+    for bad, match in [(b"XXXX" + blob[4:], "not a version-1 client snapshot"), (blob[:-1], "input bytes"),
+                       (blob[:9] + b"[" + blob[10:], "corrupt client snapshot header"), (blob[:5], "at least 9")]:
+        with pytest.raises(SecAggConfigError, match=match):
+            restore(bad)
