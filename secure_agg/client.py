@@ -6,7 +6,9 @@ graph of Bell et al., CCS 2020 (the neighbours the server sends; the complete gr
 gives SecAgg):
 
 * Round 0 ``AdvertiseKeys``: fresh X25519 pairs ``(c^PK, c^SK)`` (share encryption)
-  and ``(s^PK, s^SK)`` (pairwise masks) from the OS CSPRNG.
+  and ``(s^PK, s^SK)`` (pairwise masks) from the OS CSPRNG, and the digest of the
+  model the client received (:func:`model_digest`), signed with the keys in the
+  active setting.
 * Round 1 ``ShareKeys``: fresh self-mask seed ``b_u``; ``t``-out-of-``(k + 1)``
   Shamir shares of ``s_u^SK`` and ``b_u`` for the neighbours and itself; each
   neighbour's pair encrypted with AES-GCM under ``KA(c_u^SK, c_v^PK)``.
@@ -29,6 +31,35 @@ A message that is malformed, from another round, out of order or fails
 authentication makes the client abort (:class:`~secure_agg.errors.ProtocolAbortError`);
 the server then treats it as dropped.
 
+Model binding (defense against a server that sends clients different models, e.g.
+LOKI, Zhao et al. IEEE S&P 2024, :mod:`attacks.reconstruction.loki`). A client given
+``model_digest`` (``SHA-256(domain || round || SHA-256(serialised parameters))`` of
+the model it received, :func:`model_digest`) advertises it in round 0 and, before
+it shares any secret, refuses the round (:class:`ModelMismatchError`) if any
+neighbour advertised another digest (or none). What that guarantees depends on how
+the advertisements are authenticated:
+
+* active setting (``params.active``, Ed25519 signatures and a PKI of verification
+  keys): the digest is inside the signed advertisement
+  (:func:`advertise_payload`), so the server cannot change a neighbour's digest.
+  A server that gives two neighbours different models makes both abort: every
+  client whose input enters the sum holds the same model as all its neighbours.
+  Under SecAgg (complete graph) that is the whole cohort; under SecAgg+ the server
+  also chooses the graph, so it can still give different models to groups with no
+  edge between them (each group has ``>= t`` clients, since a client needs
+  ``t - 1`` neighbours), and it learns each group's sum -- never one client's
+  update unless ``t = 1``, which the parameters refuse. It can still send every
+  client the *same* malicious model (an imprint module, Fowl et al. ICLR 2022):
+  the check does not inspect the model, it only makes everyone's the same.
+* authenticated channels only (the default, ``active=False``): the advertisements
+  carry the server's MAC, not the clients' signatures; the server holds every
+  channel key and can rewrite the digests it relays. The check then stops a
+  network attacker and an honest server's mistakes (a client with a stale
+  model), not a malicious server.
+* ``authenticated=False``: only the transport protects the digests.
+
+A digest is bound to the round id, so a digest replayed from another round (even
+of the same model) does not match.
 Threat model: honest-but-curious server (``active=False``): the server follows
 the protocol; the MACs stop a network attacker (tampering, injection,
 redirection, replay from another round). The server holds the channel keys, so
@@ -50,9 +81,11 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Mapping
+import struct
+from collections.abc import Iterable, Mapping
 from enum import Enum, auto
 from typing import NoReturn
 
@@ -69,6 +102,7 @@ from secure_agg.errors import (
     SecAggError,
 )
 from secure_agg.messages import (
+    DIGEST_BYTES,
     SERVER_ID,
     AdvertiseKeys,
     ConsistencySignature,
@@ -89,13 +123,108 @@ from secure_agg.params import SecAggParams
 from secure_agg.prg import MaskAccumulator, derive_key
 from secure_agg.shamir import PRIME, SHARE_BYTES, secret_to_limbs, share_limbs
 
-__all__ = ["PAIR_MASK_PURPOSE", "SELF_MASK_PURPOSE", "ClientState", "SecAggClient"]
+__all__ = [
+    "PAIR_MASK_PURPOSE",
+    "SELF_MASK_PURPOSE",
+    "ClientState",
+    "ModelMismatchError",
+    "SecAggClient",
+    "advertise_payload",
+    "bind_model",
+    "model_digest",
+    "model_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
 SELF_MASK_PURPOSE = b"self-mask"
 PAIR_MASK_PURPOSE = b"pair-mask"
 SHARE_KEY_PURPOSE = b"share-enc"
+_MODEL_DOMAIN = b"flsec-secagg-v1/model"
+
+
+class ModelMismatchError(ProtocolAbortError):
+    """A neighbour advertised a model digest other than this client's: the server sent different models."""
+
+
+def model_fingerprint(arrays: Iterable[object]) -> bytes:
+    """``SHA-256`` of a model's parameters, serialised unambiguously (round-independent).
+
+    Each array is written as its dtype string, its shape and its little-endian
+    C-order bytes, so two models have the same fingerprint exactly when they have
+    the same arrays in the same order, with the same shapes, dtypes and bits.
+
+    Parameters
+    ----------
+    arrays : iterable of array-likes
+        The parameters in a fixed order (a Flower ``ArrayRecord``'s arrays, a
+        model's ``parameters()`` as NumPy arrays, ...).
+
+    Raises
+    ------
+    SecAggConfigError
+        If ``arrays`` is empty or holds an object array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = [np.zeros((2, 3), np.float32), np.ones(3, np.float32)]
+    >>> model_fingerprint(a) == model_fingerprint([x.copy() for x in a])
+    True
+    >>> model_fingerprint(a) == model_fingerprint([a[0].reshape(3, 2), a[1]])
+    False
+    """
+    h = hashlib.sha256(_MODEL_DOMAIN + b"/params")
+    count = 0
+    for a in arrays:
+        arr = np.asarray(a)
+        if arr.dtype.hasobject:
+            raise SecAggConfigError(f"model array {count} has dtype object; cannot fingerprint it")
+        le = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+        dt = le.dtype.str.encode()
+        h.update(struct.pack("<IB", count, len(dt)) + dt + struct.pack(f"<I{arr.ndim}Q", arr.ndim, *arr.shape))
+        h.update(le.tobytes())
+        count += 1
+    if count == 0:
+        raise SecAggConfigError("cannot fingerprint a model without parameters")
+    h.update(struct.pack("<I", count))
+    return h.digest()
+
+
+def bind_model(fingerprint: bytes, *, round_id: int) -> bytes:
+    """The model digest of round ``round_id``: ``SHA-256(domain || round || fingerprint)``.
+
+    Raises
+    ------
+    SecAggConfigError
+        If ``fingerprint`` is not 32 bytes or ``round_id`` is not in ``[0, 2^64)``.
+    """
+    if not isinstance(fingerprint, bytes) or len(fingerprint) != DIGEST_BYTES:
+        raise SecAggConfigError(f"a model fingerprint has {DIGEST_BYTES} bytes, got {fingerprint!r:.40}")
+    if isinstance(round_id, bool) or not isinstance(round_id, int | np.integer) or not 0 <= round_id < 2**64:
+        raise SecAggConfigError(f"round_id must be an int in [0, 2^64), got {round_id!r}")
+    return hashlib.sha256(_MODEL_DOMAIN + struct.pack("<Q", int(round_id)) + fingerprint).digest()
+
+
+def model_digest(arrays: Iterable[object], *, round_id: int) -> bytes:
+    """The digest a client advertises for the model it received in round ``round_id``.
+
+    ``bind_model(model_fingerprint(arrays), round_id=round_id)``: bound to the round,
+    so a digest replayed from another round never matches.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = [np.arange(4, dtype=np.float32)]
+    >>> len(model_digest(m, round_id=1)), model_digest(m, round_id=1) == model_digest(m, round_id=2)
+    (32, False)
+    """
+    return bind_model(model_fingerprint(arrays), round_id=round_id)
+
+
+def advertise_payload(round_id: int, u: int, c_pk: bytes, s_pk: bytes, model_digest: bytes) -> bytes:
+    """What ``sigma_u`` signs in round 0: ``round || u || c_u^PK || s_u^PK || "model" || digest``."""
+    return crypto.key_signature_payload(round_id, u, c_pk, s_pk) + b"model" + model_digest
 
 
 class ClientState(Enum):
@@ -141,6 +270,12 @@ class SecAggClient:
     channel_key : bytes, optional
         32 bytes this client shares with the server (from the enrolment or the
         TLS session); required when ``params.authenticated`` (the default).
+    model_digest : bytes, optional
+        :func:`model_digest` of the model this client received this round (32
+        bytes). The client advertises it and aborts with :class:`ModelMismatchError`
+        if a neighbour advertises another (see the module docstring for what that
+        guarantees in each mode). ``None``: the round binds no model, and the client
+        accepts only neighbours that advertise none.
     """
 
     def __init__(
@@ -152,6 +287,7 @@ class SecAggClient:
         signing_key: Ed25519PrivateKey | None = None,
         verify_keys: Mapping[int, Ed25519PublicKey] | None = None,
         channel_key: bytes | None = None,
+        model_digest: bytes | None = None,
     ) -> None:
         if isinstance(client_id, np.integer):
             client_id = int(client_id)
@@ -177,8 +313,16 @@ class SecAggClient:
                 f"channel_key shared with the server (or params.authenticated=False when the "
                 f"transport authenticates every message)"
             )
+        if model_digest is not None and (
+            not isinstance(model_digest, bytes) or len(model_digest) != DIGEST_BYTES
+        ):
+            raise SecAggConfigError(
+                f"client {client_id}: model_digest must be {DIGEST_BYTES} bytes (secure_agg.client."
+                f"model_digest), got {model_digest!r:.60}"
+            )
         self.u = client_id
         self.params = params
+        self.model_digest = model_digest or b""
         self._x = x
         self._signing_key = signing_key
         self._verify_keys = dict(verify_keys or {})
@@ -200,7 +344,7 @@ class SecAggClient:
             self._mac_down = crypto.channel_mac_key(channel_key, upstream=False, **kw)
 
     # ------------------------------------------------------------------ helpers
-    def _abort(self, reason: str) -> NoReturn:
+    def _abort(self, reason: str, error: type[ProtocolAbortError] = ProtocolAbortError) -> NoReturn:
         self.state = ClientState.ABORTED
         self.abort_reason = reason
         self._c_sk = self._s_sk = None
@@ -208,7 +352,7 @@ class SecAggClient:
         self._own_shares = None
         self._received = {}
         logger.info("client %d aborts: %s", self.u, reason)
-        raise ProtocolAbortError(f"client {self.u}: {reason}")
+        raise error(f"client {self.u}: {reason}")
 
     def _out(self, msg_cls: type[Message], **fields: object) -> bytes:
         unsigned = msg_cls(
@@ -232,11 +376,13 @@ class SecAggClient:
         sig = b""
         if self.params.active:
             assert self._signing_key is not None
-            payload = crypto.key_signature_payload(self.params.round_id, self.u, c_pk, s_pk)
+            payload = advertise_payload(self.params.round_id, self.u, c_pk, s_pk, self.model_digest)
             sig = crypto.sign(self._signing_key, payload)
         self._keys[self.u] = (c_pk, s_pk)
         self.state = ClientState.KEYS_ADVERTISED
-        return self._out(AdvertiseKeys, c_pk=c_pk, s_pk=s_pk, signature=sig)
+        return self._out(
+            AdvertiseKeys, c_pk=c_pk, s_pk=s_pk, signature=sig, model_digest=self.model_digest
+        )
 
     # ------------------------------------------------------------------ dispatcher
     def handle(self, data: bytes) -> bytes:
@@ -307,8 +453,15 @@ class SecAggClient:
                 vk = self._verify_keys.get(e.client_id)
                 if vk is None:
                     self._abort(f"no verification key for client {e.client_id}")
-                payload = crypto.key_signature_payload(p.round_id, e.client_id, e.c_pk, e.s_pk)
+                payload = advertise_payload(p.round_id, e.client_id, e.c_pk, e.s_pk, e.model_digest)
                 crypto.verify(vk, e.signature, payload, what=f"keys of client {e.client_id}")
+            if e.model_digest != self.model_digest:
+                self._abort(
+                    f"model mismatch: client {e.client_id} advertised model digest "
+                    f"{e.model_digest.hex()[:16] or 'none'}, mine is {self.model_digest.hex()[:16] or 'none'} "
+                    f"(the server sent us different models, or a digest of another round)",
+                    ModelMismatchError,
+                )
             self._keys[e.client_id] = (e.c_pk, e.s_pk)
         assert self._c_sk is not None and self._s_sk is not None
         self._b = os.urandom(32)

@@ -14,8 +14,10 @@ The snapshot holds secret keys: it must stay on the client's node, like the keys
 themselves. The active setting (Ed25519 signatures) is not snapshotted: it needs the
 client's long-term signing key, which belongs in a key store, not in per-round state.
 
-Format (version 1): ``b"FLSC" | version (1 byte) | header length (4 bytes, little endian)
-| UTF-8 JSON header | the input's ring words``.
+Format (version 2): ``b"FLSC" | version (1 byte) | header length (4 bytes, little endian)
+| UTF-8 JSON header | the input's ring words``. Version 2 added the header's
+``model_digest`` (the digest of the model the client received, which it compares
+with its neighbours'); a version-1 snapshot is refused.
 
 Examples
 --------
@@ -26,8 +28,8 @@ Examples
 ...                  channel_key=bytes(32))
 >>> _ = c.advertise_keys()
 >>> r = restore(snapshot(c))
->>> (r.u, r.state.name, r.params.round_id, r._keys == c._keys)
-(3, 'KEYS_ADVERTISED', 5, True)
+>>> (r.u, r.state.name, r.params.round_id, r._keys == c._keys, r.model_digest)
+(3, 'KEYS_ADVERTISED', 5, True, b'')
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secure_agg.client import ClientState, SecAggClient, _raw_private
 from secure_agg.errors import SecAggConfigError
-from secure_agg.messages import ShareKind
+from secure_agg.messages import DIGEST_BYTES, ShareKind
 from secure_agg.params import SecAggParams
 
 __all__ = ["SNAPSHOT_VERSION", "restore", "snapshot"]
 
 MAGIC = b"FLSC"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _HEAD = struct.Struct("<4sBI")
 
 
@@ -95,6 +97,7 @@ def snapshot(client: SecAggClient) -> bytes:
         "u3": list(client._u3),
         "mac_up": client._mac_up.hex(),
         "mac_down": client._mac_down.hex(),
+        "model_digest": client.model_digest.hex(),
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     x = np.ascontiguousarray(client._x).astype(p.dtype.newbyteorder("<"), copy=False)
@@ -141,4 +144,13 @@ def restore(data: bytes) -> SecAggClient:
     c._own_shares = None if own is None else (bytes.fromhex(own[0]), bytes.fromhex(own[1]))
     c._u3 = tuple(int(v) for v in h["u3"])
     c._mac_up, c._mac_down = bytes.fromhex(h["mac_up"]), bytes.fromhex(h["mac_down"])
+    try:
+        c.model_digest = bytes.fromhex(h["model_digest"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SecAggConfigError(f"corrupt client snapshot header: model_digest: {e}") from None
+    if len(c.model_digest) not in (0, DIGEST_BYTES):
+        raise SecAggConfigError(
+            f"corrupt client snapshot header: model_digest of {len(c.model_digest)} bytes, "
+            f"expected 0 or {DIGEST_BYTES}"
+        )
     return c

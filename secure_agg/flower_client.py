@@ -19,6 +19,15 @@ only. The update then leaves the node only inside SecAgg+'s masked input
 (:class:`~secure_agg.quantize.FixedPointEncoder`) with the parameters the ServerApp
 sends in the ``setup`` stage.
 
+The node binds the model it was sent: :func:`train_reply` keeps the fingerprint of
+the global arrays of the train message (:func:`~secure_agg.client.model_fingerprint`),
+and the ``setup`` stage advertises its digest for the protocol round
+(:func:`~secure_agg.client.bind_model`) in ``AdvertiseKeys``; the node aborts if a
+neighbour advertises another (a ServerApp that sent nodes different models). Over
+Flower the advertisements carry the channel MAC, not a signature (the active
+setting is not used here), so this stops a network attacker and a stale model,
+not a malicious ServerApp, which holds the channel keys (see :mod:`secure_agg.client`).
+
 Between messages the protocol state (secret keys, shares) lives in ``context.state`` as
 a :func:`~secure_agg.client_state.snapshot`; it never leaves the node, and it is erased
 when the node's part of the round ends (done or aborted). The channel key is a fresh
@@ -47,7 +56,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from secure_agg import crypto
-from secure_agg.client import ClientState, SecAggClient
+from secure_agg.client import ClientState, SecAggClient, bind_model, model_fingerprint
 from secure_agg.client_state import restore, snapshot
 from secure_agg.errors import ProtocolAbortError, SecAggError
 from secure_agg.flower_wire import ACTION, CONFIG_FLAG, PIN_KEY, RECORD, STAGES, STATE_KEY, channel_key
@@ -102,7 +111,8 @@ def train_reply(msg: Message, context: Context, arrays: Sequence[np.ndarray], nu
         update = pipeline.client_side_for(int(context.node_id), torch.from_numpy(update.astype(np.float32)),
                                           info).double().numpy()
     context.state[STATE_KEY] = ConfigRecord({"kind": "update", "server-round": server_round,
-                                             "weight": int(num_examples), "update": update.tobytes()})
+                                             "weight": int(num_examples), "update": update.tobytes(),
+                                             "model-fingerprint": model_fingerprint(glob)})
     return Message(content=RecordDict({"metrics": out}), reply_to=msg)
 
 
@@ -147,7 +157,8 @@ def _setup(msg: Message, context: Context, f: ConfigRecord) -> Message:
     crypto.check_public_key(server_pk, what="the ServerApp's channel key")
     own = X25519PrivateKey.generate()
     key = channel_key(own, server_pk, run_id=context.run_id, round_id=params.round_id, node_id=context.node_id)
-    client = SecAggClient(int(f["u"]), y, params=params, channel_key=key)
+    digest = bind_model(bytes(kept["model-fingerprint"]), round_id=params.round_id)
+    client = SecAggClient(int(f["u"]), y, params=params, channel_key=key, model_digest=digest)
     payload = client.advertise_keys()
     context.state[STATE_KEY] = ConfigRecord({"kind": "protocol", "server-round": rnd, "snapshot": snapshot(client)})
     return _answer(msg, payload=payload, **{"client-pk": crypto.public_bytes(own)})

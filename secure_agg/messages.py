@@ -12,10 +12,14 @@ SecAgg+ (Bell et al., CCS 2020). Every message encodes as::
 signature (64 bytes; client messages in the actively-malicious setting) or an
 HMAC-SHA256 tag under the channel key the client shares with the server (32 bytes;
 every other message when channels are authenticated, the default). Id 0 is the
-server. Version 2 added the 32-byte tag and ``MaskedInput.masked_with``.
-:func:`decode_message` raises :class:`~secure_agg.errors.WireFormatError`
-on anything that is not exactly one well-formed message: truncation, trailing bytes,
-bad magic/version/type, out-of-range lengths, duplicate ids in a list.
+server. Version 2 added the 32-byte tag and ``MaskedInput.masked_with``; version 3
+added ``AdvertiseKeys.model_digest`` and ``KeyEntry.model_digest`` (the model each
+client received, bound into its signed key advertisement; see
+:func:`secure_agg.client.model_digest`). :func:`decode_message` raises
+:class:`~secure_agg.errors.WireFormatError` on anything that is not exactly one
+well-formed message: truncation, trailing bytes, bad magic/type, out-of-range
+lengths, duplicate ids in a list; a message of another version raises its
+subclass :class:`WireVersionError`.
 
 Examples
 --------
@@ -42,6 +46,7 @@ from secure_agg.shamir import SHARE_BYTES
 
 __all__ = [
     "AUTH_LENGTHS",
+    "DIGEST_BYTES",
     "SERVER_ID",
     "WIRE_VERSION",
     "AdvertiseKeys",
@@ -58,6 +63,7 @@ __all__ = [
     "Stage",
     "SurvivorList",
     "UnmaskShares",
+    "WireVersionError",
     "decode_message",
     "peek_header",
     "signed_part",
@@ -65,14 +71,26 @@ __all__ = [
 ]
 
 MAGIC = b"SA"
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 SERVER_ID = 0
 PK_BYTES = 32
 SIG_BYTES = 64
+DIGEST_BYTES = 32
+"""Length of a model digest (SHA-256); an empty digest means the round binds no model."""
 AUTH_LENGTHS = (0, MAC_BYTES, SIG_BYTES)
 """Valid lengths of the ``auth`` trailer: none, an HMAC-SHA256 tag, an Ed25519 signature."""
 _HEADER = struct.Struct("<2sBBQIII")
 MAX_CIPHERTEXT = 4096
+
+
+class WireVersionError(WireFormatError):
+    """A message of another wire version (e.g. a version-2 message without the model digest).
+
+    Examples
+    --------
+    >>> issubclass(WireVersionError, WireFormatError)
+    True
+    """
 
 
 class Stage(IntEnum):
@@ -107,12 +125,13 @@ class ShareKind(IntEnum):
 
 
 class KeyEntry(NamedTuple):
-    """One advertised key pair: ``(id, c_pk, s_pk, signature)``."""
+    """One advertised key pair: ``(id, c_pk, s_pk, signature, model_digest)``."""
 
     client_id: int
     c_pk: bytes
     s_pk: bytes
     signature: bytes
+    model_digest: bytes = b""
 
 
 class _Reader:
@@ -177,6 +196,12 @@ def _check_auth(auth: bytes, what: str) -> None:
 def _check_sig(sig: bytes, what: str) -> None:
     if len(sig) not in (0, SIG_BYTES):
         raise WireFormatError(f"{what}: signature must be 0 or {SIG_BYTES} bytes, got {len(sig)}")
+
+
+def _check_digest(digest: bytes, what: str) -> None:
+    if not isinstance(digest, bytes) or len(digest) not in (0, DIGEST_BYTES):
+        got = len(digest) if isinstance(digest, bytes) else type(digest).__name__
+        raise WireFormatError(f"{what}: model_digest must be 0 or {DIGEST_BYTES} bytes, got {got}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,7 +311,10 @@ def _unpack_header(data: bytes) -> tuple[MsgType, int, int, int, int]:
     if magic != MAGIC:
         raise WireFormatError(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != WIRE_VERSION:
-        raise WireFormatError(f"unsupported wire version {version}, expected {WIRE_VERSION}")
+        raise WireVersionError(
+            f"unsupported wire version {version}, expected {WIRE_VERSION} (version 3 binds the "
+            f"model digest into AdvertiseKeys; older peers must upgrade)"
+        )
     if mtype not in _REGISTRY:
         raise WireFormatError(f"unknown message type {mtype}")
     return MsgType(mtype), round_id, sender, receiver, body_len
@@ -336,28 +364,35 @@ def decode_message(data: bytes) -> Message:
 class AdvertiseKeys(Message):
     """Round 0, client -> server: the public keys ``c_u^PK`` (encryption) and ``s_u^PK`` (masking).
 
-    ``signature`` is ``SIG(d_u^SK, round || u || c^PK || s^PK)`` in the active setting.
+    ``model_digest`` is ``H(round || model)``, the digest of the model the client
+    received this round (:func:`secure_agg.client.model_digest`; empty when the round
+    binds no model). ``signature`` is ``SIG(d_u^SK, round || u || c^PK || s^PK || digest)``
+    in the active setting (:func:`secure_agg.client.advertise_payload`).
     """
 
     TYPE = MsgType.ADVERTISE_KEYS
     c_pk: bytes
     s_pk: bytes
     signature: bytes = b""
+    model_digest: bytes = b""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.c_pk) != PK_BYTES or len(self.s_pk) != PK_BYTES:
             raise WireFormatError(f"public keys must be {PK_BYTES} bytes")
         _check_sig(self.signature, "AdvertiseKeys")
+        _check_digest(self.model_digest, "AdvertiseKeys")
 
     def _body(self) -> bytes:
-        return self.c_pk + self.s_pk + bytes([len(self.signature)]) + self.signature
+        return b"".join((self.c_pk, self.s_pk, bytes([len(self.model_digest)]), self.model_digest,
+                         bytes([len(self.signature)]), self.signature))
 
     @classmethod
     def _parse(cls, r: _Reader, hdr: dict) -> Message:
         c_pk, s_pk = bytes(r.take(PK_BYTES)), bytes(r.take(PK_BYTES))
+        digest = bytes(r.take(r.u8()))
         sig = bytes(r.take(r.u8()))
-        return cls(**hdr, c_pk=c_pk, s_pk=s_pk, signature=sig)
+        return cls(**hdr, c_pk=c_pk, s_pk=s_pk, signature=sig, model_digest=digest)
 
 
 @_register
@@ -518,7 +553,7 @@ class UnmaskShares(Message):
 @_register
 @dataclass(frozen=True, kw_only=True)
 class KeyBroadcast(Message):
-    """Round 0 answer, server -> client: the advertised keys of the receiver's neighbours."""
+    """Round 0 answer, server -> client: the advertised keys (and model digests) of the receiver's neighbours."""
 
     TYPE = MsgType.KEY_BROADCAST
     entries: tuple[KeyEntry, ...]
@@ -530,20 +565,23 @@ class KeyBroadcast(Message):
             if len(e.c_pk) != PK_BYTES or len(e.s_pk) != PK_BYTES:
                 raise WireFormatError("KeyBroadcast: public keys must be 32 bytes")
             _check_sig(e.signature, "KeyBroadcast")
+            _check_digest(e.model_digest, "KeyBroadcast")
 
     def _body(self) -> bytes:
         parts = [_u32(len(self.entries))]
         for e in self.entries:
-            parts += [_u32(e.client_id), e.c_pk, e.s_pk, bytes([len(e.signature)]), e.signature]
+            parts += [_u32(e.client_id), e.c_pk, e.s_pk, bytes([len(e.model_digest)]), e.model_digest,
+                      bytes([len(e.signature)]), e.signature]
         return b"".join(parts)
 
     @classmethod
     def _parse(cls, r: _Reader, hdr: dict) -> Message:
         out = []
-        for _ in range(r.count(4 + 2 * PK_BYTES + 1)):
+        for _ in range(r.count(4 + 2 * PK_BYTES + 2)):
             cid = r.u32()
             c_pk, s_pk = bytes(r.take(PK_BYTES)), bytes(r.take(PK_BYTES))
-            out.append(KeyEntry(cid, c_pk, s_pk, bytes(r.take(r.u8()))))
+            digest = bytes(r.take(r.u8()))
+            out.append(KeyEntry(cid, c_pk, s_pk, bytes(r.take(r.u8())), digest))
         return cls(**hdr, entries=tuple(out))
 
 

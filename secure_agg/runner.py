@@ -186,9 +186,14 @@ def _roles(
     params: SecAggParams,
     graph: CommunicationGraph,
     channel_keys: Mapping[int, bytes] | None,
+    model_digests: Mapping[int, bytes] | None = None,
 ) -> tuple[dict[int, SecAggClient], SecAggServer]:
     """The clients and the server of the round, with fresh channel keys (when none are given) and, in the
-    active setting, fresh Ed25519 keys (a simulated PKI)."""
+    active setting, fresh Ed25519 keys (a simulated PKI); client ``u`` binds ``model_digests[u]``."""
+    digests = dict(model_digests or {})
+    unknown = sorted(set(digests) - set(graph.ids))
+    if unknown:
+        raise SecAggConfigError(f"model_digests names clients {unknown} that are not in the graph")
     if params.authenticated and channel_keys is None:
         channel_keys = {u: os.urandom(CHANNEL_KEY_BYTES) for u in graph.ids}
     ckeys = dict(channel_keys or {})
@@ -204,6 +209,7 @@ def _roles(
             signing_key=signing.get(u),
             verify_keys=vks,
             channel_key=ckeys.get(u),
+            model_digest=digests.get(u),
         )
         for u in graph.ids
     }
@@ -276,9 +282,19 @@ class _SecAggRound:
                 return None
 
     def advance(self) -> dict[int, bytes]:
-        """The server closes the stage; its messages for the next one, per client."""
+        """The server closes the stage; its messages for the next one, per client.
+
+        A server abort is re-raised with the clients' own abort reasons appended
+        (e.g. the model mismatches that emptied the round).
+        """
         with self.clock.server():
-            return self.server.advance()
+            try:
+                return self.server.advance()
+            except ProtocolAbortError as e:
+                if not self.aborts:
+                    raise
+                why = "; ".join(f"{u}: {r}" for u, r in sorted(self.aborts.items()))
+                raise ProtocolAbortError(f"{e.reason} (client aborts: {why})") from e
 
 
 def run_secagg(
@@ -289,6 +305,7 @@ def run_secagg(
     dropouts: Mapping[int, Stage | str | int] | None = None,
     intercept: Intercept | None = None,
     channel_keys: Mapping[int, bytes] | None = None,
+    model_digests: Mapping[int, bytes] | None = None,
 ) -> RunResult:
     """Run one SecAgg(+) round in memory.
 
@@ -318,7 +335,7 @@ def run_secagg(
         For ids that differ from the graph's or an unknown dropout stage.
     """
     schedule = _check_schedule(inputs, graph, dropouts, active=params.active)
-    clients, server = _roles(inputs, params, graph, channel_keys)
+    clients, server = _roles(inputs, params, graph, channel_keys, model_digests)
     rnd = _SecAggRound(clients=clients, server=server, dropouts=schedule, wire=_Wire(intercept))
     rnd.advertise_keys()
     outbox = rnd.advance()

@@ -26,6 +26,12 @@ withheld or lost relay entry costs that client, never the sum. (A masked input
 also names those peers, so unmasking uses exactly the pairs each survivor used,
 and refuses with a reason if two survivors disagree.)
 
+Model binding. The server relays each client's advertised model digest
+(``AdvertiseKeys.model_digest``) with its keys; the clients compare them (see
+:mod:`secure_agg.client`), so a server that equivocates on the model loses the
+clients it lied to. In the active setting the digest is under the client's
+signature, which the server checks like the keys.
+
 A duplicate identical message is ignored. The final unmasking reconstructs ``b_u`` for every ``u in U3`` and
 ``s_v^SK`` for every ``v in U2 \\ U3`` (vectorised Lagrange interpolation, grouped
 by share-holder set), checks them against the commitment ``H(b_u)`` and the
@@ -58,7 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import secure_agg.crypto as crypto
-from secure_agg.client import PAIR_MASK_PURPOSE, SELF_MASK_PURPOSE
+from secure_agg.client import PAIR_MASK_PURPOSE, SELF_MASK_PURPOSE, advertise_payload
 from secure_agg.errors import (
     MessageRejectedError,
     ProtocolAbortError,
@@ -278,7 +284,7 @@ class SecAggServer:
             )
         if isinstance(msg, AdvertiseKeys):
             if p.active:
-                payload = crypto.key_signature_payload(p.round_id, sender, msg.c_pk, msg.s_pk)
+                payload = advertise_payload(p.round_id, sender, msg.c_pk, msg.s_pk, msg.model_digest)
                 crypto.verify(
                     self._vk[sender], msg.signature, payload, what=f"keys of client {sender}"
                 )
@@ -366,13 +372,16 @@ class SecAggServer:
         return self._CLOSE_STAGE[st](self, inbox)
 
     def _close_keys(self, inbox: dict[int, Message]) -> dict[int, bytes]:
-        """Round 0 -> 1: fix U1 and send each client its neighbours' public keys."""
+        """Round 0 -> 1: fix U1 and send each client its neighbours' public keys and model digests."""
         u1 = self._close("U1", inbox)
         self._keys = {u: inbox[u] for u in u1}  # type: ignore[misc]
         out: dict[int, bytes] = {}
         for u in sorted(u1):
             entries = tuple(
-                KeyEntry(v, self._keys[v].c_pk, self._keys[v].s_pk, self._keys[v].signature)
+                KeyEntry(
+                    v, self._keys[v].c_pk, self._keys[v].s_pk, self._keys[v].signature,
+                    self._keys[v].model_digest,
+                )
                 for v in sorted(self.graph.neighbours[u] & u1)
             )
             out[u] = self._send(KeyBroadcast, u, entries=entries)

@@ -103,7 +103,7 @@ def test_a_damaged_client_snapshot_is_refused_by_name():
                      channel_key=bytes(32))
     c.advertise_keys()
     blob = snapshot(c)
-    for bad, match in [(b"XXXX" + blob[4:], "not a version-1 client snapshot"), (blob[:-1], "input bytes"),
+    for bad, match in [(b"XXXX" + blob[4:], "not a version-2 client snapshot"), (blob[:-1], "input bytes"),
                        (blob[:9] + b"[" + blob[10:], "corrupt client snapshot header"), (blob[:5], "at least 9")]:
         with pytest.raises(SecAggConfigError, match=match):
             restore(bad)
