@@ -24,6 +24,7 @@ from defenses.robust.bulyan import Bulyan
 from defenses.robust.caf import CAF
 from defenses.robust.centered_clipping import CenteredClipping
 from defenses.robust.compose import Compose
+from defenses.robust.deepsight import DeepSight
 from defenses.robust.distances import pairwise_cosine_similarity, pairwise_sq_distances
 from defenses.robust.dnc import DnC
 from defenses.robust.errors import (
@@ -37,6 +38,7 @@ from defenses.robust.fldetector import FLDetector
 from defenses.robust.fltrust import FLTrust
 from defenses.robust.foolsgold import FoolsGold
 from defenses.robust.formats import FormSpec, from_cohort, from_vector, to_cohort, to_vector
+from defenses.robust.freqfed import FreqFed
 from defenses.robust.geomed import GeometricMedian
 from defenses.robust.krum import Krum, MultiKrum
 from defenses.robust.mda import MDA, SubsetLimitError
@@ -62,11 +64,13 @@ __all__ = [
     "Bulyan",
     "CenteredClipping",
     "Compose",
+    "DeepSight",
     "DnC",
     "FLDetector",
     "FLTrust",
     "FoolsGold",
     "FormSpec",
+    "FreqFed",
     "GeometricMedian",
     "Krum",
     "LayerShapeError",

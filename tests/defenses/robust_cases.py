@@ -7,10 +7,12 @@ independent, obviously-correct oracle on random data.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from defenses.robust import (
     ARC,
@@ -23,10 +25,12 @@ from defenses.robust import (
     Bulyan,
     CenteredClipping,
     Compose,
+    DeepSight,
     DnC,
     FLDetector,
     FLTrust,
     FoolsGold,
+    FreqFed,
     GeometricMedian,
     Krum,
     Meamed,
@@ -48,6 +52,37 @@ def fltrust_with(g0: torch.Tensor | np.ndarray) -> FLTrust:
     rule = FLTrust()
     rule.set_server_update(g0)
     return rule
+
+
+class TinyNet(nn.Module):
+    """A model with exactly ``d`` trainable parameters: ``r`` free ones, then an output ``Linear(h, P)``.
+
+    ``P = 2`` output neurons when ``d >= 2`` (else 1), ``h = d // P - 1`` features, ``r = d - P (h + 1)``;
+    an input is one number, repeated ``h`` times and shifted by the free parameters' sum, so every
+    parameter takes part in the output (``h = 0``: the output is the bias).
+    """
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        p = 2 if d >= 2 else 1
+        h = d // p - 1
+        self.shift = nn.Parameter(torch.linspace(-0.1, 0.1, d - p * (h + 1)))
+        with warnings.catch_warnings():  # h = 0: PyTorch warns that initialising an empty weight is a no-op
+            warnings.simplefilter("ignore")
+            self.out = nn.Linear(h, p)
+        with torch.no_grad():
+            self.out.weight.copy_(torch.linspace(-0.5, 0.5, p * h).reshape(p, h))
+            self.out.bias.copy_(torch.linspace(-0.2, 0.2, p))
+        self.h = h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x.repeat(1, self.h) + self.shift.sum())
+
+
+def deepsight_for(d: int, f: int = 0, **kw) -> DeepSight:
+    """DeepSight on a :class:`TinyNet` with ``d`` parameters (its current parameters are the global model)."""
+    net = TinyNet(d)
+    return DeepSight(f=f, model=net, input_shape=(1,), samples=64, generator=gen(6), **kw)
 
 
 # name -> factory(f, d) building a fresh rule that tolerates f (deterministic given the seed)
@@ -75,6 +110,8 @@ RULES: dict[str, Callable[[int, int], object]] = {
     "rlr": lambda f, d: RLR(f=f),
     "signguard": lambda f, d: SignGuard(f=f, fraction=1.0, generator=gen(4)),
     "fldetector": lambda f, d: FLDetector(f=f, generator=gen(5)),
+    "freqfed": lambda f, d: FreqFed(f=f),
+    "deepsight": lambda f, d: deepsight_for(d, f),
 }
 
 # minimal n for a given f, per rule
@@ -102,6 +139,8 @@ MIN_N: dict[str, Callable[[int], int]] = {
     "rlr": lambda f: f + 1,
     "signguard": lambda f: 2 * f + 1,
     "fldetector": lambda f: max(2, f + 1),
+    "freqfed": lambda f: max(3, 2 * f + 1),
+    "deepsight": lambda f: max(3, 2 * f + 1),
 }
 
 

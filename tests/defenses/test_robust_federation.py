@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defenses.robust import FLAME, Bucketing, Compose, FoolsGold, Krum, Median, make
-from fl_core import Federation, LocalTrainingConfig, load_dataset, make_clients, partition
+from defenses.robust import FLAME, Bucketing, Compose, DeepSight, FoolsGold, FreqFed, Krum, Median, make
+from fl_core import Federation, LocalTrainingConfig, build_model, load_dataset, make_clients, partition
 from fl_core.rng import numpy_generator
 
 
@@ -36,6 +36,10 @@ def federation(split, aggregator) -> Federation:
         FLAME(f=2),
         FoolsGold(f=1),
         make("trimmed_mean", f=2),
+        FreqFed(f=2),
+        # DeepSight reads the model's structure: the federation's MLP on digits, the global model from ctx
+        DeepSight(f=2, model=build_model("mlp", input_shape=(1, 8, 8), num_classes=10, generator=torch.Generator()),
+                  input_shape=(1, 8, 8), samples=2000),
     ],
     ids=lambda a: repr(a),
 )

@@ -118,7 +118,7 @@ def test_registry_is_complete_and_described() -> None:
     rules = {
         "mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geomed",
         "centered_clipping", "norm_bound", "fltrust", "flame", "foolsgold", "dnc",
-        "meamed", "mda", "monna", "caf", "rlr", "signguard", "fldetector",
+        "meamed", "mda", "monna", "caf", "rlr", "signguard", "fldetector", "freqfed", "deepsight",
     }  # fmt: skip
     assert set(names("rule")) == rules
     assert set(names("pre")) == {"nnm", "bucketing", "arc"}
