@@ -7,8 +7,10 @@ Examples
 True
 """
 
+from attacks.a3fl import A3FLBackdoor
 from attacks.byzantine import AttackView, ByzantineTransform, ModelPoisoning
 from attacks.data_poisoning import LabelFlip, PixelBackdoor, ScheduledHook, TextBackdoor
+from attacks.edge_case import EdgeCaseMix, EdgeCaseSet
 from attacks.hooks import AnomalyEvasion, NeurotoxinMask
 from attacks.inf import Inf
 from attacks.metrics import Backdoor, DetectionRates, attack_success_rate, detection_rates
@@ -26,12 +28,13 @@ from attacks.registry import (
     build_attack,
 )
 from attacks.threat import AttackSchedule, ThreatModel
-from attacks.triggers import PixelTrigger, TextTrigger
+from attacks.triggers import PatternTrigger, PixelTrigger, TextTrigger
 
 __all__ = [
     "ALIE",
     "ATTACKS",
     "IPM",
+    "A3FLBackdoor",
     "AnomalyEvasion",
     "AttackEnv",
     "AttackPlan",
@@ -41,6 +44,8 @@ __all__ = [
     "ByzantineTransform",
     "ConstrainedScaling",
     "DetectionRates",
+    "EdgeCaseMix",
+    "EdgeCaseSet",
     "FangKrum",
     "FangTrimmedMean",
     "GaussianNoise",
@@ -53,6 +58,7 @@ __all__ = [
     "NeurotoxinMask",
     "OptimalALIE",
     "OptimalIPM",
+    "PatternTrigger",
     "PixelBackdoor",
     "PixelTrigger",
     "Scaling",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.triggers import PixelTrigger, TextTrigger
+from attacks.triggers import PatternTrigger, PixelTrigger, TextTrigger
 from fl_core.data.dataset import ArrayDataset, TextDataset
 from fl_core.errors import ConfigError
 
@@ -23,10 +23,23 @@ __all__ = ["Backdoor", "DetectionRates", "attack_success_rate", "detection_rates
 
 @dataclass(frozen=True)
 class Backdoor:
-    """The trigger a backdoor attack plants and its target class (for scoring)."""
+    """The trigger a backdoor attack plants and its target class (for scoring).
 
-    trigger: PixelTrigger | TextTrigger
+    A semantic backdoor has no trigger: its backdoored inputs are themselves the
+    test (the edge-case backdoor of Wang et al., NeurIPS 2020, scores the share of
+    held-out edge-case inputs classified as the target). Give those as ``inputs``
+    and ``trigger=None``; :func:`attack_success_rate` then ignores the test set.
+    """
+
+    trigger: PixelTrigger | PatternTrigger | TextTrigger | None
     target: int
+    inputs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.trigger is None) == (self.inputs is None):
+            raise ConfigError("a backdoor has either a trigger or edge-case test inputs (exactly one)")
+        if self.inputs is not None and (self.inputs.ndim < 2 or len(self.inputs) == 0):
+            raise ConfigError(f"backdoor test inputs must be a non-empty batch, got shape {tuple(self.inputs.shape)}")
 
 
 @torch.no_grad()
@@ -41,11 +54,23 @@ def attack_success_rate(
 ) -> float:
     """Share of triggered test samples, excluding those of the target class, classified as the target.
 
+    For a backdoor with edge-case ``inputs`` (no trigger): the share of those inputs
+    classified as the target (Wang et al. 2020's metric); ``test`` is not used.
+
     Raises
     ------
     ConfigError
         If the test set has no sample outside the target class.
     """
+    if backdoor.inputs is not None:
+        was_training = model.training
+        model.eval()
+        hits = 0
+        for start in range(0, len(backdoor.inputs), batch_size):
+            x = backdoor.inputs[start : start + batch_size].to(device)
+            hits += int((model(x).argmax(dim=1) == backdoor.target).sum())
+        model.train(was_training)
+        return hits / len(backdoor.inputs)
     keep = (test.y != backdoor.target).nonzero().flatten()
     if len(keep) == 0:
         raise ConfigError(f"test set has no sample outside the target class {backdoor.target}")
@@ -59,7 +84,7 @@ def attack_success_rate(
                 raise ConfigError("a text dataset needs a text trigger")
             x: object = backdoor.trigger.apply([test.texts[int(i)] for i in idx], generator=generator)
         else:
-            if not isinstance(backdoor.trigger, PixelTrigger):
+            if not isinstance(backdoor.trigger, PixelTrigger | PatternTrigger):
                 raise ConfigError("an image dataset needs a pixel trigger")
             x = backdoor.trigger.apply(test.x[idx]).to(device)
         hits += int((model(x).argmax(dim=1) == backdoor.target).sum())

@@ -16,11 +16,12 @@ Examples
 >>> build_attack("aile", threat=ThreatModel(malicious=frozenset()), env=env)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-fl_core.errors.UnknownNameError: unknown attack 'aile'. Did you mean 'alie'? ...
+fl_core.errors.UnknownNameError: unknown attack 'aile'. Did you mean 'alie', 'a3fl'? ...
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -449,3 +450,109 @@ def _optimal_ipm(
 
     attack = OptimalIPM(low=low, high=high, points=points, refine=refine)
     return _model_plan("optimal-ipm", attack, threat, aggregator)
+
+
+@_register(
+    "edge-case",
+    kind="backdoor",
+    description="edge-case backdoor: tail inputs of a source class labelled the target, optional PGD "
+    "(Wang et al. 2020)",
+)
+def _edge_case(
+    *,
+    threat: ThreatModel,
+    env: AttackEnv,
+    aggregator: Aggregator | None,
+    source: int = 7,
+    target: int = 1,
+    edge_fraction: float = 0.4,
+    tail_fraction: float = 0.1,
+    test_share: float = 0.3,
+    pgd_eps: float | None = None,
+    gamma: float | None = None,
+    dataset: str | None = None,
+    data_path: str | None = None,
+    seed: int = 0,
+) -> AttackPlan:
+    from attacks.edge_case import EdgeCaseMix, dataset_for_shape, load_edge_case_set
+
+    if env.image_shape is None:
+        raise ConfigError("the edge-case backdoor needs image data")
+    _check_target(target, env)
+    if not 0 <= source < env.num_classes:
+        raise ConfigError(f"edge-case source class must be in [0, {env.num_classes}), got {source}")
+    if pgd_eps is not None and not (math.isfinite(pgd_eps) and pgd_eps > 0):
+        raise ConfigError(f"pgd_eps (the PGD ball's radius) must be a positive finite number, got {pgd_eps}")
+    if gamma is not None and not (math.isfinite(gamma) and gamma > 0):
+        raise ConfigError(f"gamma (the model-replacement boost) must be a positive finite number, got {gamma}")
+    edge = load_edge_case_set(
+        dataset if dataset is not None else dataset_for_shape(env.image_shape), data_path=data_path, source=source,
+        target=target, tail_fraction=tail_fraction, test_share=test_share, seed=seed,
+    )
+    if tuple(edge.train_x.shape[1:]) != tuple(env.image_shape):
+        raise ConfigError(f"edge-case inputs of shape {tuple(edge.train_x.shape[1:])} do not fit the federation's "
+                          f"images {tuple(env.image_shape)}; pass the federation's dataset=")
+    # PGD: project the local model into the ball of radius eps around x after every step; with
+    # model replacement into eps / gamma, so that the boosted update gamma * delta is still within eps.
+    radius = None if pgd_eps is None else pgd_eps / (gamma or 1.0)
+    hooks: dict[int, tuple[TrainingHook, ...]] = {}
+    for c in threat.malicious:
+        mix: tuple[TrainingHook, ...] = (
+            EdgeCaseMix(edge_x=edge.train_x, target=target, edge_fraction=edge_fraction, schedule=threat.schedule),
+        )
+        if radius is not None:  # NeurotoxinMask keeping every coordinate is plain PGD onto the ball
+            mix = (*mix, NeurotoxinMask(mask_ratio=1.0, norm_bound=radius, schedule=threat.schedule))
+        hooks[c] = mix
+    backdoor = Backdoor(trigger=None, target=target, inputs=edge.test_x)
+    if gamma is not None:
+        return _model_plan("edge-case", Scaling(gamma=gamma), threat, aggregator, hooks, backdoor)
+    return AttackPlan(name="edge-case", threat=threat, client_hooks=hooks, backdoor=backdoor)
+
+
+@_register(
+    "a3fl",
+    kind="backdoor",
+    description="adversarially adaptive backdoor: trigger optimised each round against an unlearned model "
+    "(Zhang et al. 2023)",
+)
+def _a3fl(
+    *,
+    threat: ThreatModel,
+    env: AttackEnv,
+    aggregator: Aggregator | None,
+    target: int = 0,
+    poison_fraction: float = 0.2,
+    trigger_size: int | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    outer_epochs: int = 10,
+    trigger_lr: float = 0.05,
+    adv_epochs: int = 5,
+    adv_every: int = 1,
+    adv_models: int = 1,
+    adv_lambda: float = 0.01,
+    adv_lr: float = 0.01,
+    search_size: int = 512,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> AttackPlan:
+    from attacks.a3fl import A3FLBackdoor, a3fl_trigger
+
+    if env.image_shape is None:
+        raise ConfigError("A3FL needs image data")
+    _check_target(target, env)
+    hi = env.trigger_value if high is None else high
+    lo = -hi if low is None else low
+    trigger = a3fl_trigger(image_shape=env.image_shape, low=lo, high=hi, size=trigger_size)
+    hooks = {
+        c: (
+            A3FLBackdoor(
+                trigger=trigger, target=target, poison_fraction=poison_fraction, outer_epochs=outer_epochs,
+                trigger_lr=trigger_lr, adv_epochs=adv_epochs, adv_every=adv_every, adv_models=adv_models,
+                adv_lambda=adv_lambda, adv_lr=adv_lr, search_size=search_size, batch_size=batch_size,
+                seed=seed + i, schedule=threat.schedule,
+            ),
+        )
+        for i, c in enumerate(sorted(threat.malicious))
+    }
+    return AttackPlan(name="a3fl", threat=threat, client_hooks=hooks, backdoor=Backdoor(trigger=trigger, target=target))

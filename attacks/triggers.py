@@ -8,6 +8,10 @@
   attacker; each attacker trains only with its part; the test uses the union.
 * Text trigger tokens (Kurita et al., ACL 2020, RIPPLe's rare tokens "cf", "mn", "bb"):
   a rare word inserted into the text.
+* Learnable pattern trigger (Zhang et al., NeurIPS 2023, "A3FL: Adversarially Adaptive
+  Backdoor Attacks to Federated Learning"): inside a fixed mask the image takes the
+  values of a pattern the attackers optimise every round (:class:`PatternTrigger`,
+  mutable: the attack's hooks and the scored :class:`~attacks.metrics.Backdoor` share it).
 
 Examples
 --------
@@ -20,13 +24,15 @@ Examples
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from fl_core.errors import ConfigError
+from fl_core.state import StateError, check_state, state_tensor
 
-__all__ = ["PixelTrigger", "TextTrigger"]
+__all__ = ["PatternTrigger", "PixelTrigger", "TextTrigger"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,131 @@ class PixelTrigger:
         out = x.clone()
         out[..., self.mask.to(x.device)] = self.value
         return out
+
+
+class PatternTrigger:
+    """A learnable trigger: inside ``mask`` (H x W) the image takes ``pattern`` (C x H x W), values in [low, high].
+
+    The pattern is the state an adaptive attack (A3FL) changes every round; the object is
+    shared by the attack's training hooks and the :class:`~attacks.metrics.Backdoor` that
+    scores it, so attack success is always measured with the current pattern.
+    Pixels outside the mask are never changed (the pattern is kept at 0 there).
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        Bool ``(H, W)``, at least one pixel set.
+    pattern : torch.Tensor
+        Float ``(C, H, W)``, finite, within ``[low, high]`` on the mask.
+    low, high : float
+        The value range of the pattern (the data's range), ``low < high``.
+
+    Examples
+    --------
+    >>> t = PatternTrigger.square(channels=1, height=4, width=4, size=2, low=-1.0, high=1.0)
+    >>> x = t.apply(torch.full((1, 1, 4, 4), 5.0))
+    >>> int((x == 5.0).sum()), float(x[0, 0, 1, 1])  # 4 masked pixels take the initial mid-range value
+    (12, 0.0)
+    """
+
+    #: Layout version of :meth:`state_dict`.
+    STATE_VERSION = 1
+
+    def __init__(self, *, mask: torch.Tensor, pattern: torch.Tensor, low: float, high: float) -> None:
+        if not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.ndim == 2):
+            raise ConfigError(f"pattern trigger mask must be a bool (H, W) tensor, got {getattr(mask, 'shape', mask)}")
+        if not bool(mask.any()):
+            raise ConfigError("pattern trigger mask is empty")
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigError(f"pattern trigger range must be finite with low < high, got [{low}, {high}]")
+        self.mask, self.low, self.high = mask.clone(), float(low), float(high)
+        self.pattern = self._checked(pattern)
+
+    @classmethod
+    def square(
+        cls, *, channels: int, height: int, width: int, size: int, low: float, high: float, gap: int = 1,
+        init: float | None = None,
+    ) -> PatternTrigger:
+        """A ``size x size`` square mask ``gap`` pixels from the top-left corner, pattern ``init`` (default mid-range).
+
+        A3FL's mask is a square near the top-left corner (5 x 5 at offset 2 on 32 x 32 CIFAR-10);
+        its pattern starts at a constant (0.5 in the authors' code).
+        """
+        if channels < 1:
+            raise ConfigError(f"pattern trigger needs >= 1 channel, got {channels}")
+        if size < 1 or gap < 0 or size + gap > min(height, width):
+            raise ConfigError(f"trigger size {size} (+gap {gap}) does not fit a {height}x{width} image")
+        mask = torch.zeros(height, width, dtype=torch.bool)
+        mask[gap : gap + size, gap : gap + size] = True
+        value = (low + high) / 2 if init is None else init
+        if not low <= value <= high:
+            raise ConfigError(f"pattern trigger init {value} is outside its range [{low}, {high}]")
+        pattern = torch.where(mask, torch.tensor(float(value)), torch.tensor(0.0)).expand(channels, -1, -1).clone()
+        return cls(mask=mask, pattern=pattern, low=low, high=high)
+
+    def _checked(self, pattern: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pattern, torch.Tensor) or pattern.ndim != 3 or pattern.shape[1:] != self.mask.shape:
+            raise ConfigError(
+                f"pattern must be a (C, {self.mask.shape[0]}, {self.mask.shape[1]}) tensor, "
+                f"got {tuple(getattr(pattern, 'shape', ()))}"
+            )
+        p = pattern.detach().to("cpu", torch.float32)
+        if not bool(torch.isfinite(p).all()):
+            raise ConfigError("pattern contains NaN or Inf")
+        on = p[:, self.mask]
+        if bool((on < self.low).any() or (on > self.high).any()):
+            raise ConfigError(
+                f"pattern values [{float(on.min())}, {float(on.max())}] leave the range [{self.low}, {self.high}]"
+            )
+        return torch.where(self.mask, p, torch.zeros(()))
+
+    def set_pattern(self, pattern: torch.Tensor) -> None:
+        """Replace the pattern (checked: shape, finite, within ``[low, high]`` on the mask; zeroed off it)."""
+        self.pattern = self._checked(pattern)
+
+    def stamp(self, x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        """``pattern * m + (1 - m) * x``, differentiable in ``pattern`` (A3FL's trigger search)."""
+        m = self.mask.to(device=x.device, dtype=x.dtype)
+        return pattern * m + (1 - m) * x
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Stamp the current pattern on a batch ``(B, C, H, W)`` (a copy)."""
+        if tuple(x.shape[-3:]) != tuple(self.pattern.shape):
+            raise ConfigError(f"trigger of shape {tuple(self.pattern.shape)} does not fit images {tuple(x.shape[1:])}")
+        return self.stamp(x, self.pattern.to(device=x.device, dtype=x.dtype))
+
+    def _config(self) -> dict:
+        return {"shape": list(self.pattern.shape), "low": self.low, "high": self.high}
+
+    def state_dict(self) -> dict:
+        """``pattern`` (a float32 ``(C, H, W)`` clone) and ``mask`` (bool ``(H, W)``)."""
+        return {"kind": type(self).__name__, "version": self.STATE_VERSION, "config": self._config(),
+                "pattern": self.pattern.clone(), "mask": self.mask.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state of a trigger with the same shape and range (mask included).
+
+        Raises
+        ------
+        fl_core.state.StateError
+            Another kind, version or configuration, or a pattern of the wrong shape or with NaN/Inf.
+        ConfigError
+            A pattern outside ``[low, high]``.
+        """
+        kind = type(self).__name__
+        state = check_state(state, kind=kind, version=self.STATE_VERSION, keys=("pattern", "mask"),
+                            config=self._config())
+        pattern = state_tensor(state, "pattern", kind=kind, ndim=3, shape=tuple(self.pattern.shape))
+        mask = state["mask"]
+        if not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.shape == self.mask.shape):
+            raise StateError(f"{kind} state: mask must be a bool tensor of shape {tuple(self.mask.shape)}")
+        old = self.mask
+        self.mask = mask.clone()
+        try:
+            self.pattern = self._checked(pattern)
+        except ConfigError:
+            self.mask = old
+            raise
 
 
 @dataclass(frozen=True)

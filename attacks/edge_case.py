@@ -1,0 +1,252 @@
+"""The edge-case backdoor (Wang et al., "Attack of the Tails: Yes, You Really Can Backdoor
+Federated Learning", NeurIPS 2020).
+
+The malicious clients train on their clean data mixed with an *edge-case* set
+``D_edge``: inputs from the tail of the input distribution, all labelled with the
+target class (the paper: ARDIS 7s labelled 1 for EMNIST, Southwest airplanes
+labelled truck for CIFAR-10). Because honest clients almost never hold such
+inputs, nothing in their updates pushes back, and the backdoor needs no trigger:
+the edge-case inputs are the backdoor. Optionally the attacker keeps its model in
+an L2 ball of radius ``eps`` around the global model by projected gradient descent
+(the paper's "PGD without model replacement"), or in a ball of radius
+``eps / gamma`` and then boosts its update by ``gamma`` ("PGD with model
+replacement": the sent update is still within ``eps``). Attack success is the
+share of held-out edge-case test inputs classified as the target (the paper's metric).
+
+How the tail set is chosen (nothing downloads, so no ARDIS): the paper's definition
+(Def. 1) calls ``x`` a *p-edge-case* example if ``P_X(x) <= p``, a point of low
+probability under the data distribution. We model the source class ``c`` as the
+isotropic Gaussian ``N(mu_c, sigma^2 I)`` in the (normalised) pixel space, with
+``mu_c`` the mean of class ``c`` in the *training* split. Its density is a
+decreasing function of ``||x - mu_c||``, so the ``k`` inputs farthest from ``mu_c``
+are exactly the ``k`` lowest-density ones: the p-edge-case inputs for ``p`` the
+density at the ``k``-th largest distance (:func:`tail_indices`; ties go to the lower
+index). The candidates are the source-class inputs of the dataset's *test* split,
+which the federation never hands to a client, so the tail set is held out from every
+client's training data, as ARDIS is from EMNIST's. The ``k = ceil(tail_fraction *
+n_c)`` tail inputs are split, by a seeded permutation, into the attacker's ``D_edge``
+and the held-out edge-case test set (``test_share`` of them; the authors split
+Southwest 70/30). They stay in the test split the clean accuracy is measured on
+(at most ``tail_fraction`` of one class: 1% of Fashion-MNIST's test set at the defaults).
+
+Mixing ratio: ``edge_fraction`` of every batch of a malicious client's local
+training is replaced by edge-case inputs (drawn uniformly from ``D_edge``) labelled
+with the target. The authors' EMNIST set mixes 66 ARDIS 7s with 100 clean EMNIST
+images (``generating_poisoned_DA.py``, fraction 0.1 of the 660 ARDIS training 7s),
+so the default is ``66 / 166 = 0.4``.
+
+Examples
+--------
+>>> import torch
+>>> x = torch.tensor([[0.0], [3.0], [1.0], [-3.0], [2.0]])
+>>> tail_indices(x, center=torch.zeros(1), k=3).tolist()  # farthest first, ties to the lower index
+[1, 3, 4]
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attacks.data_poisoning import ScheduledHook
+from attacks.threat import AttackSchedule
+from fl_core.errors import ConfigError
+
+__all__ = ["EdgeCaseMix", "EdgeCaseSet", "dataset_for_shape", "load_edge_case_set", "tail_indices"]
+
+log = logging.getLogger(__name__)
+
+#: The datasets that ship, by image shape (used when the attack is not told which dataset the federation uses).
+_DATASET_BY_SHAPE = {(1, 8, 8): "digits", (1, 28, 28): "fashion-mnist"}
+
+
+def tail_indices(x: torch.Tensor, *, center: torch.Tensor, k: int) -> np.ndarray:
+    """Indices of the ``k`` rows of ``x`` farthest (Euclidean, flattened) from ``center``, farthest first.
+
+    Ties are broken by the lower index (a stable sort), so the choice is deterministic.
+
+    Raises
+    ------
+    ConfigError
+        If ``k`` is not in ``[1, len(x)]`` or ``center`` does not match a row's size.
+    """
+    n = len(x)
+    if not 1 <= k <= n:
+        raise ConfigError(f"tail size k must be in [1, {n}], got {k}")
+    flat = x.reshape(n, -1).to(torch.float64)
+    c = center.reshape(-1).to(torch.float64)
+    if c.numel() != flat.shape[1]:
+        raise ConfigError(f"center has {c.numel()} values but the inputs have {flat.shape[1]}")
+    dist = (flat - c).norm(dim=1).numpy()
+    order = np.argsort(-dist, kind="stable")
+    return order[:k]
+
+
+@dataclass(frozen=True)
+class EdgeCaseSet:
+    """The attacker's edge-case inputs ``train_x`` and the held-out edge-case test inputs ``test_x``.
+
+    ``train_idx`` and ``test_idx`` index the dataset's test split (the pool the tail is
+    drawn from); ``tail`` lists all tail indices, farthest first.
+    """
+
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    tail: np.ndarray
+    source: int
+    target: int
+
+    @classmethod
+    def from_split(
+        cls,
+        *,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        pool_x: torch.Tensor,
+        pool_y: torch.Tensor,
+        source: int,
+        target: int,
+        tail_fraction: float,
+        test_share: float,
+        seed: int,
+    ) -> EdgeCaseSet:
+        """The tail of class ``source`` in the pool (``pool_x``, never a client's), split into attacker/test parts.
+
+        ``mu_source`` is the mean of ``train_x[train_y == source]``; the tail is the
+        ``ceil(tail_fraction * n)`` pool inputs of class ``source`` farthest from it; a
+        permutation seeded by ``seed`` puts ``max(1, round(test_share * k))`` of them in the test part.
+
+        Raises
+        ------
+        ConfigError
+            A class with no samples, or a tail too small for one input in each part.
+        """
+        _check_fraction("tail_fraction", tail_fraction)
+        _check_fraction("test_share", test_share, high_open=True)
+        if source == target:
+            raise ConfigError(f"edge-case source class must differ from the target, both are {source}")
+        in_train = train_y == source
+        cand = torch.nonzero(pool_y == source).flatten().numpy()
+        if not bool(in_train.any()) or len(cand) == 0:
+            raise ConfigError(f"edge-case source class {source} has no samples in the data")
+        k = math.ceil(tail_fraction * len(cand))
+        if k < 2:
+            raise ConfigError(
+                f"edge-case tail of class {source}: tail_fraction={tail_fraction} of {len(cand)} inputs gives "
+                f"{k}; need >= 2 (one for the attacker, one to test)"
+            )
+        center = train_x[in_train].reshape(int(in_train.sum()), -1).mean(dim=0)
+        tail = cand[tail_indices(pool_x[cand], center=center, k=k)]
+        n_test = min(k - 1, max(1, round(test_share * k)))
+        perm = np.random.default_rng(seed).permutation(k)
+        test_idx, train_idx = np.sort(tail[perm[:n_test]]), np.sort(tail[perm[n_test:]])
+        return cls(train_x=pool_x[train_idx].clone(), test_x=pool_x[test_idx].clone(), train_idx=train_idx,
+                   test_idx=test_idx, tail=tail, source=source, target=target)
+
+
+def _check_fraction(name: str, value: float, *, high_open: bool = False) -> None:
+    ok = isinstance(value, int | float) and 0 < value and (value < 1 if high_open else value <= 1)
+    if not ok:
+        raise ConfigError(f"{name} must be in (0, 1{')' if high_open else ']'}, got {value}")
+
+
+def dataset_for_shape(image_shape: tuple[int, ...] | None) -> str:
+    """The shipped dataset with images of ``image_shape`` (``digits``: 1x8x8, ``fashion-mnist``: 1x28x28)."""
+    name = _DATASET_BY_SHAPE.get(tuple(image_shape) if image_shape is not None else ())
+    if name is None:
+        raise ConfigError(
+            f"edge-case backdoor: no shipped dataset has images of shape {image_shape}; "
+            f"pass dataset= (one of {sorted(set(_DATASET_BY_SHAPE.values()))})"
+        )
+    return name
+
+
+@functools.lru_cache(maxsize=8)
+def load_edge_case_set(
+    dataset: str,
+    *,
+    data_path: str | None = None,
+    source: int,
+    target: int,
+    tail_fraction: float,
+    test_share: float,
+    seed: int,
+) -> EdgeCaseSet:
+    """Load ``dataset`` through :func:`fl_core.load_dataset` and build its :class:`EdgeCaseSet` (cached).
+
+    The class mean comes from the training split; the tail is drawn from the test split.
+    ``fashion-mnist`` is loaded without the digits fallback: an attack on 28x28 images
+    must not silently draw its edge cases from 8x8 digits.
+    """
+    from fl_core import load_dataset
+
+    split = load_dataset(dataset, path=data_path, fallback=False)
+    train, test = split.train, split.test
+    if not hasattr(train, "x"):
+        raise ConfigError(f"the edge-case backdoor needs image data; {dataset!r} is not")
+    for c, role in ((source, "source"), (target, "target")):
+        if not 0 <= c < train.num_classes:
+            raise ConfigError(f"edge-case {role} class must be in [0, {train.num_classes}), got {c}")
+    edge = EdgeCaseSet.from_split(train_x=train.x, train_y=train.y, pool_x=test.x, pool_y=test.y, source=source,
+                                  target=target, tail_fraction=tail_fraction, test_share=test_share, seed=seed)
+    log.info("edge-case set of %s: %d tail inputs of class %d (%d attack, %d test), labelled %d", dataset,
+             len(edge.tail), source, len(edge.train_idx), len(edge.test_idx), target)
+    return edge
+
+
+class EdgeCaseMix(ScheduledHook):
+    """Replace ``edge_fraction`` of each batch with edge-case inputs labelled ``target`` (in the attack's rounds).
+
+    ``max(1, round(edge_fraction * B))`` rows of a batch of ``B``, chosen uniformly
+    without replacement, are replaced by inputs drawn uniformly (with replacement)
+    from ``edge_x``, all from the client's training generator.
+
+    Examples
+    --------
+    >>> hook = EdgeCaseMix(edge_x=torch.full((3, 1, 2, 2), 7.0), target=1, edge_fraction=0.5)
+    >>> hook.on_round_start(round_idx=0, global_params=torch.zeros(1))
+    >>> x, y = hook.on_batch(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), step=0,
+    ...                      generator=torch.Generator().manual_seed(0))
+    >>> int((y == 1).sum()), int((x == 7.0).all(dim=(1, 2, 3)).sum())
+    (2, 2)
+    """
+
+    def __init__(
+        self,
+        *,
+        edge_x: torch.Tensor,
+        target: int,
+        edge_fraction: float = 0.4,
+        schedule: AttackSchedule | None = None,
+    ) -> None:
+        super().__init__(schedule=schedule)
+        _check_fraction("edge_fraction", edge_fraction)
+        if not isinstance(edge_x, torch.Tensor) or edge_x.ndim < 2 or len(edge_x) == 0:
+            raise ConfigError(f"edge_x must be a non-empty batch of inputs, got {getattr(edge_x, 'shape', edge_x)}")
+        if not bool(torch.isfinite(edge_x).all()):
+            raise ConfigError("edge_x contains NaN or Inf")
+        if target < 0:
+            raise ConfigError(f"edge-case target class must be >= 0, got {target}")
+        self.edge_x, self.target, self.edge_fraction = edge_x, target, edge_fraction
+
+    def on_batch(self, x, y: torch.Tensor, *, step: int, generator: torch.Generator):
+        if not self.active:
+            return x, y
+        if tuple(x.shape[1:]) != tuple(self.edge_x.shape[1:]):
+            raise ConfigError(f"edge-case inputs {tuple(self.edge_x.shape[1:])} do not fit the batch "
+                              f"{tuple(x.shape[1:])}")
+        b = len(y)
+        k = min(b, max(1, round(self.edge_fraction * b)))
+        rows = torch.randperm(b, generator=generator)[:k]
+        pick = torch.randint(0, len(self.edge_x), (k,), generator=generator)
+        x, y = x.clone(), y.clone()
+        x[rows.to(x.device)] = self.edge_x[pick].to(device=x.device, dtype=x.dtype)
+        y[rows.to(y.device)] = self.target
+        return x, y
