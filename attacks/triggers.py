@@ -155,6 +155,8 @@ class PatternTrigger:
         """
         if channels < 1:
             raise ConfigError(f"pattern trigger needs >= 1 channel, got {channels}")
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigError(f"pattern trigger range must be finite with low < high, got [{low}, {high}]")
         if size < 1 or gap < 0 or size + gap > min(height, width):
             raise ConfigError(f"trigger size {size} (+gap {gap}) does not fit a {height}x{width} image")
         mask = torch.zeros(height, width, dtype=torch.bool)
