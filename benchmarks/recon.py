@@ -13,6 +13,18 @@ coordinates zeroed, Zhu et al. 2019); ``dp-z`` (L2 clip to C = 1 and Gaussian no
 ``inverting-fedavg`` unrolls it); ``secagg-10`` (10 clients through SecAgg+, the server sees
 only their mean; the attack inverts it as a batch of 10 and is scored against the best-matching
 image of any client).
+
+LOKI rows (Zhao et al., IEEE S&P 2024; :mod:`attacks.reconstruction.loki`): a malicious server
+sends each of 10 clients its own imprint block and reconstructs every client's samples from the
+aggregate. ``loki`` x ``none``: the server sees each client's gradient; ``secagg-10``: the
+clients' gradients go through SecAgg+ (the real protocol roles, :func:`secagg_plus_round`,
+signed setting) without the model check; ``secagg-10-modelcheck``: the same, with every client
+binding the digest of the model it received into its signed key advertisement (the round aborts:
+nothing is recovered). ``imprint`` x ``secagg-10-modelcheck`` is what the check still lets
+through: one imprint model with the same number of rows (10 blocks' worth of bins) sent to all.
+The recovery metric is the share of the clients' samples whose best-matching candidate has PSNR
+above 40 dB (:data:`RECOVERY_PSNR_DB`), among that client's own candidates where the attack
+attributes them (LOKI), among all candidates otherwise.
 """
 
 from __future__ import annotations
@@ -20,12 +32,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from attacks.reconstruction import (
@@ -34,6 +49,7 @@ from attacks.reconstruction import (
     ImprintAttack,
     InvertingFedAvg,
     InvertingGradients,
+    LokiAttack,
     ServerView,
     SigmoidLeNet,
     UnsupportedBatchError,
@@ -43,6 +59,7 @@ from attacks.reconstruction import (
     observe_gradient,
     observe_update,
     plant_imprint,
+    plant_loki,
     ssim,
 )
 from fl_core import load_dataset
@@ -66,6 +83,9 @@ DEFENSES = (
     "secagg-10",
 )
 IMPRINT_DEFENSES = ("none", "prune-0.5", "dp-0.1", "secagg-10")
+LOKI_DEFENSES = ("none", "secagg-10", "secagg-10-modelcheck")
+RECOVERY_PSNR_DB = 40.0
+"""A sample counts as recovered when its best-matching candidate scores above this PSNR."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,9 @@ class StudyConfig:
     imprint_bins: int = 64
     seed: int = 0
     lr: float = 0.1
+    loki_clients: int = 10
+    loki_batch: int = 8
+    loki_bins: int = 32
 
     @staticmethod
     def make(quick: bool) -> StudyConfig:
@@ -283,6 +306,177 @@ def run_cell(cfg: StudyConfig, attack: str, defense: str, out: Path) -> dict:
     return record
 
 
+@dataclass
+class SecAggRoundOutcome:
+    """What the server gets from one SecAgg+ round: the mean of the survivors, or nothing."""
+
+    mean: torch.Tensor | None
+    survivors: tuple[int, ...] = ()
+    client_aborts: dict[int, str] = field(default_factory=dict)
+    abort: str | None = None
+
+
+def secagg_plus_round(
+    rows: torch.Tensor,
+    *,
+    seed: int,
+    digests: Sequence[bytes] | None = None,
+    round_id: int = 0,
+    active: bool = True,
+    gamma: float = 0.05,
+    delta: float = 0.1,
+) -> SecAggRoundOutcome:
+    """Client ``i`` (id ``i + 1``) submits ``rows[i]`` through one SecAgg+ round of the real protocol roles.
+
+    The rows are encoded in fixed point (:class:`~secure_agg.quantize.FixedPointEncoder`,
+    clip just above the largest entry), run through :func:`~secure_agg.runner.run_secagg`
+    on the Harary graph of :func:`~secure_agg.graph.choose_k_t` (``gamma``, ``delta``;
+    10 clients give ``k = 6``, ``t = 5``), in the signed setting by default, and the
+    server decodes the mean. ``digests[i]`` is the model digest client ``i`` binds
+    (``None``: no model check). A round the protocol aborts returns ``mean=None``
+    with the reason.
+    """
+    from secure_agg.errors import ProtocolAbortError
+    from secure_agg.graph import CommunicationGraph, choose_k_t
+    from secure_agg.params import SecAggParams
+    from secure_agg.quantize import FixedPointEncoder
+    from secure_agg.runner import run_secagg
+
+    n, d = rows.shape
+    rng = np.random.default_rng(seed)
+    clip = float(rows.abs().max()) * 1.01 + 1e-30
+    enc = FixedPointEncoder(clip=clip, ring_bits=32, weight_bound=n)
+    X = rows.detach().double().numpy()
+    ids = list(range(1, n + 1))
+    inputs = {u: enc.encode(X[u - 1], weight=1, rng=rng) for u in ids}
+    k, t = choose_k_t(n, gamma=gamma, delta=delta)
+    graph = CommunicationGraph.complete(ids) if k >= n - 1 else CommunicationGraph.harary(ids, k=k, rng=rng)
+    params = SecAggParams(round_id=round_id, t=t, d=d + 1, active=active)
+    model_digests = None if digests is None else {u: digests[u - 1] for u in ids}
+    try:
+        res = run_secagg(inputs, params=params, graph=graph, model_digests=model_digests)
+    except ProtocolAbortError as e:
+        return SecAggRoundOutcome(mean=None, abort=e.reason)
+    mean, _ = enc.decode_mean(res.sum)
+    return SecAggRoundOutcome(
+        mean=torch.from_numpy(mean).float(), survivors=res.survivors, client_aborts=dict(res.client_aborts)
+    )
+
+
+def recovered_share(
+    candidates: torch.Tensor, truth: torch.Tensor, *, data_range: float, owner: torch.Tensor | None = None,
+    truth_owner: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Best-match PSNR of each true sample; with owners, only against its own client's candidates.
+
+    Returns the ``(len(truth),)`` PSNRs (``-inf`` for a sample whose client has no candidate);
+    the recovered share is ``(psnr > RECOVERY_PSNR_DB).float().mean()``.
+    """
+    if owner is None or truth_owner is None:
+        return best_match_psnr(candidates, truth, data_range=data_range)
+    out = torch.full((len(truth),), -math.inf, dtype=torch.float64)
+    for c in truth_owner.unique().tolist():
+        mine, theirs = truth_owner == c, owner == c
+        if bool(theirs.any()):
+            out[mine] = best_match_psnr(candidates[theirs], truth[mine], data_range=data_range)
+    return out
+
+
+def loki_experiment(
+    split, *, defense: str, clients: int, batch: int, bins: int, seed: int, public: torch.Tensor,
+    dlg_iterations: int = 20,
+) -> dict:
+    """One LOKI round on ``clients`` clients of ``batch`` training images each (see the module docstring).
+
+    ``defense``: ``"none"`` (the server sees every client's gradient), ``"secagg-10"`` (SecAgg+
+    without the model check), ``"secagg-10-modelcheck"`` (with it); ``"imprint-modelcheck"``:
+    the server sends all clients the same imprint model of ``clients * bins`` bins (what the
+    check lets through); ``"honest-modelcheck"``: an honest server sends all clients the same
+    honest model (the sigmoid LeNet) and runs DLG on the SecAgg+ mean as one batch of all
+    ``clients * batch`` samples (``dlg_iterations``). Returns the record fields (``recovered``,
+    PSNRs, ``attributed``).
+    """
+    g = torch_generator(seed, 19)
+    shape = tuple(split.train.x.shape[1:])
+    rng = float(split.train.x.max() - split.train.x.min())
+    body = SigmoidLeNet(input_shape=shape, num_classes=10, generator=g, init="default")
+    pool = torch.randperm(len(split.train), generator=g)[: clients * batch]
+    x, y = split.train.x[pool], split.train.y[pool]
+    owner = torch.arange(clients).repeat_interleave(batch)
+    thresholds = brightness_thresholds(public, num_bins=bins)
+    if defense == "honest-modelcheck":
+        models = (SigmoidLeNet(input_shape=shape, num_classes=10, generator=g),) * clients
+    elif defense == "imprint-modelcheck":
+        wide = brightness_thresholds(public, num_bins=clients * bins)
+        models = (plant_imprint(body, input_shape=shape, thresholds=wide),) * clients
+    else:
+        models = plant_loki(body, input_shape=shape, thresholds=thresholds, num_clients=clients)
+    views = [observe_gradient(models[i], x[owner == i], y[owner == i]) for i in range(clients)]
+    rows = torch.stack([v.observed for v in views])
+    out: dict = {"attributed": defense not in ("imprint-modelcheck", "honest-modelcheck")}
+    if defense == "none":
+        cands, who = [], []
+        for i, v in enumerate(views):  # the server sees each client's own gradient
+            single = _replace(v, v.observed, num_clients=clients, num_samples=batch)
+            view_i = LokiAttack().client_view(single, i)
+            rec = ImprintAttack().reconstruct(view_i)
+            cands.append(rec.x)
+            who.append(torch.full((len(rec.x),), i))
+        psnrs = recovered_share(torch.cat(cands), x, data_range=rng, owner=torch.cat(who), truth_owner=owner)
+    else:
+        if defense == "secagg-10":
+            digests = None
+        else:
+            from secure_agg.client import model_digest
+
+            digests = [model_digest([p.detach().numpy() for p in m.parameters()], round_id=seed) for m in models]
+        outcome = secagg_plus_round(rows, seed=seed, digests=digests, round_id=seed)
+        out["survivors"] = len(outcome.survivors)
+        out["client_aborts"] = len(outcome.client_aborts)
+        if outcome.mean is None:
+            out.update(recovered=0.0, psnr=float("nan"), psnr_max=float("nan"), abort=outcome.abort)
+            return out
+        view = _replace(views[0], outcome.mean, num_clients=clients, num_samples=batch)
+        if defense == "honest-modelcheck":  # the mean of the batch means is the gradient of all samples
+            agg = _replace(view, view.observed, num_clients=1, num_samples=clients * batch, batch_size=clients * batch)
+            rec = DLG(iterations=dlg_iterations, max_batch=clients * batch).reconstruct(agg, generator=g)
+            psnrs = recovered_share(rec.x, x, data_range=rng)
+        elif defense == "imprint-modelcheck":
+            agg = _replace(view, view.observed, num_clients=1, num_samples=clients * batch, batch_size=clients * batch)
+            rec = ImprintAttack().reconstruct(agg)
+            psnrs = recovered_share(rec.x, x, data_range=rng)
+        else:
+            rec = LokiAttack().reconstruct(view)
+            psnrs = recovered_share(rec.x, x, data_range=rng, owner=rec.info["client"], truth_owner=owner)
+    finite = psnrs.clamp(min=0.0, max=100.0)
+    out.update(
+        recovered=float((psnrs > RECOVERY_PSNR_DB).double().mean()),
+        psnr=float(finite.mean()),
+        psnr_max=float(finite.max()),
+    )
+    return out
+
+
+def run_loki_cell(cfg: StudyConfig, attack: str, defense: str, out: Path) -> dict:
+    """Run (or load) one LOKI-study cell: ``loki`` x ``LOKI_DEFENSES`` or ``imprint`` x ``secagg-10-modelcheck``."""
+    path = out / "cells" / f"{attack}__{defense}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    split = load_dataset(cfg.dataset)
+    t0 = time.perf_counter()
+    kind = {"imprint": "imprint-modelcheck", "dlg": "honest-modelcheck"}.get(attack, defense)
+    res = loki_experiment(
+        split, defense=kind, clients=cfg.loki_clients, batch=cfg.loki_batch, bins=cfg.loki_bins,
+        seed=cfg.seed, public=split.test.x[:2000], dlg_iterations=cfg.dlg_iterations,
+    )
+    status = "ok" if "abort" not in res else "aborted"
+    record = {"attack": attack, "defense": defense, "status": status, "dataset": cfg.dataset,
+              "clients": cfg.loki_clients, "batch": cfg.loki_batch, "bins_per_client": cfg.loki_bins,
+              "seconds": time.perf_counter() - t0, **res}
+    _atomic_write(path, json.dumps(record, indent=1))
+    return record
+
+
 def noise_floor(cfg: StudyConfig) -> float:
     """PSNR of a random N(0, 1) image against the true images: what 'reconstruction is noise' scores."""
     split = load_dataset(cfg.dataset)
@@ -332,6 +526,8 @@ def write_report(out: Path, records: list[dict], floor: float, cfg: StudyConfig)
         "| attack | defense | PSNR dB | max PSNR | SSIM | share > 40 dB | label acc | s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    loki = [r for r in records if "recovered" in r]
+    records = [r for r in records if "recovered" not in r]
     for r in records:
         if r["status"] != "ok":
             lines.append(f"| {r['attack']} | {r['defense']} | {r['status']} | | | | | |")
@@ -341,8 +537,45 @@ def write_report(out: Path, records: list[dict], floor: float, cfg: StudyConfig)
             f"| {r['attack']} | {r['defense']} | {r['psnr']:.2f} | {r['psnr_max']:.2f} | {r['ssim']:.3f} | "
             f"{r['share_40db']:.2f} | {la} | {r['seconds']:.1f} |"
         )
+    if loki:
+        lines += _loki_report(loki, cfg)
     lines += ["", "![ground truth vs reconstruction](grid.png)", ""]
     _atomic_write(out / "report.md", "\n".join(lines))
+
+
+_LOKI_ROWS = {
+    ("loki", "none"): "LOKI, no secure aggregation (the server sees each client's gradient)",
+    ("loki", "secagg-10"): "LOKI through SecAgg+, no model check",
+    ("loki", "secagg-10-modelcheck"): "LOKI through SecAgg+ with the model check (signed digests)",
+    ("dlg", "secagg-10-modelcheck"): "honest server: one honest model, DLG on the SecAgg+ mean",
+    ("imprint", "secagg-10-modelcheck"): "one imprint model for all (passes the check), RtF on the SecAgg+ mean",
+}
+
+
+def _loki_report(rows: list[dict], cfg: StudyConfig) -> list[str]:
+    lines = [
+        "",
+        f"## Malicious server: LOKI (Zhao et al. 2024) through SecAgg+ ({cfg.loki_clients} clients x "
+        f"{cfg.loki_batch} images, {cfg.loki_bins} bins per client, signed setting)",
+        "",
+        f"Recovered: share of the clients' images whose best candidate scores above {RECOVERY_PSNR_DB:.0f} dB "
+        "(attributed: matched only against that client's candidates).",
+        "",
+        "| setting | round | recovered | attributed | mean PSNR dB | s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        name = _LOKI_ROWS.get((r["attack"], r["defense"]), f"{r['attack']} x {r['defense']}")
+        if r["status"] == "aborted":
+            how = "aborted: " + ("model mismatch" if "model mismatch" in r.get("abort", "") else r.get("abort", ""))
+            lines.append(f"| {name} | {how} | 0.00 | | | {r['seconds']:.1f} |")
+            continue
+        kept = f"{r['survivors']} of {r['clients']} summed" if "survivors" in r else "no aggregation"
+        lines.append(
+            f"| {name} | {kept} | {r['recovered']:.2f} | {'yes' if r['attributed'] else 'no'} | "
+            f"{r['psnr']:.1f} | {r['seconds']:.1f} |"
+        )
+    return lines
 
 
 def cells(quick: bool) -> list[tuple[str, str]]:
@@ -352,6 +585,15 @@ def cells(quick: bool) -> list[tuple[str, str]]:
     if quick:
         keep = {"none", "prune-0.5", "dp-0.1", "batch-4", "steps-5", "secagg-10"}
         out = [(a, d) for a, d in out if d in keep]
+    return out + loki_cells(quick)
+
+
+def loki_cells(quick: bool) -> list[tuple[str, str]]:
+    """The LOKI study's cells (see the module docstring); digits (``--quick``) has too few distinct
+    brightness values for the 320 bins of one imprint model shared by all, so that row is full-study only."""
+    out = [("loki", d) for d in LOKI_DEFENSES] + [("dlg", "secagg-10-modelcheck")]
+    if not quick:
+        out.append(("imprint", "secagg-10-modelcheck"))
     return out
 
 
@@ -360,9 +602,11 @@ def main(args: argparse.Namespace) -> int:
     cfg = StudyConfig.make(args.quick)
     out = Path(args.out)
     records = []
+    loki = set(loki_cells(args.quick))
     for attack, defense in cells(args.quick):
         log.info("cell %s x %s", attack, defense)
-        records.append(run_cell(cfg, attack, defense, out))
+        run = run_loki_cell if (attack, defense) in loki else run_cell
+        records.append(run(cfg, attack, defense, out))
     write_report(out, records, noise_floor(cfg), cfg)
     _grid(out, records)
     return 0

@@ -25,6 +25,7 @@ from attacks.reconstruction.imprint import (
     plant_imprint,
 )
 from attacks.reconstruction.inverting import InvertingFedAvg, InvertingGradients
+from attacks.reconstruction.loki import LokiAttack, client_block, plant_loki
 from attacks.reconstruction.metrics import (
     TokenScores,
     best_match_psnr,
@@ -62,6 +63,7 @@ __all__ = [
     "ImprintedModel",
     "InvertingFedAvg",
     "InvertingGradients",
+    "LokiAttack",
     "MiniLMClassifier",
     "MissingLayerError",
     "Reconstruction",
@@ -73,6 +75,7 @@ __all__ = [
     "best_match_psnr",
     "brightness_thresholds",
     "build_reconstruction_attack",
+    "client_block",
     "embedding_name",
     "final_linear_name",
     "idlg_label",
@@ -83,6 +86,7 @@ __all__ = [
     "observe_text_gradient",
     "observe_update",
     "plant_imprint",
+    "plant_loki",
     "psnr",
     "reconstruction_attack_descriptions",
     "recover_token_set",

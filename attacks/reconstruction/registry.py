@@ -6,7 +6,7 @@ hyper-parameters as keyword arguments.
 Examples
 --------
 >>> RECONSTRUCTION_ATTACKS.names()
-['dlg', 'idlg', 'imprint', 'inverting-fedavg', 'inverting-gradients', 'tag']
+['dlg', 'idlg', 'imprint', 'inverting-fedavg', 'inverting-gradients', 'loki', 'tag']
 >>> build_reconstruction_attack("dlg", iterations=10).iterations
 10
 >>> build_reconstruction_attack("dgl")  # doctest: +ELLIPSIS
@@ -23,6 +23,7 @@ from attacks.reconstruction.dlg import DLG
 from attacks.reconstruction.idlg import IDLG
 from attacks.reconstruction.imprint import ImprintAttack
 from attacks.reconstruction.inverting import InvertingFedAvg, InvertingGradients
+from attacks.reconstruction.loki import LokiAttack
 from attacks.reconstruction.text import TAG
 from fl_core.registry import Registry
 
@@ -45,6 +46,11 @@ _DESCRIPTIONS = {
     ImprintAttack: (
         "imprint",
         "malicious server: imprint module, exact inputs from bin differences (Fowl et al. 2022)",
+    ),
+    LokiAttack: (
+        "loki",
+        "malicious server: a per-client imprint block in each client's model, per-client inputs "
+        "from the secure aggregate (Zhao et al. 2024)",
     ),
     TAG: ("tag", "TAG: L2+L1 gradient matching on MiniLM input embeddings (Deng et al. 2021)"),
 }
