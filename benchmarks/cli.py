@@ -1,7 +1,8 @@
 """The ``flsec`` command line.
 
 Sub-commands: ``run`` (train a federation), ``list`` (what is registered),
-``bench ...`` (cost benchmarks, added by the packages that own them).
+``suite`` (attack-vs-defense suites), ``reproduce`` (paper reproductions with error bars
+and computed verdicts), ``bench ...`` (cost benchmarks, added by the packages that own them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from benchmarks import dp_study, list_cmd, recon, run_job
+from benchmarks.reproduce import run as reproduce_cli
 from benchmarks.suite import cli as suite_cli
 from fl_core.errors import FlsecError
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_job.register(sub)
     list_cmd.register(sub)
     suite_cli.register(sub)
+    reproduce_cli.register(sub)
     recon.register(sub)
     dp_study.register(sub)
     bench = sub.add_parser("bench", help="cost benchmarks (time, bytes, ratios against a floor)")

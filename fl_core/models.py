@@ -24,7 +24,7 @@ from torch import nn
 from fl_core.errors import ConfigError
 from fl_core.registry import Registry
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "build_model", "init_parameters"]
+__all__ = ["MLP", "MODELS", "LeNet5", "SmallCNN", "build_model", "init_parameters"]
 
 #: The models, by name; ``input_shape`` and ``num_classes`` come from the data, the
 #: other constructor parameters (with their defaults) from the user.
@@ -107,6 +107,38 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@MODELS.register(
+    "lenet5", description="LeNet-5 CNN (LeCun et al. 1998): conv 5x5 6, pool, conv 5x5 16, pool, FC 120, 84, classes"
+)
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun, Bottou, Bengio & Haffner, Proc. IEEE 1998) with ReLU and max-pooling.
+
+    ``C1``: 6 maps of 5x5 convolutions (padding 2, so a 28x28 input keeps the paper's 32x32
+    geometry), 2x2 max-pool; ``C3``: 16 maps of 5x5 convolutions, 2x2 max-pool; then fully
+    connected layers of 120 and 84 units and the output layer. The model of the FL robustness
+    papers on (Fashion-)MNIST-sized images. Needs images of at least 12x12 pixels.
+    """
+
+    def __init__(self, *, input_shape: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        c_in, h, w = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c_in, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        flat = 16 * ((h // 2 - 4) // 2) * ((w // 2 - 4) // 2)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def build_model(
     name: str, *, input_shape: Sequence[int], num_classes: int, generator: torch.Generator, **params: Any
 ) -> nn.Module:
@@ -138,6 +170,11 @@ def build_model(
     shape = tuple(int(s) for s in input_shape)
     if entry.obj is SmallCNN and (len(shape) != 3 or shape[1] < 4 or shape[2] < 4):
         raise ConfigError(f"model 'cnn' needs images (C, H, W) with H, W >= 4, got input_shape={shape}")
+    if entry.obj is LeNet5 and (len(shape) != 3 or shape[1] < 12 or shape[2] < 12):
+        raise ConfigError(
+            f"model 'lenet5' needs images (C, H, W) with H, W >= 12 (two 5x5 convolutions and two 2x2 pools), "
+            f"got input_shape={shape}; use 'cnn' or 'mlp' for smaller images such as digits (8x8)"
+        )
     # Build on the meta device so PyTorch's default initialisers do not draw from
     # (and advance) the global generator; then initialise from ``generator``.
     with torch.device("meta"):

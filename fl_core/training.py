@@ -87,8 +87,9 @@ class LocalTrainingConfig:
     ----------
     epochs : int
         Passes over the client's data (E in McMahan et al. 2017).
-    batch_size : int
-        Mini-batch size (B).
+    batch_size : int or None
+        Mini-batch size (B); ``None`` is full batch (B = the client's whole dataset, McMahan et al.
+        2017's ``B = inf``).
     lr : float
         Client learning rate.
     momentum : float
@@ -96,13 +97,14 @@ class LocalTrainingConfig:
     weight_decay : float
         L2 weight decay.
     max_steps : int or None
-        Stop after this many optimiser steps (None = all epochs).
+        Stop after this many optimiser steps (None = all epochs). ``max_steps=1`` is FedSGD
+        (McMahan et al., AISTATS 2017: one gradient step per client per round; see :meth:`fedsgd`).
     dp_sgd : DPSGDConfig or None
         Example-level DP-SGD through Opacus (None = plain SGD).
     """
 
     epochs: int = 1
-    batch_size: int = 32
+    batch_size: int | None = 32
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -112,7 +114,8 @@ class LocalTrainingConfig:
     def __post_init__(self) -> None:
         _set = object.__setattr__
         _set(self, "epochs", as_int("local epochs", self.epochs, minimum=1))
-        _set(self, "batch_size", as_int("batch_size", self.batch_size, minimum=1))
+        if self.batch_size is not None:
+            _set(self, "batch_size", as_int("batch_size", self.batch_size, minimum=1))
         _set(self, "lr", as_real("lr", self.lr, low=0.0, low_open=True))
         _set(self, "momentum", as_real("momentum", self.momentum, low=0.0, high=1.0, high_open=True))
         _set(self, "weight_decay", as_real("weight_decay", self.weight_decay, low=0.0))
@@ -120,6 +123,26 @@ class LocalTrainingConfig:
             _set(self, "max_steps", as_int("max_steps", self.max_steps, minimum=1))
         if self.dp_sgd is not None and not isinstance(self.dp_sgd, DPSGDConfig):
             raise ConfigError(f"dp_sgd must be a DPSGDConfig or None, got {type(self.dp_sgd).__name__}")
+        if self.dp_sgd is not None and self.batch_size is None:
+            raise ConfigError("DP-SGD samples Poisson batches of an expected size: give a batch_size, not None "
+                              "(full batch)")
+
+    @classmethod
+    def fedsgd(cls, *, lr: float, batch_size: int | None = None, weight_decay: float = 0.0) -> LocalTrainingConfig:
+        """FedSGD (McMahan et al., AISTATS 2017, Sec. 2): one gradient step per client per round.
+
+        The client's update is ``-lr * g`` with ``g`` the gradient on its whole dataset
+        (``batch_size=None``) or on one random mini-batch of ``batch_size``; the same training
+        loop runs it, stopped after its first step (``max_steps=1``, no momentum: a fresh
+        optimiser's first momentum step is the plain gradient step anyway).
+
+        Examples
+        --------
+        >>> c = LocalTrainingConfig.fedsgd(lr=0.1)
+        >>> c.max_steps, c.batch_size, c.epochs
+        (1, None, 1)
+        """
+        return cls(epochs=1, batch_size=batch_size, lr=lr, momentum=0.0, weight_decay=weight_decay, max_steps=1)
 
 
 class TrainingHook:
@@ -164,9 +187,10 @@ class LocalResult:
 
 
 def _batches(
-    data: ArrayDataset | TextDataset, batch_size: int, generator: torch.Generator, device: torch.device
+    data: ArrayDataset | TextDataset, batch_size: int | None, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[object, torch.Tensor]]:
     perm = torch.randperm(len(data), generator=generator)
+    batch_size = len(data) if batch_size is None else batch_size  # None: one full batch
     for start in range(0, len(data), batch_size):
         idx = perm[start : start + batch_size]
         if isinstance(data, TextDataset):
@@ -280,7 +304,7 @@ def _make_private(
     if not isinstance(data, ArrayDataset):
         raise ConfigError("DP-SGD local training supports image (ArrayDataset) clients only")
     dp = config.dp_sgd
-    assert dp is not None
+    assert dp is not None and config.batch_size is not None  # LocalTrainingConfig refuses DP-SGD with full batch
     base = DataLoader(TensorDataset(data.x, data.y), batch_size=min(config.batch_size, len(data)))
     sample_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
     noise_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))

@@ -27,7 +27,15 @@ from fl_core.pipeline import Pipeline
 from fl_core.rng import Stream, numpy_generator, torch_generator
 from fl_core.root_update import RootDatasetUpdate
 
-__all__ = ["CellRun", "attack_env", "build_cell", "build_defense", "instantiate_rule", "preflight_attacks"]
+__all__ = [
+    "CellRun",
+    "attack_env",
+    "build_cell",
+    "build_defense",
+    "instantiate_rule",
+    "local_config",
+    "preflight_attacks",
+]
 
 def attack_env(train: ArrayDataset | TextDataset) -> AttackEnv:
     """What an attack knows of the task: classes, image shape, the trigger's pixel value."""
@@ -54,6 +62,22 @@ def preflight_attacks(attacks: Sequence[ComponentSpec], setting: Setting, train:
             raise SuiteError(f"attacks[{i}]", f"attack {a.label!r} cannot be built: {exc}") from None
 
 
+def local_config(setting: Setting) -> LocalTrainingConfig:
+    """The clients' local training: FedSGD (one gradient step, McMahan et al. 2017) or local SGD epochs.
+
+    ``full_batch`` makes the batch the client's whole dataset.
+
+    Examples
+    --------
+    >>> local_config(Setting(fedsgd=True, full_batch=True, lr=0.1)).max_steps
+    1
+    """
+    batch = None if setting.full_batch else setting.batch_size
+    if setting.fedsgd:
+        return LocalTrainingConfig.fedsgd(lr=setting.lr, batch_size=batch)
+    return LocalTrainingConfig(epochs=setting.local_epochs, batch_size=batch, lr=setting.lr, momentum=setting.momentum)
+
+
 @dataclass
 class CellRun:
     federation: Federation
@@ -73,6 +97,7 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
         n_clients=setting.clients,
         alpha=setting.alpha,
         shards_per_client=setting.shards_per_client,
+        gamma=setting.gamma_similarity,
         generator=numpy_generator(seed, Stream.PARTITION),
     )
     malicious_fraction = 0.0 if cell.attack.name == "none" else setting.malicious_fraction
@@ -89,9 +114,7 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
         num_classes=train.num_classes,
         generator=torch_generator(seed, Stream.INIT),
     )
-    local = LocalTrainingConfig(
-        epochs=setting.local_epochs, batch_size=setting.batch_size, lr=setting.lr, momentum=setting.momentum
-    )
+    local = local_config(setting)
     # FLTrust's root dataset: root_size samples drawn from the training data (Cao et al. 2021)
     root_idx = numpy_generator(seed, Stream.USER, 2).choice(
         len(train), size=min(setting.root_size, len(train)), replace=False

@@ -1,14 +1,27 @@
-"""Render a suite's results: Markdown tables (mean +- std over seeds), heatmaps and accuracy curves.
+"""Render a suite's results: Markdown tables, heatmaps and accuracy curves, each with its uncertainty.
+
+Every figure over several seeds is the mean and a 95% Student-t confidence interval for it
+(``mean ± t_{0.975, n-1} s / sqrt(n)``, ``s`` the sample standard deviation with ``n - 1``
+degrees of freedom); one seed gives no interval ("± n/a"). Heatmaps print the half-width under
+each mean, curves show the interval as a band, and the report calls one defense better than
+another only where their intervals are disjoint ("separated"), "not separated" otherwise.
 
 Examples
 --------
->>> fmt_cell([0.9, 0.8])
-'0.850 ± 0.050'
+>>> fmt_cell([0.9, 0.8, 0.85])
+'0.850 ± 0.124'
+>>> fmt_cell([0.9])  # one seed: no interval (the report's header says so)
+'0.900'
+>>> compare([0.9, 0.91, 0.92], [0.5, 0.52, 0.51]).verdict
+'separated'
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +30,125 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy import stats
 
 from benchmarks.suite.runner import summarize
 from benchmarks.suite.spec import Setting
 from benchmarks.suite.store import ResultStore
 
-__all__ = ["fmt_cell", "render_report"]
+__all__ = ["CONFIDENCE", "Comparison", "Interval", "compare", "fmt_cell", "render_report", "t_interval"]
+
+#: The confidence level of every interval in reports and reproductions.
+CONFIDENCE = 0.95
+INTERVAL_NOTE = ("mean ± half-width of the 95% Student-t confidence interval over seeds (n - 1 degrees of "
+                 "freedom); ± n/a: one seed, no interval")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over ``n`` seeds and its two-sided Student-t confidence interval ``[low, high]``.
+
+    ``half`` is ``nan`` with one seed (no interval: ``low = high = mean``, shown as "n/a").
+    """
+
+    mean: float
+    half: float
+    n: int
+    level: float = CONFIDENCE
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half if math.isfinite(self.half) else self.mean
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half if math.isfinite(self.half) else self.mean
+
+    @property
+    def has_interval(self) -> bool:
+        return self.n >= 2 and math.isfinite(self.half)
+
+    def fmt(self, spec: str = ".3f", scale: float = 1.0) -> str:
+        """``mean ± half`` (times ``scale``), ``mean ± n/a`` with one seed."""
+        if not math.isfinite(self.mean):
+            return f"{self.mean}"
+        half = f"{self.half * scale:{spec}}" if self.has_interval else "n/a"
+        return f"{self.mean * scale:{spec}} ± {half}"
+
+
+def t_interval(values: Sequence[float], level: float = CONFIDENCE) -> Interval:
+    """Mean and Student-t confidence interval of ``values`` (one per seed).
+
+    ``half = t_{(1 + level) / 2, n - 1} * s / sqrt(n)`` with ``s`` the sample standard deviation
+    (``ddof = 1``); ``n = 1`` gives ``half = nan`` (no interval).
+
+    Raises
+    ------
+    ValueError
+        If ``values`` is empty or ``level`` is not in (0, 1).
+
+    Examples
+    --------
+    >>> iv = t_interval([1.0, 2.0, 3.0])  # s = 1, t_{0.975, 2} = 4.303
+    >>> round(iv.half, 4), iv.n
+    (2.4841, 3)
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    mean = float(x.mean())
+    if x.size == 1 or not np.isfinite(x).all():
+        return Interval(mean=mean, half=math.nan, n=int(x.size), level=level)
+    s = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + level) / 2, x.size - 1)) * s / math.sqrt(x.size)
+    return Interval(mean=mean, half=half, n=int(x.size), level=level)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two intervals compared: ``separated`` when they are disjoint (then ``higher`` is 'a' or 'b').
+
+    With one seed on either side there is no interval and the answer is "not separated".
+    """
+
+    a: Interval
+    b: Interval
+    verdict: str
+    higher: str | None
+
+    @property
+    def separated(self) -> bool:
+        return self.verdict == "separated"
+
+
+def compare(a: Sequence[float] | Interval, b: Sequence[float] | Interval) -> Comparison:
+    """Whether the 95% t-intervals of ``a`` and ``b`` are disjoint ("separated") or overlap ("not separated").
+
+    Examples
+    --------
+    >>> compare([1.0, 1.1, 0.9], [1.05, 1.0, 1.1]).verdict
+    'not separated'
+    """
+    ia = a if isinstance(a, Interval) else t_interval(a)
+    ib = b if isinstance(b, Interval) else t_interval(b)
+    if not (ia.has_interval and ib.has_interval):
+        return Comparison(ia, ib, "not separated", None)
+    if ia.low > ib.high:
+        return Comparison(ia, ib, "separated", "a")
+    if ib.low > ia.high:
+        return Comparison(ia, ib, "separated", "b")
+    return Comparison(ia, ib, "not separated", None)
 
 
 def fmt_cell(values: list[float], spec: str = ".3f") -> str:
-    """``mean ± std`` (population std over seeds), or ``n/a`` when there is nothing."""
+    """``mean ± half-width`` of the 95% t-interval over seeds; the bare value for one seed (no interval: the
+    report's header says "n/a" for it); ``n/a`` for none."""
     if not values:
         return "n/a"
-    if len(values) == 1 or not np.isfinite(values).all():
-        return f"{np.mean(values):{spec}}"
-    return f"{np.mean(values):{spec}} ± {np.std(values):{spec}}"
+    iv = t_interval(values)
+    return iv.fmt(spec) if iv.has_interval else f"{iv.mean:{spec}}"
 
 
 def _grid(results: list[dict[str, Any]], key: str) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
@@ -65,10 +182,12 @@ def _table(title: str, attacks, defenses, vals, spec: str = ".3f") -> str:
 def _heatmap_on(ax, fig, title: str, attacks, defenses, vals, cmap: str, vmin: float = 0.0, vmax: float = 1.0,
                 spec: str = ".2f") -> None:
     M = np.full((len(attacks), len(defenses)), np.nan)
+    H = np.full((len(attacks), len(defenses)), np.nan)  # interval half-widths
     for i, a in enumerate(attacks):
         for j, d in enumerate(defenses):
             if vals.get((a, d)):
-                M[i, j] = np.mean(vals[(a, d)])
+                iv = t_interval(vals[(a, d)])
+                M[i, j], H[i, j] = iv.mean, iv.half
     im = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(defenses)), defenses, rotation=35, ha="right")
     ax.set_yticks(range(len(attacks)), attacks)
@@ -76,10 +195,29 @@ def _heatmap_on(ax, fig, title: str, attacks, defenses, vals, cmap: str, vmin: f
     for i in range(len(attacks)):
         for j in range(len(defenses)):
             if not np.isnan(M[i, j]):
-                ax.text(j, i, f"{M[i, j]:{spec}}", ha="center", va="center", fontsize=8,
+                half = f"±{H[i, j]:{spec}}" if np.isfinite(H[i, j]) else "±n/a"
+                ax.text(j, i, f"{M[i, j]:{spec}}\n{half}", ha="center", va="center", fontsize=7,
                         color="white" if M[i, j] < mid else "black")  # both maps are dark at the low end
-    ax.set_title(title)
+    ax.set_title(f"{title}\n(mean, ± 95% t-interval over seeds)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
+
+
+def _ranking(title: str, attacks, defenses, vals, higher_is_better: bool = True) -> str:
+    """Per attack: the defenses by mean, and which of them the best one beats (disjoint intervals) or not."""
+    lines = [f"### {title}", "",
+             "One defense beats another only where their 95% t-intervals are disjoint (separated); "
+             "otherwise the data cannot tell them apart (not separated).", ""]
+    for a in attacks:
+        have = [d for d in defenses if vals.get((a, d))]
+        if len(have) < 2:
+            continue
+        order = sorted(have, key=lambda d: np.mean(vals[(a, d)]), reverse=higher_is_better)
+        best = order[0]
+        beaten = [d for d in order[1:] if compare(vals[(a, best)], vals[(a, d)]).separated]
+        tied = [d for d in order[1:] if d not in beaten]
+        lines.append(f"- **{a}**: {' > '.join(order)} (by mean); {best} beats "
+                     f"{', '.join(beaten) or 'none'} (separated); not separated from {', '.join(tied) or 'none'}.")
+    return "\n".join(lines) + "\n"
 
 
 def _heatmap(path: Path, title: str, attacks, defenses, vals, cmap: str, **kw) -> None:
@@ -122,12 +260,17 @@ def _curves(
             by_def[r["defense"]["label"]].append([x[key] for x in r["rounds"]])
     for d, runs in by_def.items():
         L = min(len(x) for x in runs)
-        acc = np.array([x[:L] for x in runs])
-        ax.plot(np.arange(1, L + 1), acc.mean(axis=0), label=d)
+        acc = np.array([x[:L] for x in runs], dtype=float)
+        x = np.arange(1, L + 1)
+        (line,) = ax.plot(x, acc.mean(axis=0), label=d)
+        if len(runs) >= 2:  # the 95% t-interval of each round's mean over seeds as a band
+            ivs = [t_interval(acc[:, k]) for k in range(L)]
+            ax.fill_between(x, [iv.low for iv in ivs], [iv.high for iv in ivs], color=line.get_color(), alpha=0.2,
+                            linewidth=0)
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
-    ax.set_title(f"attack: {attack}")
+    ax.set_title(f"attack: {attack} (bands: 95% t-interval over seeds)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -189,13 +332,16 @@ def render_report(out: str | Path) -> Path:
         + f"), {s['clients_per_round'] or s['clients']} per round, {s['rounds']} rounds, "
         f"{s['local_epochs']} local epoch(s), malicious fraction {s['malicious_fraction']} "
         f"({'omniscient' if s['omniscient'] else 'non-omniscient'}), seeds {seeds}. "
-        f"{len(results)} cells; values are mean ± std over seeds, after the last round.",
+        f"{len(results)} cells; values are after the last round, "
+        + (f"{INTERVAL_NOTE}." if len(seeds) > 1 else "one seed, so no interval: every interval is n/a "
+           "(run several seeds for the 95% t-interval), and no defense is called better than another."),
         "",
     ]
     a, d, acc = _grid(results, "final_accuracy")
     parts.append(_table("Main-task test accuracy", a, d, acc))
     _heatmap(out / "accuracy.png", "test accuracy", a, d, acc, "viridis")
     parts.append("![accuracy heatmap](accuracy.png)\n")
+    parts.append(_ranking("Defense ranking by accuracy", a, d, acc))
     a2, d2, asr = _grid(results, "final_asr")
     if asr:
         rows = [x for x in a2 if any((x, y) in asr for y in d2)]

@@ -35,7 +35,12 @@ class SuiteError(ConfigError):
 
 @dataclass(frozen=True)
 class Setting:
-    """The federation every cell of the suite runs."""
+    """The federation every cell of the suite runs.
+
+    ``fedsgd``: one gradient step per client per round (McMahan et al. 2017), on one mini-batch
+    of ``batch_size`` or, with ``full_batch``, on the client's whole dataset. ``gamma_similarity``
+    is the ``gamma`` of ``partition = "gamma"`` (1 = IID, 0 = sorted labels).
+    """
 
     dataset: str = "fashion-mnist"
     data_path: str | None = None
@@ -43,10 +48,13 @@ class Setting:
     partition: str = "dirichlet"
     alpha: float = 0.5
     shards_per_client: int = 2
+    gamma_similarity: float = 0.5
     clients: int = 10
     clients_per_round: int | None = None
     rounds: int = 10
     local_epochs: int = 1
+    fedsgd: bool = False
+    full_batch: bool = False
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
@@ -117,12 +125,19 @@ class Cell:
 
 @dataclass(frozen=True)
 class SuiteSpec:
+    """A parsed suite: its setting and grid; a reproduction also carries the paper's claims
+    (``paper``, a :class:`benchmarks.reproduce.paper.Paper`), a ``sweep`` of setting values
+    (each combination runs the grid once) and named ``scales`` (setting overrides, ``paper``)."""
+
     name: str
     description: str
     setting: Setting
     attacks: tuple[ComponentSpec, ...]
     defenses: tuple[ComponentSpec, ...]
     source: str
+    paper: Any = None
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         return [Cell(a, d, s) for s in self.setting.seeds for a in self.attacks for d in self.defenses]

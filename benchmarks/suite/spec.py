@@ -57,7 +57,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ __all__ = [
     "load_toml",
     "parse_grid",
     "parse_suite",
+    "variants",
 ]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -120,7 +121,16 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
             )
 
 
-def _parse_setting(raw: Any) -> Setting:
+def _parse_setting(raw: Any, where: str = "setting") -> Setting:
+    try:
+        return _parse_setting_at(raw)
+    except SuiteError as exc:
+        if where == "setting":
+            raise
+        raise SuiteError(f"{where} ({exc.key})", str(exc).split(": ", 1)[1]) from None
+
+
+def _parse_setting_at(raw: Any) -> Setting:
     if not isinstance(raw, dict):
         raise SuiteError("setting", "must be a table")
     _check_keys(raw, set(_SETTING_TYPES), "setting")
@@ -154,6 +164,21 @@ def _parse_setting(raw: Any) -> Setting:
         ("clients_per_round", 1 <= s.m <= s.clients, f"must be in [1, clients={s.clients}], got {s.m}"),
         ("rounds", s.rounds >= 1, f"must be >= 1, got {s.rounds}"),
         ("local_epochs", s.local_epochs >= 1, f"must be >= 1, got {s.local_epochs}"),
+        (
+            "local_epochs",
+            not s.fedsgd or s.local_epochs == 1,
+            f"fedsgd takes one gradient step per client per round: local_epochs must be 1, got {s.local_epochs}",
+        ),
+        (
+            "gamma_similarity",
+            0.0 <= s.gamma_similarity <= 1.0,
+            f"must be in [0, 1] (1 = IID, 0 = sorted labels), got {s.gamma_similarity}",
+        ),
+        (
+            "gamma_similarity",
+            "gamma_similarity" not in raw or s.partition == "gamma",
+            f"applies to partition = 'gamma' only, the partition is {s.partition!r}",
+        ),
         ("batch_size", s.batch_size >= 1, f"must be >= 1, got {s.batch_size}"),
         ("lr", math.isfinite(s.lr) and s.lr > 0, f"must be a finite number > 0, got {s.lr}"),
         (
@@ -386,7 +411,9 @@ def parse_grid(raw: Mapping[str, Any]) -> tuple[tuple[ComponentSpec, ...], tuple
 def parse_suite(text: str, *, source: str = "<string>") -> SuiteSpec:
     """Parse and fully validate a suite; raises :class:`SuiteError` naming the offending key."""
     raw, name = load_toml(
-        text, source=source, allowed={"name", "kind", "description", "setting", "attacks", "defenses"}
+        text,
+        source=source,
+        allowed={"name", "kind", "description", "setting", "attacks", "defenses", "paper", "sweep", "scale"},
     )
     if "kind" in raw:
         hint = " (an FM suite: benchmarks.fm.spec.parse_fm_suite reads it; flsec suite run does)"
@@ -399,14 +426,126 @@ def parse_suite(text: str, *, source: str = "<string>") -> SuiteSpec:
         _validate_attack(a, f"attacks[{i}]")
     for i, d in enumerate(defenses):
         _validate_defense(d, f"defenses[{i}]", setting)
-    return SuiteSpec(
+    sweep = _parse_sweep(raw.get("sweep", {}), raw.get("setting", {}))
+    scales = _parse_scales(raw.get("scale", {}), raw.get("setting", {}))
+    spec = SuiteSpec(
         name=name,
         description=str(raw.get("description", "")),
         setting=setting,
         attacks=attacks,
         defenses=defenses,
         source=text,
+        sweep=sweep,
+        scales=scales,
     )
+    # every combination of the sweep, at every scale, must run (a scale's device is checked when it is chosen)
+    cpu = replace(spec, scales={k: {kk: vv for kk, vv in v.items() if kk != "device"} for k, v in scales.items()})
+    for scale in (None, *scales):
+        for _, sub in variants(cpu, scale=scale):
+            if sub.setting != setting:
+                for i, d in enumerate(defenses):
+                    _validate_defense(d, f"defenses[{i}] at {_variant_label(sub, scale)}", sub.setting)
+    if "paper" in raw:
+        from benchmarks.reproduce.paper import parse_paper
+
+        coords: dict[str, list[Any]] = {"attack": [a.label for a in attacks], "defense": [d.label for d in defenses]}
+        coords |= {k: list(v) for k, v in sweep}
+        paper = parse_paper(raw["paper"], coordinates=coords)
+        if len(setting.seeds) < 3:
+            raise SuiteError("setting.seeds", f"a reproduction runs at least 3 seeds by default, "
+                                              f"got {list(setting.seeds)}")
+        spec = replace(spec, paper=paper)
+    elif sweep or scales:
+        raise SuiteError("sweep" if sweep else "scale",
+                         "sweeps and scales belong to reproductions: add a [paper] table")
+    return spec
+
+
+def _variant_label(spec: SuiteSpec, scale: str | None) -> str:
+    keys = [k for k, _ in spec.sweep]
+    label = ", ".join(f"{k}={getattr(spec.setting, k)}" for k in keys) or "the setting"
+    return f"{label}{f' (scale {scale})' if scale else ''}"
+
+
+def _parse_sweep(raw: Any, base: Mapping[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``[sweep]``: setting keys to lists of values; the grid runs once per combination."""
+    if not isinstance(raw, dict):
+        raise SuiteError("sweep", f"must be a table of setting keys to lists of values, got {raw!r}")
+    out = []
+    for k, v in raw.items():
+        if k not in _SETTING_TYPES or k == "seeds":
+            raise SuiteError(f"sweep.{k}", f"not a setting key that can be swept; valid: "
+                                           f"{', '.join(sorted(set(_SETTING_TYPES) - {'seeds'}))}")
+        if not isinstance(v, list) or not v or len(set(map(repr, v))) != len(v):
+            raise SuiteError(f"sweep.{k}", f"must be a non-empty list of distinct values, got {v!r}")
+        for x in v:
+            _parse_setting({**base, k: x}, where=f"sweep.{k}={x!r}")
+        out.append((k, tuple(v)))
+    return tuple(out)
+
+
+def _parse_scales(raw: Any, base: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``[scale.NAME]``: setting overrides for another scale (``paper``: the paper's setting, for a GPU)."""
+    if not isinstance(raw, dict):
+        raise SuiteError("scale", f"must be a table of [scale.NAME] tables, got {raw!r}")
+    out = {}
+    for name, over in raw.items():
+        if name == "small":
+            raise SuiteError("scale.small", "the small scale is the [setting] itself; name other scales only")
+        if not isinstance(over, dict):
+            raise SuiteError(f"scale.{name}", f"must be a table of setting overrides, got {over!r}")
+        # the device is checked when the scale is chosen: a file may name CUDA for a GPU machine
+        _parse_setting({**base, **{k: v for k, v in over.items() if k != "device"}}, where=f"scale.{name}")
+        out[name] = dict(over)
+    return out
+
+
+def variants(
+    spec: SuiteSpec, *, scale: str | None = None, seeds: Sequence[int] | None = None
+) -> list[tuple[dict[str, Any], SuiteSpec]]:
+    """The suites a (reproduction) suite runs: one per combination of its ``[sweep]``, at ``scale``.
+
+    Each comes with its sweep coordinates; its ``source`` names the variant, scale and seeds, so
+    each runs in its own results directory. A suite without a sweep gives itself (with the scale
+    and seeds applied).
+
+    Raises
+    ------
+    SuiteError
+        If ``scale`` is not ``small`` nor one of the file's ``[scale.NAME]`` tables, or ``seeds`` is bad.
+    """
+    import itertools
+
+    over: dict[str, Any] = {}
+    if scale not in (None, "small"):
+        if scale not in spec.scales:
+            raise SuiteError("--scale", f"unknown scale {scale!r}; valid: small, {', '.join(spec.scales) or '(none)'}")
+        over = dict(spec.scales[scale])
+        if "device" in over:
+            try:
+                resolve_device(over["device"])
+            except FlsecError as exc:
+                raise SuiteError(f"scale.{scale}.device", str(exc)) from None
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise SuiteError("--seeds", f"must be distinct non-negative integers, got {seeds}")
+    keys = [k for k, _ in spec.sweep]
+    out = []
+    for combo in itertools.product(*[v for _, v in spec.sweep]) if spec.sweep else [()]:
+        coords = dict(zip(keys, combo, strict=True))
+        values = {**over, **coords}
+        if "seeds" in values:
+            values["seeds"] = tuple(values["seeds"])
+        if seeds is not None:
+            values["seeds"] = tuple(seeds)
+        setting = replace(spec.setting, **values) if values else spec.setting
+        tag = ", ".join(f"{k}={v!r}" for k, v in coords.items())
+        source = spec.source
+        if values:
+            source += f"\n# variant: {tag or '-'}; scale {scale or 'small'}; seeds {list(setting.seeds)}\n"
+        out.append((coords, replace(spec, setting=setting, source=source)))
+    return out
 
 
 def load_suite(path_or_name: str | Path) -> SuiteSpec:

@@ -13,6 +13,11 @@ every sample exactly once.
   ``n * shards_per_client`` equal shards, give each client ``shards_per_client``
   random shards, so each client sees at most that many classes (up to shard
   boundaries).
+* Gamma-similarity (the ByzFL library's ``DataDistributor`` scheme ``gamma_similarity_niid``,
+  EPFL LPD, used by its benchmark heatmaps; Allouah et al., AISTATS 2023): a fraction ``gamma``
+  of the samples is dealt IID, the other ``1 - gamma`` is sorted by label and cut into
+  ``n`` contiguous blocks, one per client. ``gamma = 1`` is IID, ``gamma = 0`` sorted labels
+  (each client holds one or two neighbouring classes).
 
 Examples
 --------
@@ -32,7 +37,14 @@ import numpy as np
 from fl_core.errors import PartitionError
 from fl_core.registry import Registry
 
-__all__ = ["PARTITIONS", "dirichlet_partition", "iid_partition", "partition", "shard_partition"]
+__all__ = [
+    "PARTITIONS",
+    "dirichlet_partition",
+    "gamma_similarity_partition",
+    "iid_partition",
+    "partition",
+    "shard_partition",
+]
 
 #: The partition schemes, by name; ``labels``, ``n_clients`` and ``generator`` come
 #: from the caller, the scheme's own parameters (with their defaults) from the user.
@@ -132,6 +144,55 @@ def shard_partition(
     return [np.sort(np.concatenate([shards[s] for s in row])) for row in assignment]
 
 
+@PARTITIONS.register(
+    "gamma", description="ByzFL's gamma-similarity: a gamma share dealt IID, the rest sorted (1 = IID, 0 = sorted)"
+)
+def gamma_similarity_partition(
+    labels: np.ndarray, *, n_clients: int, generator: np.random.Generator, gamma: float = 0.5
+) -> list[np.ndarray]:
+    """Gamma-similarity partition (ByzFL's ``gamma_similarity_niid``, as in its ``DataDistributor``).
+
+    The samples are shuffled; the first ``floor(gamma * N)`` are split IID into ``n_clients``
+    near-equal parts, the rest are sorted by label (stable) and cut into ``n_clients``
+    contiguous near-equal blocks; client ``i`` gets the ``i``-th part of each.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        One label per sample (1-D).
+    n_clients : int
+        Number of clients ``n``.
+    generator : numpy.random.Generator
+        Draws the shuffle.
+    gamma : float
+        Similarity in ``[0, 1]``: 1 = IID, 0 = sorted labels.
+
+    Raises
+    ------
+    PartitionError
+        If ``gamma`` is not a number in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> y = np.repeat(np.arange(4), 10)
+    >>> parts = gamma_similarity_partition(y, n_clients=4, gamma=0.0, generator=np.random.default_rng(0))
+    >>> [sorted(set(y[p].tolist())) for p in parts]
+    [[0], [1], [2], [3]]
+    """
+    labels = _check_common(labels, n_clients)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating, np.integer)) or not (
+        0.0 <= float(gamma) <= 1.0
+    ):
+        raise PartitionError(f"gamma-similarity gamma must be a number in [0, 1] (1 = IID, 0 = sorted), got {gamma!r}")
+    perm = generator.permutation(len(labels))
+    k = int(len(labels) * float(gamma))
+    iid = np.array_split(perm[:k], n_clients)
+    rest = perm[k:]
+    sorted_rest = rest[np.argsort(labels[rest], kind="stable")]
+    niid = np.array_split(sorted_rest, n_clients)
+    return [np.sort(np.concatenate([a, b])) for a, b in zip(iid, niid, strict=True)]
+
+
 def partition(
     labels: np.ndarray,
     *,
@@ -140,11 +201,12 @@ def partition(
     generator: np.random.Generator,
     alpha: float | None = None,
     shards_per_client: int | None = None,
+    gamma: float | None = None,
     **params: Any,
 ) -> list[np.ndarray]:
     """Partition by scheme name (one of :data:`PARTITIONS`).
 
-    ``alpha`` (``dirichlet``) and ``shards_per_client`` (``shards``) may be given
+    ``alpha`` (``dirichlet``), ``shards_per_client`` (``shards``) and ``gamma`` (``gamma``) may be given
     for any scheme, so a caller can pass its settings through; a scheme that does
     not take one ignores it, and ``None`` keeps the scheme's default. Any other
     ``params`` are the scheme's own and are validated against its signature.
@@ -159,6 +221,6 @@ def partition(
         If the parameters are out of range.
     """
     takes = {p.name for p in PARTITIONS.parameters(scheme)}
-    shared = {"alpha": alpha, "shards_per_client": shards_per_client}
+    shared = {"alpha": alpha, "shards_per_client": shards_per_client, "gamma": gamma}
     params.update({k: v for k, v in shared.items() if v is not None and k in takes})
     return PARTITIONS.make(scheme, labels=labels, n_clients=n_clients, generator=generator, **params)

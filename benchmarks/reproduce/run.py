@@ -1,0 +1,272 @@
+"""``flsec reproduce NAME|all``: run paper reproductions, compute their verdicts, write their reports.
+
+A reproduction is the built-in suite ``benchmarks/suites/repro-NAME.toml``: a suite with a
+``[paper]`` table (see :mod:`benchmarks.reproduce.paper`), optionally a ``[sweep]`` of setting
+values (the grid runs once per combination) and ``[scale.paper]`` overrides (the paper's
+setting, for a GPU or a cluster). Each variant runs as an ordinary suite in its own results
+directory (resumable, with its own report); then the claims are evaluated on all the cells
+(:func:`benchmarks.reproduce.verdict.evaluate`) and ``OUT/reproduction.md`` and
+``OUT/verdict.json`` are written, with the command, commit, seeds, wall time and load average.
+:func:`write_docs` turns the ``verdict.json`` files of runs into ``docs/reproductions.md``.
+
+Examples
+--------
+>>> "ndss21" in reproduction_names() and "byzfl-heatmap" in reproduction_names()
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from benchmarks.reproduce.verdict import Verdict, evaluate
+from benchmarks.suite.report import INTERVAL_NOTE, render_report
+from benchmarks.suite.runner import run_suite
+from benchmarks.suite.schema import SuiteError, SuiteSpec
+from benchmarks.suite.spec import BUILTIN_DIR, load_suite, variants
+
+__all__ = ["load_reproduction", "register", "reproduction_names", "run_reproduction", "write_docs"]
+
+log = logging.getLogger(__name__)
+PREFIX = "repro-"
+
+
+def reproduction_names() -> list[str]:
+    """The built-in reproductions (``benchmarks/suites/repro-NAME.toml``), by NAME."""
+    return sorted(p.stem[len(PREFIX):] for p in BUILTIN_DIR.glob(f"{PREFIX}*.toml"))
+
+
+def load_reproduction(name: str) -> SuiteSpec:
+    """The reproduction ``name`` (a built-in NAME or a suite file with a ``[paper]`` table).
+
+    Raises
+    ------
+    SuiteError
+        If there is no such reproduction, or the file has no ``[paper]`` table.
+    """
+    path = Path(name)
+    if not path.is_file():
+        path = BUILTIN_DIR / f"{PREFIX}{name}.toml"
+        if not path.is_file():
+            raise SuiteError(name, f"no such reproduction; built-in: {', '.join(reproduction_names())}")
+    spec = load_suite(path)
+    if spec.paper is None:
+        raise SuiteError(str(path), "is a suite without a [paper] table, not a reproduction")
+    return spec
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "fl_core", "attacks",
+                                "defenses", "secure_agg", "benchmarks"], cwd=root, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return sha + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _variant_dir(coords: dict[str, Any]) -> str:
+    if not coords:
+        return "grid"
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(f"{k}={v}" for k, v in coords.items()))
+
+
+def _flat(results: list[dict[str, Any]], coords: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"attack": r["attack"]["label"], "defense": r["defense"]["label"], **coords, "seed": r["seed"],
+             "accuracy": r["summary"]["final_accuracy"], "asr": r["summary"].get("final_asr")} for r in results]
+
+
+def run_reproduction(
+    name: str,
+    *,
+    scale: str = "small",
+    seeds: list[int] | None = None,
+    out: str | Path | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) one reproduction and write its verdict; returns the ``verdict.json`` record."""
+    spec = load_reproduction(name)
+    subs = variants(spec, scale=scale, seeds=seeds)  # checks scale and seeds before any work
+    out = Path(out) if out is not None else Path("runs") / "reproduce" / f"{spec.name}-{scale}"
+    console = console or Console(stderr=True)
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    cells: list[dict[str, Any]] = []
+    for coords, sub in subs:
+        where = out / _variant_dir(coords) if spec.sweep else out
+        console.print(f"[bold]{spec.name}[/] {coords or ''}: {len(sub.cells())} cells in {where}")
+        results = run_suite(sub, out=where, progress=progress, console=console)
+        render_report(where)
+        cells += _flat(results, coords)
+    seconds = time.perf_counter() - t0
+    load1 = os.getloadavg()
+    assert spec.paper is not None
+    verdict = evaluate(spec.paper, cells, attacks=[a.label for a in spec.attacks])
+    s = subs[0][1].setting
+    training = (("FedSGD full batch" if s.full_batch else f"FedSGD batch {s.batch_size}") if s.fedsgd
+                else f"{s.local_epochs} local epoch(s)")
+    record = {
+        "name": spec.name,
+        "scale": scale,
+        "paper": {"source": spec.paper.source, "figure": spec.paper.figure, "summary": spec.paper.summary,
+                  "values": spec.paper.values, "differences": spec.paper.differences},
+        "setting": f"{s.dataset}, {s.model}, {s.clients} clients ({s.partition}), {s.rounds} rounds, "
+                   f"{training}, "
+                   f"malicious fraction {s.malicious_fraction}"
+                   + (f"; sweep {', '.join(f'{k} in {list(v)}' for k, v in spec.sweep)}" if spec.sweep else ""),
+        "seeds": list(s.seeds),
+        "cells": len(cells),
+        "command": command or f"flsec reproduce {name} --scale {scale}",
+        "commit": _commit(),
+        "threads": threads,
+        "seconds": seconds,
+        "cell_seconds": None,
+        "loadavg_start": list(load0),
+        "loadavg_end": list(load1),
+        **verdict.to_json(),
+    }
+    record["cell_seconds"] = _cell_seconds(out)
+    (out / "verdict.json").write_text(json.dumps(record, indent=2))
+    (out / "reproduction.md").write_text(render_reproduction(record, verdict))
+    console.print(f"[bold]{spec.name}[/]: {verdict.verdict} ({verdict.gap}); report {out / 'reproduction.md'}")
+    return record
+
+
+def _cell_seconds(out: Path) -> float:
+    """Total seconds the finished cells took to run (their own timers: a resumed run counts every cell once)."""
+    total = 0.0
+    for p in out.rglob("cells/*.json"):
+        try:
+            total += float(json.loads(p.read_text()).get("seconds", 0.0))
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def render_reproduction(record: dict[str, Any], verdict: Verdict) -> str:
+    """The report section "paper vs flsec" of one reproduction."""
+    p = record["paper"]
+    lines = [f"# Reproduction: {record['name']} ({record['scale']} scale)", "",
+             "## paper vs flsec", "",
+             f"**Paper**: {p['source']}, {p['figure']}. {p['summary']}", "",
+             f"**flsec**: {record['setting']}; seeds {record['seeds']}; {record['cells']} cells; "
+             f"{record['seconds'] / 60:.1f} min wall ({record['cell_seconds'] / 60:.1f} min in cells), "
+             f"load average {record['loadavg_start'][0]:.2f} at start, {record['loadavg_end'][0]:.2f} at end; "
+             f"commit {record['commit']}; command `{record['command']}`.", "",
+             f"**Verdict: {verdict.verdict}.** {verdict.gap}."
+             + (f" Known differences from the paper's setting: {p['differences']}" if p.get("differences") else ""),
+             "",
+             f"Figures: {INTERVAL_NOTE}. An ordering holds when the higher side's mean is above the lower side's; "
+             "it is separated when the two intervals are disjoint.", ""]
+    for r in verdict.claims:
+        c = r.claim
+        lines += [f"### {c.text or c.kind} ({c.metric})", "", r.summary() + ".", ""]
+        if c.kind == "ordering":
+            lines += ["| higher | flsec | lower | flsec | status |", "|---|---|---|---|---|"]
+            lines += [f"| {x['higher']} | {x['interval'].fmt()} | {x['lower']} | {x['other'].fmt()} | {x['status']} |"
+                      for x in r.rows]
+        else:
+            lines += ["| group | flsec | paper range | status |", "|---|---|---|---|"]
+            lines += [f"| {x['group']} | {x['interval'].fmt()} | [{c.low:g}, {c.high:g}] | {x['status']} |"
+                      for x in r.rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _figure_cell(rec: dict[str, Any]) -> str:
+    parts = []
+    for c in rec["claims"]:
+        if c["kind"] == "range":
+            rows = "; ".join(f"{x['group']}: {x['interval']['mean']:.3f} ± "
+                             f"{'n/a' if x['interval']['half'] is None else format(x['interval']['half'], '.3f')}"
+                             for x in c["rows"])
+            parts.append(f"{c['metric']}: {rows}")
+        else:
+            parts.append(c["summary"])
+    return "<br>".join(parts)
+
+
+def write_docs(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write the reproductions table (one row per ``verdict.json`` record) to ``path``."""
+    path = Path(path)
+    lines = ["# Reproductions", "",
+             "Generated by `flsec reproduce NAME --docs docs/reproductions.md` from measured runs only: every "
+             "figure and verdict below is computed from the run's cells (mean ± half-width of the 95% Student-t "
+             "interval over seeds). Verdicts: *reproduced* (every claimed ordering holds with separated intervals "
+             "and every figure is within the paper's range), *ordering only* (the orderings hold by their means, "
+             "the magnitudes or the separation differ), *not reproduced* (a claimed ordering fails).", "",
+             "| reproduction | paper figure | flsec figure (mean ± 95% t-interval) | seeds | command | commit | time "
+             "(load) | verdict | explanation |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["name"], r["scale"])):
+        p = r["paper"]
+        lines.append(
+            f"| {r['name']} ({r['scale']}) | {p['source']}, {p['figure']}: {p['summary']} | {r['setting']}.<br>"
+            f"{_figure_cell(r)} | {r['seeds']} | `{r['command']}` | {r['commit']} | {r['seconds'] / 60:.1f} min "
+            f"(load {r['loadavg_start'][0]:.2f}-{r['loadavg_end'][0]:.2f}, threads {r['threads']}) | "
+            f"**{r['verdict']}** | {r['gap']}"
+            + (f". Setting differences: {p['differences']}" if p.get("differences") else "") + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    names = ", ".join(reproduction_names())
+    p = subparsers.add_parser(
+        "reproduce", help="paper reproductions with error bars and computed verdicts (NAME or all)",
+        description=f"Run paper reproductions ({names}, or all): each is a suite carrying the paper's figure; the "
+        "report compares paper and flsec with 95%% t-intervals and a verdict computed from the run. Resumes.")
+    p.add_argument("name", help=f"a reproduction ({names}), all, or a suite file with a [paper] table")
+    p.add_argument("--scale", default="small", metavar="SCALE",
+                   help="small (default: minutes on a laptop CPU) or paper (the paper's setting: a GPU or a cluster)")
+    p.add_argument("--seeds", default=None, metavar="S,S,...", help="override the seeds (default: the file's, >= 3)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default runs/reproduce/NAME-SCALE)")
+    p.add_argument("--docs", type=Path, default=None, metavar="PATH",
+                   help="also (re)write this reproductions table (docs/reproductions.md) from every verdict.json "
+                   "under runs/reproduce and the runs done now")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from benchmarks.cli_args import comma_ints
+    from benchmarks.threads import apply_threads
+
+    seeds = comma_ints(args.seeds) if args.seeds else None
+    names = reproduction_names() if args.name == "all" else [args.name]
+    if args.name == "all" and args.out is not None:
+        raise SuiteError("--out", "give no --out with all: each reproduction writes runs/reproduce/NAME-SCALE")
+    for n in names:  # validate every file, scale and seed list before any work
+        variants(load_reproduction(n), scale=args.scale, seeds=seeds)
+    apply_threads(args.threads)
+    console = Console(stderr=True)
+    records = []
+    for n in names:
+        cmd = "flsec reproduce " + " ".join(shlex.quote(a) for a in [n, *sys.argv[3:]]) if len(sys.argv) > 2 else None
+        records.append(run_reproduction(n, scale=args.scale, seeds=seeds, out=args.out, console=console,
+                                        command=cmd, threads=args.threads))
+    if args.docs is not None:
+        found = {(r["name"], r["scale"]): r for r in
+                 (json.loads(p.read_text()) for p in sorted(Path("runs/reproduce").glob("*/verdict.json")))}
+        found |= {(r["name"], r["scale"]): r for r in records}
+        console.print(f"reproductions table: {write_docs(list(found.values()), args.docs)}")
+    return 0
