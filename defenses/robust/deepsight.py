@@ -39,6 +39,7 @@ from fl_core.params import flatten_params, unflatten_like
 
 __all__ = [
     "DeepSight",
+    "accepted_clusters",
     "cluster_distances",
     "division_differences",
     "ensemble_clusters",
@@ -205,6 +206,27 @@ def ensemble_clusters(
     merged += _features_distances(c, min_cluster_size)
     merged += np.mean([_features_distances(x, min_cluster_size) for x in ddifs], axis=0)
     return _hdbscan(merged / 3.0, precomputed=True, min_cluster_size=min_cluster_size)
+
+
+def accepted_clusters(labels: np.ndarray, suspicious: np.ndarray, tau: float) -> np.ndarray:
+    """``(n,)`` bool: the models of the clusters whose fraction of suspicious models is below ``tau``
+    (DeepSight, Algorithm 1); a noise point (label ``-1``) is a cluster of its own.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.array([0, 0, 0, 0, 1, 1, -1, -1])
+    >>> suspicious = np.array([True, False, False, False, True, False, True, False])
+    >>> accepted_clusters(labels, suspicious, 1 / 3).tolist()   # 1/4 < 1/3 accepted, 1/2 not; noise by itself
+    [True, True, True, True, False, False, False, True]
+    """
+    accepted = np.zeros(labels.shape[0], dtype=bool)
+    groups = [labels == lab for lab in np.unique(labels[labels >= 0])]
+    groups += [np.arange(labels.shape[0]) == i for i in np.flatnonzero(labels < 0)]
+    for members in groups:
+        if suspicious[members].mean() < tau:
+            accepted[members] = True
+    return accepted
 
 
 def _output_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Linear]:
@@ -406,12 +428,8 @@ class DeepSight(RobustAggregator):
         labels = np.empty(n, dtype=np.int64)
         labels[order] = ensemble_clusters(dist, c_np[order], [x[order] for x in ddifs],
                                           min_cluster_size=self.min_cluster_size)
-        accepted = np.zeros(n, dtype=bool)
-        groups = [np.flatnonzero(labels == lab) for lab in np.unique(labels[labels >= 0])]
-        groups += [np.array([i]) for i in np.flatnonzero(labels < 0)]
-        for members in groups:
-            if suspicious[members].mean() < self.tau:
-                accepted[members] = True
+        accepted = accepted_clusters(labels, suspicious, self.tau)
+        clusters = np.unique(labels[labels >= 0]).size + int((labels < 0).sum())
         kept = torch.as_tensor(accepted, device=updates.device)
         norms = row_norms(updates)
         s_t = column_median(sort_columns(norms[:, None]))[0]
@@ -424,7 +442,7 @@ class DeepSight(RobustAggregator):
         metrics = {
             "accepted": float(count),
             "suspicious": float(suspicious.sum()),
-            "clusters": float(len(groups)),
+            "clusters": float(clusters),
             "S_t": float(s_t),
         }
         return AggregationResult(aggregate=agg, kept=kept, scores=te.to(WIDE), metrics=metrics)
