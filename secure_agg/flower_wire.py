@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secure_agg.crypto import CHANNEL_KEY_BYTES
 
-__all__ = ["ACTION", "CONFIG_FLAG", "MESSAGE_TYPE", "RECORD", "STAGES", "STATE_KEY", "channel_key"]
+__all__ = ["ACTION", "CONFIG_FLAG", "MESSAGE_TYPE", "RECORD", "STAGES", "STATE_KEY", "TWO_SERVER_FLAG",
+           "TWO_SERVER_RECORD", "channel_key"]
 
 #: The ClientApp action the protocol's messages go to (``@app.train(ACTION)``).
 ACTION = "flsec_secagg"
@@ -46,6 +47,16 @@ STATE_KEY = "flsec-secagg-state"
 STAGES = ("setup", "keys", "shares", "unmask")
 #: Optional node config: the ServerApp's X25519 public key (hex) the node accepts, nothing else.
 PIN_KEY = "flsec-server-public-key"
+
+# Two-server rounds (:mod:`secure_agg.flower_twoserver`): one train message, one reply, no stages.
+#: Train config flag of a two-server round; the config also carries the keys and the cohort below.
+TWO_SERVER_FLAG = "flsec-two-server-round"
+#: Train config: S0's and S1's X25519 public keys, the fixed point, the sampled node ids (little-endian u64).
+S0_KEY, S1_KEY, FRAC_BITS_KEY, NODES_KEY = "flsec-2s-s0", "flsec-2s-s1", "flsec-2s-frac-bits", "flsec-2s-nodes"
+#: The reply's ConfigRecord: the node's round key and its two sealed shares.
+TWO_SERVER_RECORD = "flsec-two-server"
+#: Optional node config: S1's X25519 public key (hex) the node accepts, nothing else.
+PIN_S1_KEY = "flsec-s1-public-key"
 
 
 def channel_key(own: X25519PrivateKey, peer_public: bytes, *, run_id: int, round_id: int, node_id: int) -> bytes:

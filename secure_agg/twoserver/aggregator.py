@@ -43,6 +43,9 @@ class GeometricMean(GeometricRule, Aggregator):
     def geometry_needs(self) -> Needs:
         return Needs.NORMS
 
+    def __repr__(self) -> str:  # stable: S1 compares its rule with S0's by repr
+        return "GeometricMean()"
+
     def decide(self, geometry: Geometry, weights: torch.Tensor, ctx: RoundContext | None) -> Decision:
         w = weights.to(torch.float64)
         coef = torch.cat([w / w.sum(), torch.zeros(geometry.r, dtype=torch.float64)])

@@ -33,7 +33,7 @@ from fl_core.geometry import supports_geometry
 from secure_agg.twoserver.client import ShareClient
 from secure_agg.twoserver.dealer import Dealer
 from secure_agg.twoserver.params import DEALER, SERVERS, Party, TwoServerParams
-from secure_agg.twoserver.server import ServerOutcome, ShareServer
+from secure_agg.twoserver.server import ServerOutcome, ShareServer, online_steps
 
 __all__ = ["Network", "RoundCost", "TwoServerRound"]
 
@@ -156,13 +156,8 @@ class TwoServerRound:
     @staticmethod
     def _online(servers: list[ShareServer], cost: RoundCost,
                 network: Network | None) -> tuple[ServerOutcome, ServerOutcome]:
-        opens = [(ShareServer.openings_frame, ShareServer.receive_openings)] * servers[0].opening_steps
-        steps = [(ShareServer.survivors_frame, ShareServer.agree), *opens,
-                 (ShareServer.validation_frame, ShareServer.receive_validation),
-                 (ShareServer.geometry_frame, ShareServer.receive_geometry),
-                 (ShareServer.aggregate_frame, ShareServer.finish)]
         outcomes: list = [None, None]
-        for send, receive in steps:
+        for _, send, receive in online_steps(servers[0].opening_steps):
             sent = [send(s) for s in servers]
             for k in range(2):
                 cost.peer_bytes[k] += len(sent[k])

@@ -22,9 +22,11 @@ symmetric ring product online, ``A_0 A_0^T`` offline), S1 ``E A_1^T + A_1 E^T + 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -69,7 +71,7 @@ from secure_agg.twoserver.ring import (
     truncate,
 )
 
-__all__ = ["ServerOutcome", "ShareServer", "Stage", "triple_tags"]
+__all__ = ["ServerOutcome", "ShareServer", "Stage", "decision_digest", "online_steps", "triple_tags"]
 
 logger = logging.getLogger(__name__)
 PEER_PURPOSE = b"2s-peer"
@@ -149,12 +151,17 @@ class ShareServer:
         Count the clients rejected for their norm among the rule's ``f`` (the rule then
         decides with ``f - rejected``, :meth:`~fl_core.geometry.GeometricRule.excluding`):
         right when ``bound`` is above every honest norm, as the protocol assumes.
+    references : np.ndarray, optional
+        ``(r, d)`` public reference vectors to use instead of ``rule.references(d, ctx)``
+        (S1 in another process gets S0's, e.g. FLTrust's root update).
     """
 
     def __init__(self, *, index: int, party: Party, peer_public: bytes, dealer_public: bytes,
                  client_publics: dict[int, bytes], round_id: int, params: TwoServerParams, rule: Aggregator,
-                 ctx: RoundContext | None, noise: np.random.Generator, rejected_are_byzantine: bool = True) -> None:
+                 ctx: RoundContext | None, noise: np.random.Generator, rejected_are_byzantine: bool = True,
+                 references: np.ndarray | None = None) -> None:
         self.index, self.party, self.params, self.rule, self.ctx = index, party, params, rule, ctx
+        self._given_refs = references
         self.rejected_are_byzantine = rejected_are_byzantine
         self.peer = SERVERS[1 - index]
         self.round_id, self.noise = round_id, noise
@@ -430,7 +437,10 @@ class ShareServer:
             self.stage = Stage.VALIDATE
 
     def _reference_shares(self) -> None:
-        self._refs = self.rule.references(self.params.d, self.ctx).to(torch.float64).cpu().numpy()  # type: ignore
+        if self._given_refs is not None:
+            self._refs = np.asarray(self._given_refs, dtype=np.float64).reshape(-1, self.params.d)
+        else:
+            self._refs = self.rule.references(self.params.d, self.ctx).to(torch.float64).cpu().numpy()  # type: ignore
         self._ref_bits = [self._ref_frac_bits(r) for r in self._refs]
         m, r = len(self.cohort), len(self._refs)
         if not (r and self.needs >= Needs.REFERENCES):
@@ -578,3 +588,44 @@ class ShareServer:
             self.stage = Stage.DONE
             return ServerOutcome(aggregate=agg, cohort=self.cohort, accepted=self.accepted, decision=self.decision,
                                  dropped=dict(self.dropped), rejected=dict(self.rejected), opened=dict(self.opened))
+
+
+#: ``(name, send, receive)`` of each online step after COLLECT: both servers send, then each
+#: receives the other's frame (a server's frame never depends on the other's in the same step).
+Step = tuple[str, "Callable[[ShareServer], bytes]", "Callable[[ShareServer, bytes], object]"]
+
+
+def online_steps(opening_steps: int) -> list[Step]:
+    """The online steps of a round with ``opening_steps`` openings, in order.
+
+    Examples
+    --------
+    >>> [name for name, _, _ in online_steps(2)]
+    ['survivors', 'openings', 'openings', 'validation', 'geometry', 'aggregate']
+    """
+    return [("survivors", ShareServer.survivors_frame, ShareServer.agree),
+            *[("openings", ShareServer.openings_frame, ShareServer.receive_openings)] * opening_steps,
+            ("validation", ShareServer.validation_frame, ShareServer.receive_validation),
+            ("geometry", ShareServer.geometry_frame, ShareServer.receive_geometry),
+            ("aggregate", ShareServer.aggregate_frame, ShareServer.finish)]
+
+
+def decision_digest(decision: Decision, cohort: tuple[int, ...], accepted: np.ndarray) -> str:
+    """SHA-256 (hex) of what must be equal on both servers before the aggregate is opened:
+    the cohort, the accepted clients, the rule's coefficients, kept set and noise.
+
+    Examples
+    --------
+    >>> d = Decision(coef=torch.tensor([0.5, 0.5], dtype=torch.float64), kept=torch.tensor([True, True]))
+    >>> decision_digest(d, (1, 2), np.array([True, True])) == decision_digest(d, (1, 2), np.array([True, True]))
+    True
+    >>> decision_digest(d, (1, 3), np.array([True, True])) == decision_digest(d, (1, 2), np.array([True, True]))
+    False
+    """
+    h = hashlib.sha256()
+    h.update(np.asarray(cohort, dtype=np.int64).tobytes())
+    h.update(np.asarray(accepted, dtype=bool).tobytes())
+    h.update(decision.coef.detach().to(torch.float64).cpu().numpy().tobytes())
+    h.update(decision.kept.detach().to(torch.bool).cpu().numpy().tobytes())
+    h.update(np.float64(decision.noise_std).tobytes())
+    return h.hexdigest()

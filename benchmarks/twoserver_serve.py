@@ -1,0 +1,143 @@
+"""``flsec two-server serve``: run S1 or the dealer of the two-server protocol as a process.
+
+The operator of S1 chooses the rule and the bound (S0's rounds must match them); the
+dealer needs neither. The process listens on ``--host`` (default ``127.0.0.1``), writes
+its port and public key to ``--ready-file`` once it listens, keeps its X25519 key in
+``--key-file`` (made on first start), and exits after ``--lifetime-s`` seconds or
+``--max-connections`` sessions when they are given.
+
+Examples
+--------
+>>> args = parser().parse_args(["--role", "s1", "--rule", "krum", "--param", "f=2", "--bound", "4"])
+>>> build_role(args).rule
+Krum(f=2)
+>>> build_role(parser().parse_args(["--role", "s1", "--bound", "4"])).rule
+GeometricMean()
+>>> parse_params(["f=2", "tau=0.5", "name=x"])
+{'f': 2, 'tau': 0.5, 'name': 'x'}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from fl_core.errors import ConfigError
+
+__all__ = ["build_role", "load_key", "main", "parse_params", "parser"]
+
+logger = logging.getLogger(__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flsec two-server serve",
+                                description="Run S1 or the dealer of the two-server protocol (S0 is the ServerApp).")
+    p.add_argument("--role", choices=("s1", "dealer"), required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one, see --ready-file)")
+    p.add_argument("--key-file", type=Path, help="this party's X25519 private key (32 raw bytes; made if absent)")
+    p.add_argument("--peer-public", help="S0's X25519 public key (hex): refuse any other S0")
+    p.add_argument("--ready-file", type=Path, help="write {port, public} as JSON here once listening")
+    p.add_argument("--rule", help="S1: the robust rule's registry name (default: the weighted mean)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V", help="S1: a rule hyper-parameter")
+    p.add_argument("--bound", type=float, help="S1: the largest valid update norm")
+    p.add_argument("--frac-bits", type=int, help="S1: fixed-point fractional bits (default: the most the bound allows)")
+    p.add_argument("--keep-f", action="store_true", help="S1: rejected clients do not count toward the rule's f")
+    p.add_argument("--timeout", type=float, default=300.0, help="longest wait for one record from S0 (s)")
+    p.add_argument("--lifetime-s", type=float, help="exit after this many seconds")
+    p.add_argument("--max-connections", type=int, help="exit after this many S0 sessions")
+    return p
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``K=V`` pairs; values read as JSON (numbers, booleans), else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param takes K=V, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def load_key(path: Path | None) -> X25519PrivateKey:
+    """The party's key from ``path`` (32 raw bytes), made and saved (mode 0600) when absent."""
+    if path is None:
+        return X25519PrivateKey.generate()
+    if path.exists():
+        raw = path.read_bytes()
+        if len(raw) != 32:
+            raise ConfigError(f"--key-file {path} holds {len(raw)} bytes, expected a 32-byte X25519 key")
+        return X25519PrivateKey.from_private_bytes(raw)
+    key = X25519PrivateKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+    return key
+
+
+def build_role(args: argparse.Namespace) -> Any:
+    """The :class:`~secure_agg.twoserver.service.S1Role` or ``DealerRole`` the arguments describe."""
+    from secure_agg.twoserver.params import DEALER, SERVERS, Party
+    from secure_agg.twoserver.service import DealerRole, S1Role
+
+    key = load_key(args.key_file)
+    if args.role == "dealer":
+        if args.rule or args.param or args.bound is not None:
+            raise ConfigError("the dealer takes no --rule, --param or --bound (it sees no data and runs no rule)")
+        return DealerRole(party=Party(DEALER, private=key))
+    if args.bound is None:
+        raise ConfigError("S1 needs --bound (the largest valid update norm, as S0's TwoServerAggregator)")
+    if args.rule:
+        import defenses.robust  # noqa: F401  (registers the rules)
+        from defenses.robust.registry import make
+
+        rule = make(args.rule, **parse_params(args.param))
+    else:
+        if args.param:
+            raise ConfigError("--param without --rule")
+        from secure_agg.twoserver.aggregator import GeometricMean
+
+        rule = GeometricMean()
+    return S1Role(party=Party(SERVERS[1], private=key), bound=args.bound, rule=rule, frac_bits=args.frac_bits,
+                  rejected_are_byzantine=not args.keep_f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from secure_agg.twoserver.service import PartyService
+
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    pin = bytes.fromhex(args.peer_public) if args.peer_public else None
+    service = PartyService(build_role(args), host=args.host, port=args.port, peer_public=pin,
+                           timeout_s=args.timeout)
+    host, port = service.address
+    if args.ready_file is not None:
+        tmp = args.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"host": host, "port": port, "public": service.public.hex()}))
+        tmp.replace(args.ready_file)
+    logger.info("%s listening on %s:%d, public key %s", args.role, host, port, service.public.hex())
+    if args.lifetime_s is not None:  # a bounded process: gone after its lifetime, even mid-session
+        timer = threading.Timer(args.lifetime_s, lambda: (service.close(), os._exit(0)))
+        timer.daemon = True
+        timer.start()
+    try:
+        service.serve(max_connections=args.max_connections)
+    finally:
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
