@@ -307,7 +307,10 @@ class DeepSight(RobustAggregator):
         Largest fraction of suspicious models an accepted cluster may hold is
         below ``tau`` (the paper's ``1/3``), ``0 < tau <= 1``.
     samples : int
-        Random inputs per set for the DDifs (default 20,000).
+        Random inputs per set for the DDifs (default 20,000). The DDifs cost ``seeds * samples`` forward
+        passes per model: one aggregation of 12 clients of the digits MLP took 5.5 s on one core (float64),
+        7-11 s per round in a suite sharing 2 cores, where a round of the mean takes about 0.1 s; quick
+        suites may pass fewer samples.
     seeds : int
         Sets of random inputs, one DDif clustering each (the paper's 3).
     min_cluster_size : int
