@@ -113,6 +113,10 @@ class FreqFed(RobustAggregator):
        the accepted models with FedAvg; like FLAME here it is unweighted, since
        a Byzantine client could inflate a reported example count).
 
+    The DCT is applied to the updates ``x_i = W_i - G`` (the paper calls the
+    clients' "model updates (i.e., weights)"; as in FLAME here, on the
+    differences the cosines are not dominated by the global model ``G``
+    shared by every ``W_i``; the DCT is linear, so ``DCT(W_i) = DCT(G) + DCT(x_i)``).
     The flat ``(d,)`` update is one column by default (``P = d``, ``Q = 1``: the
     first ``floor(d / 2) + 1`` DCT coefficients); ``shape=(P, Q)`` reads it as a
     ``P x Q`` matrix (row-major) and applies the 2-D DCT, as the paper does on

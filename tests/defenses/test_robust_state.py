@@ -1,4 +1,5 @@
-"""Explicit state of the stateful robust rules: FoolsGold and centered clipping (issue 14)."""
+"""Explicit state of the stateful robust rules: FoolsGold and centered clipping (issue 14); FreqFed and DeepSight
+have none."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 
 import pytest
 import torch
+from robust_cases import TinyNet
 
+from defenses.robust import DeepSight, FreqFed
 from defenses.robust.centered_clipping import CenteredClipping
 from defenses.robust.foolsgold import FoolsGold
 from fl_core.aggregation import RoundContext
+from fl_core.pipeline import Pipeline, Round
 from fl_core.state import StateError
 
 D = 5
@@ -143,3 +147,30 @@ def test_centered_clipping_corrupted_state_raises() -> None:
         CenteredClipping(tau=1.0, L=2).load_state_dict(state)
     with pytest.raises(StateError, match="missing keys"):
         FoolsGold().load_state_dict({**state, "kind": "FoolsGold"})
+
+
+def _stateless(name: str):
+    """FreqFed and DeepSight keep nothing across rounds (their randomness comes from the round's generator)."""
+    if name == "freqfed":
+        return FreqFed(f=1)
+    return DeepSight(f=1, model=TinyNet(D), input_shape=(1,), samples=64)
+
+
+@pytest.mark.parametrize("name", ["freqfed", "deepsight"])
+def test_stateless_rules_add_nothing_to_a_pipeline_checkpoint(name: str) -> None:
+    rule = _stateless(name)
+    assert not hasattr(rule, "state_dict")
+    pipe = Pipeline(rule=rule, seed=3)
+    state = pipe.state_dict()
+    assert "rule" not in state
+    gen = torch.Generator().manual_seed(5)
+    updates = [torch.randn(5, D, generator=gen) for _ in range(3)]
+    x = torch.zeros(D)
+    ids = (0, 1, 2, 3, 4)
+    first = pipe(updates[0], torch.ones(5), Round(0, ids, x))
+    resumed = Pipeline(rule=_stateless(name), seed=3)
+    resumed.load_state_dict(pipe.state_dict())
+    for r in (1, 2):  # a pipeline restored after round 0 continues bit for bit
+        a = pipe(updates[r], torch.ones(5), Round(r, ids, first.params))
+        b = resumed(updates[r], torch.ones(5), Round(r, ids, first.params))
+        assert torch.equal(a.params, b.params) and torch.equal(a.result.kept, b.result.kept)
