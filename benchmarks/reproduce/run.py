@@ -32,6 +32,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.reproduce.verdict import Verdict, evaluate
+from benchmarks.suite.build import preflight_model
 from benchmarks.suite.report import INTERVAL_NOTE, render_report
 from benchmarks.suite.runner import run_suite
 from benchmarks.suite.schema import SuiteError, SuiteSpec
@@ -107,6 +108,9 @@ def run_reproduction(
     subs = variants(spec, scale=scale, seeds=seeds)  # checks scale and seeds before any work
     out = Path(out) if out is not None else Path("runs") / "reproduce" / f"{spec.name}-{scale}"
     console = console or Console(stderr=True)
+    for _, sub in subs:  # the model must suit the data (lenet5 needs >= 12x12 images): before any work
+        preflight_model(sub.setting)
+    commit = _commit()  # the code the run starts with
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     cells: list[dict[str, Any]] = []
@@ -135,7 +139,7 @@ def run_reproduction(
         "seeds": list(s.seeds),
         "cells": len(cells),
         "command": command or f"flsec reproduce {name} --scale {scale}",
-        "commit": _commit(),
+        "commit": commit,
         "threads": threads,
         "seconds": seconds,
         "cell_seconds": None,

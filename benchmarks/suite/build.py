@@ -35,6 +35,7 @@ __all__ = [
     "instantiate_rule",
     "local_config",
     "preflight_attacks",
+    "preflight_model",
 ]
 
 def attack_env(train: ArrayDataset | TextDataset) -> AttackEnv:
@@ -76,6 +77,26 @@ def local_config(setting: Setting) -> LocalTrainingConfig:
     if setting.fedsgd:
         return LocalTrainingConfig.fedsgd(lr=setting.lr, batch_size=batch)
     return LocalTrainingConfig(epochs=setting.local_epochs, batch_size=batch, lr=setting.lr, momentum=setting.momentum)
+
+
+def preflight_model(setting: Setting) -> None:
+    """Build the setting's model for its dataset's input shape once, before any work.
+
+    Raises
+    ------
+    SuiteError
+        Naming ``setting.model`` if the model does not suit the data (``lenet5`` on 8x8 digits).
+    """
+    from fl_core import load_dataset
+
+    train = load_dataset(setting.dataset, path=setting.data_path).train
+    if not isinstance(train, ArrayDataset):  # text data: its models take strings, built with the suite
+        return
+    try:
+        build_model(setting.model, input_shape=tuple(train.x.shape[1:]), num_classes=train.num_classes,
+                    generator=torch_generator(0, Stream.INIT))
+    except FlsecError as exc:
+        raise SuiteError("setting.model", f"{setting.model!r} cannot run on {setting.dataset!r}: {exc}") from None
 
 
 @dataclass

@@ -157,3 +157,48 @@ def test_dropout_draws_come_from_the_clients_generator_and_leave_the_global_rng_
         return torch.cat([p.flatten() for p in model.parameters()])
 
     assert torch.equal(train(1), train(2))
+
+
+# --- LeNet-5 and FedSGD (issue 21) ---
+
+
+def test_lenet5_has_lecuns_parameter_count_on_28x28():
+    """C1 6x(25+1)=156, C3 16x(6x25+1)=2,416, F5 400x120+120=48,120, F6 120x84+84=10,164, out 84x10+10=850."""
+    m = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10, generator=torch.Generator().manual_seed(0))
+    assert sum(p.numel() for p in m.parameters()) == 61_706
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_lenet5_refuses_images_smaller_than_12_pixels():
+    with pytest.raises(ConfigError, match=r"'lenet5' needs images .* H, W >= 12.*input_shape=\(1, 8, 8\)"):
+        build_model("lenet5", input_shape=(1, 8, 8), num_classes=10, generator=torch.Generator().manual_seed(0))
+
+
+def test_fedsgd_full_batch_is_one_step_of_the_full_gradient():
+    """FedSGD (McMahan et al. 2017): the update is exactly -lr times the gradient of the mean loss on all data."""
+    data = _toy(n=50)
+    model = build_model("mlp", input_shape=(1, 4, 4), num_classes=2, generator=torch.Generator().manual_seed(0))
+    x0 = flatten_params(model).clone()
+    ref = build_model("mlp", input_shape=(1, 4, 4), num_classes=2, generator=torch.Generator().manual_seed(0))
+    loss = torch.nn.functional.cross_entropy(ref(data.x), data.y)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(ref.parameters()))])
+    cfg = LocalTrainingConfig.fedsgd(lr=0.3)
+    res = local_train(model, data, config=cfg, generator=torch.Generator().manual_seed(1))
+    assert res.steps == 1 and res.num_samples == 50
+    torch.testing.assert_close(flatten_params(model) - x0, -0.3 * grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fedsgd_minibatch_is_one_step_and_full_batch_refuses_dp():
+    data = _toy(n=50)
+    model = build_model("mlp", input_shape=(1, 4, 4), num_classes=2, generator=torch.Generator().manual_seed(0))
+    cfg = LocalTrainingConfig.fedsgd(lr=0.1, batch_size=8)
+    assert (cfg.epochs, cfg.max_steps, cfg.momentum, cfg.batch_size) == (1, 1, 0.0, 8)
+    assert local_train(model, data, config=cfg, generator=torch.Generator().manual_seed(1)).steps == 1
+    full = LocalTrainingConfig(epochs=2, batch_size=None, lr=0.1)
+    assert local_train(model, data, config=full, generator=torch.Generator().manual_seed(1)).steps == 2
+    from fl_core.training import DPSGDConfig
+
+    with pytest.raises(ConfigError, match="give a batch_size, not None"):
+        LocalTrainingConfig(batch_size=None, dp_sgd=DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0))
+    with pytest.raises(ConfigError, match="batch_size"):
+        LocalTrainingConfig.fedsgd(lr=0.1, batch_size=0)

@@ -147,3 +147,44 @@ def test_dirichlet_min_samples_unreachable():
             generator=np.random.default_rng(0),
             max_tries=3,
         )
+
+
+# --- gamma-similarity (ByzFL's gamma_similarity_niid) ---
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_clients=st.integers(1, 30), gamma=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_gamma_partition_is_a_disjoint_cover(n_clients, gamma, seed):
+    parts = partition(LABELS, scheme="gamma", n_clients=n_clients, gamma=gamma, generator=np.random.default_rng(seed))
+    assert len(parts) == n_clients
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 2  # an IID share and a sorted block, each split near-equally
+
+
+def test_gamma_zero_is_sorted_labels():
+    """gamma = 0: client i holds the i-th block of the label-sorted data (10 clients, 10 classes: one each)."""
+    parts = partition(LABELS, scheme="gamma", n_clients=10, gamma=0.0, generator=np.random.default_rng(0))
+    assert [sorted(set(LABELS[p].tolist())) for p in parts] == [[c] for c in range(10)]
+    parts = partition(LABELS, scheme="gamma", n_clients=4, gamma=0.0, generator=np.random.default_rng(0))
+    # 1250-sample blocks of 500-sample classes: {0, 1, 2}, {2, 3, 4}, {5, 6, 7}, {7, 8, 9}
+    assert [sorted(set(LABELS[p].tolist())) for p in parts] == [[0, 1, 2], [2, 3, 4], [5, 6, 7], [7, 8, 9]]
+
+
+def test_gamma_share_is_iid_and_skew_falls_with_gamma():
+    """gamma = 0.5: exactly half of each client's 500 samples come from the IID share; TV distance to the global
+    label distribution falls from near 1 (gamma 0) to near 0 (gamma 1)."""
+    g = np.random.default_rng(1)
+    tv = [_mean_tv_to_global(LABELS, partition(LABELS, scheme="gamma", n_clients=10, gamma=gm, generator=g))
+          for gm in (0.0, 0.5, 1.0)]
+    assert tv[0] == pytest.approx(0.9) and 0.4 < tv[1] < 0.5 and tv[2] < 0.06
+    parts = partition(LABELS, scheme="gamma", n_clients=10, gamma=0.5, generator=np.random.default_rng(2))
+    # client 0's sorted block is class 0 only (250 samples); its other 250 are IID, about 25 of them class 0
+    counts = np.bincount(LABELS[parts[0]], minlength=10)
+    assert len(parts[0]) == 500 and counts[0] > 250 and counts[1:].sum() < 250 and counts[1:].min() > 5
+
+
+@pytest.mark.parametrize("gamma", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_gamma_out_of_range_is_refused(gamma):
+    with pytest.raises(PartitionError, match="gamma-similarity gamma must be a number in \\[0, 1\\]"):
+        partition(LABELS, scheme="gamma", n_clients=10, gamma=gamma, generator=np.random.default_rng(0))
