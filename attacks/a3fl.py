@@ -38,8 +38,11 @@ and the adversarial model's SGD (lr 0.01, momentum 0.9, weight decay 5e-4) uncha
 The training-hook interface gives a hook the model and data only during training,
 while the search must run before it: a malicious client's hook records its clean
 data and the model's architecture the first time it trains, and searches at the start
-of every later round it is active in (in the driver, so Ray cohorts see the new
-pattern). In a malicious client's first training it poisons with the initial pattern.
+of every later round it is active in. In a malicious client's first training it
+poisons with the initial pattern. With a Ray cohort (:mod:`fl_core.cohort_ray`) the
+training, and so the recording, happens on a worker and never reaches the driver's
+hook: the trigger then stays at its initial pattern (logged as a warning); run A3FL
+with the sequential executor.
 
 Examples
 --------
@@ -278,6 +281,7 @@ class A3FLBackdoor(ScheduledHook):
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._recording = False
+        self._starts, self._warned = 0, False
 
     def on_round_start(self, *, round_idx: int, global_params: torch.Tensor) -> None:
         super().on_round_start(round_idx=round_idx, global_params=global_params)
@@ -287,6 +291,10 @@ class A3FLBackdoor(ScheduledHook):
         self._recording = self._data is None
         if self.active and self._template is not None and self._data is not None:
             self._search(round_idx, global_params)
+        elif self._starts and not self._warned and (self._data is None or self._template is None):
+            self._warned = True
+            log.warning("A3FL: client training was not seen by this hook (a Ray cohort?); the trigger is not adapted")
+        self._starts += 1
 
     def _search(self, round_idx: int, global_params: torch.Tensor) -> None:
         assert self._template is not None and self._data is not None

@@ -145,3 +145,15 @@ def test_parameter_errors_name_the_bad_value():
         build_attack("a3fl", threat=THREAT, env=DIGITS, low=2.0, high=1.0)
     with pytest.raises(ConfigError, match="pattern trigger mask is empty"):
         PatternTrigger(mask=torch.zeros(2, 2, dtype=torch.bool), pattern=torch.zeros(1, 2, 2), low=0.0, high=1.0)
+
+
+def test_a_hook_that_never_sees_training_warns_once_and_keeps_its_pattern(caplog):
+    trig = PatternTrigger.square(channels=1, height=4, width=4, size=2, low=-1.0, high=1.0)
+    hook = A3FLBackdoor(trigger=trig, target=1)
+    before = trig.pattern.clone()
+    with caplog.at_level("WARNING", logger="attacks.a3fl"):
+        for r in range(3):  # as under a Ray cohort: round starts in the driver, training elsewhere
+            hook.on_round_start(round_idx=r, global_params=torch.zeros(1))
+    assert [rec.message for rec in caplog.records].count(
+        "A3FL: client training was not seen by this hook (a Ray cohort?); the trigger is not adapted") == 1
+    assert torch.equal(trig.pattern, before)
