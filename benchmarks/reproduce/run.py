@@ -37,6 +37,7 @@ from benchmarks.suite.report import INTERVAL_NOTE, render_report
 from benchmarks.suite.runner import run_suite
 from benchmarks.suite.schema import SuiteError, SuiteSpec
 from benchmarks.suite.spec import BUILTIN_DIR, load_suite, variants
+from benchmarks.suite.store import ResultStore
 
 __all__ = ["load_reproduction", "register", "reproduction_names", "run_reproduction", "write_docs"]
 
@@ -114,8 +115,11 @@ def run_reproduction(
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     cells: list[dict[str, Any]] = []
+    ran = 0
     for coords, sub in subs:
         where = out / _variant_dir(coords) if spec.sweep else out
+        store = ResultStore(where)
+        ran += sum(not store.done(c.cell_id) for c in sub.cells())
         console.print(f"[bold]{spec.name}[/] {coords or ''}: {len(sub.cells())} cells in {where}")
         results = run_suite(sub, out=where, progress=progress, console=console)
         render_report(where)
@@ -148,10 +152,40 @@ def run_reproduction(
         **verdict.to_json(),
     }
     record["cell_seconds"] = _cell_seconds(out)
+    previous = out / "verdict.json"
+    if ran == 0 and previous.is_file():  # nothing ran now: keep the timing of the run that computed the cells
+        old = json.loads(previous.read_text())
+        for key in ("seconds", "loadavg_start", "loadavg_end", "commit", "command", "threads"):
+            record[key] = old.get(key, record[key])
+    record["cells_run_now"] = ran
     (out / "verdict.json").write_text(json.dumps(record, indent=2))
-    (out / "reproduction.md").write_text(render_reproduction(record, verdict))
+    figures = sweep_heatmaps(spec, cells, out)
+    (out / "reproduction.md").write_text(render_reproduction(record, verdict)
+                                         + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
     console.print(f"[bold]{spec.name}[/]: {verdict.verdict} ({verdict.gap}); report {out / 'reproduction.md'}")
     return record
+
+
+def sweep_heatmaps(spec: SuiteSpec, cells: list[dict[str, Any]], out: Path) -> list[Path]:
+    """For a two-key sweep: one heatmap per defense of the worst-case accuracy over the attacks
+    (rows: the first sweep key, columns: the second), each cell annotated with its 95% t-interval."""
+    if len(spec.sweep) != 2:
+        return []
+    from benchmarks.reproduce.verdict import metric_values
+    from benchmarks.suite.report import _heatmap
+
+    (k1, v1), (k2, v2) = spec.sweep
+    attacks = [a.label for a in spec.attacks]
+    paths = []
+    for d in spec.defenses:
+        vals = {(str(a), str(b)): list(metric_values("worst_accuracy", {"defense": d.label, k1: a, k2: b}, cells,
+                                                     attacks=attacks).values())
+                for a in v1 for b in v2}
+        path = out / f"worst_accuracy_{d.label}.png"
+        _heatmap(path, f"{d.label}: worst-case accuracy over attacks; rows {k1}, columns {k2}",
+                 [str(a) for a in v1], [str(b) for b in v2], vals, "viridis")
+        paths.append(path)
+    return paths
 
 
 def _cell_seconds(out: Path) -> float:
@@ -238,7 +272,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "reproduce", help="paper reproductions with error bars and computed verdicts (NAME or all)",
         description=f"Run paper reproductions ({names}, or all): each is a suite carrying the paper's figure; the "
-        "report compares paper and flsec with 95%% t-intervals and a verdict computed from the run. Resumes.")
+        "report compares paper and flsec with 95% t-intervals and a verdict computed from the run. Resumes.")
     p.add_argument("name", help=f"a reproduction ({names}), all, or a suite file with a [paper] table")
     p.add_argument("--scale", default="small", metavar="SCALE",
                    help="small (default: minutes on a laptop CPU) or paper (the paper's setting: a GPU or a cluster)")

@@ -329,8 +329,12 @@ def render_report(out: str | Path) -> Path:
         "",
         f"Dataset {first['dataset']}, model {s['model']}, {s['clients']} clients ({s['partition']}"
         + (f", alpha={s['alpha']}" if s["partition"] == "dirichlet" else "")
+        + (f", gamma={s.get('gamma_similarity')}" if s["partition"] == "gamma" else "")
         + f"), {s['clients_per_round'] or s['clients']} per round, {s['rounds']} rounds, "
-        f"{s['local_epochs']} local epoch(s), malicious fraction {s['malicious_fraction']} "
+        + (("FedSGD (one gradient step per round on " + ("the full batch" if s.get("full_batch") else
+                                                         f"a batch of {s['batch_size']}") + ")")
+           if s.get("fedsgd") else f"{s['local_epochs']} local epoch(s)")
+        + f", malicious fraction {s['malicious_fraction']} "
         f"({'omniscient' if s['omniscient'] else 'non-omniscient'}), seeds {seeds}. "
         f"{len(results)} cells; values are after the last round, "
         + (f"{INTERVAL_NOTE}." if len(seeds) > 1 else "one seed, so no interval: every interval is n/a "

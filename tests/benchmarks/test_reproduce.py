@@ -61,8 +61,8 @@ def test_builtin_reproductions_parse_with_paper_and_3_seeds():
 @pytest.mark.parametrize(
     ("extra", "key", "match"),
     [
-        (PAPER.replace('lower = { attack = "sign-flip" }', 'lower = { attack = "ipm" }'), "paper.claims[0].lower.attack",
-         "'ipm' is not in the suite"),
+        (PAPER.replace('lower = { attack = "sign-flip" }', 'lower = { attack = "ipm" }'),
+         "paper.claims[0].lower.attack", "'ipm' is not in the suite"),
         (PAPER.replace('metric = "accuracy"', 'metric = "acc"'), "paper.claims[0].metric", "unknown metric 'acc'"),
         (PAPER.replace('kind = "ordering"', 'kind = "better"'), "paper.claims[0].kind", "'ordering' or 'range'"),
         (PAPER.replace("for_each = { defense = [\"median\", \"mean\"] }\n", ""), "paper.claims[0]",
@@ -252,3 +252,17 @@ def test_tiny_reproductions_keep_their_orderings(tmp_path, text):
     assert (tmp_path / "out" / "reproduction.md").read_text().count("holds, separated") == len(rows)
     again = run_reproduction(str(path), out=tmp_path / "out", progress=False)  # resumes: same cells, same verdict
     assert again["claims"] == rec["claims"]
+
+
+def test_two_key_sweep_gets_one_worst_accuracy_heatmap_per_defense(tmp_path):
+    from benchmarks.reproduce.run import sweep_heatmaps
+
+    claim = ('[paper]\nsource = "s"\nfigure = "f"\n[[paper.claims]]\nkind = "range"\nmetric = "worst_accuracy"\n'
+             'where = { defense = "median", rounds = 1, lr = 0.1 }\nlow = 0.0\n')
+    spec = parse_suite(BASE + claim + "[sweep]\nrounds = [1, 2]\nlr = [0.1, 0.2]\n")
+    cells = [{"attack": a, "defense": d, "rounds": r, "lr": lr, "seed": s, "accuracy": 0.5 + 0.1 * s, "asr": None}
+             for a in ("none", "sign-flip") for d in ("median", "mean") for r in (1, 2) for lr in (0.1, 0.2)
+             for s in range(3)]
+    paths = sweep_heatmaps(spec, cells, tmp_path)
+    assert [p.name for p in paths] == ["worst_accuracy_median.png", "worst_accuracy_mean.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
