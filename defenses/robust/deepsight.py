@@ -98,7 +98,7 @@ def division_differences(
     names: Sequence[str],
     shapes: Sequence[torch.Size],
     global_params: torch.Tensor,
-    local_params: torch.Tensor,
+    updates: torch.Tensor,
     inputs: torch.Tensor,
     *,
     batch: int = 4096,
@@ -106,9 +106,10 @@ def division_differences(
     """DDifs (DeepSight, Eq. 6): ``DDif_k,i = (1 / N) sum_m p_i(x_m; W_k) / p_i(x_m; G)``, ``(n, P)`` float64.
 
     ``net`` is the model (evaluated with :func:`torch.func.functional_call` on the
-    parameters ``names`` / ``shapes`` of each flat vector, in float64),
-    ``global_params`` the ``(d,)`` global model ``G``, ``local_params`` the ``(n, d)``
-    local models ``W_k``, ``inputs`` the ``(N, ...)`` random inputs ``x_m``, read in
+    parameters ``names`` / ``shapes`` of a flat vector, in float64),
+    ``global_params`` the ``(d,)`` global model ``G``, ``updates`` the ``(n, d)``
+    updates ``x_k``, so that the local models are ``W_k = G + x_k`` (formed one at a
+    time in float64), ``inputs`` the ``(N, ...)`` random inputs ``x_m``, read in
     chunks of ``batch``. The ratios are ``exp(log p(W_k) - log p(G))`` of log-softmax
     outputs. A client whose model gives a non-finite output gets a row of NaN.
 
@@ -118,27 +119,27 @@ def division_differences(
     >>> from torch import nn
     >>> net = nn.Linear(1, 2).double()
     >>> G = torch.zeros(4, dtype=torch.float64)             # predicts (1/2, 1/2) everywhere
-    >>> W = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]], dtype=torch.float64)
-    >>> ddif = division_differences(net, ["weight", "bias"], [torch.Size([2, 1]), torch.Size([2])], G, W,
+    >>> X = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]])
+    >>> ddif = division_differences(net, ["weight", "bias"], [torch.Size([2, 1]), torch.Size([2])], G, X,
     ...                             torch.zeros(3, 1, dtype=torch.float64))
     >>> ddif[0].tolist(), [round(v, 6) for v in ddif[1].tolist()]   # softmax(1, -1) * 2
     ([1.0, 1.0], [1.761594, 0.238406])
     """
-    n = local_params.shape[0]
+    g = global_params.to(WIDE)
 
     def log_probs(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         params = dict(zip(names, unflatten_like(flat, list(shapes)), strict=True))
         return torch.log_softmax(torch.func.functional_call(net, params, (x,)).to(WIDE), dim=1)
 
-    total: torch.Tensor | None = None
+    chunks = range(0, inputs.shape[0], batch)
     with torch.no_grad():
-        for start in range(0, inputs.shape[0], batch):
-            x = inputs[start : start + batch]
-            base = log_probs(global_params, x)
-            rows = torch.stack([torch.exp(log_probs(local_params[k], x) - base).sum(dim=0) for k in range(n)])
-            total = rows if total is None else total + rows
-    assert total is not None
-    ddif = total / inputs.shape[0]
+        base = [log_probs(g, inputs[start : start + batch]) for start in chunks]
+        rows = []
+        for k in range(updates.shape[0]):
+            w = g + updates[k].to(WIDE)
+            rows.append(sum(torch.exp(log_probs(w, inputs[s : s + batch]) - b).sum(dim=0)
+                            for s, b in zip(chunks, base, strict=True)))
+    ddif = torch.stack(rows) / inputs.shape[0]
     return torch.where(torch.isfinite(ddif).all(dim=1, keepdim=True), ddif, torch.full_like(ddif, float("nan")))
 
 
@@ -401,11 +402,10 @@ class DeepSight(RobustAggregator):
         device = updates.device
         if next(self._net.parameters()).device != device:
             self._net = self._net.to(device)
-        local = g[None, :] + updates.to(WIDE)
         out = []
         for _ in range(self.seeds):
             x = torch.randn((self.samples, *self.input_shape), generator=gen, dtype=WIDE, device=gen.device)
-            out.append(division_differences(self._net, self._names, self._shapes, g, local, x.to(device)))
+            out.append(division_differences(self._net, self._names, self._shapes, g, updates, x.to(device)))
         return out
 
     def _aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: RoundContext | None) -> AggregationResult:
