@@ -382,6 +382,17 @@ def render_report(out: str | Path) -> Path:
         name = f"rounds_{i:02d}_{attack}.png"
         _curves(out / name, attack, results)
         parts.append(f"![{attack}]({name})")
+    backdoored = [x for x in a if any(r["attack"]["label"] == x and r["rounds"]
+                                      and all(y.get("attack_success_rate") is not None for y in r["rounds"])
+                                      for r in results)]
+    if backdoored:
+        parts.append("\n### Attack success rate over rounds\n")
+        for i, attack in enumerate(backdoored):
+            name = f"asr_{i:02d}_{attack}.png"
+            _curves(out / name, attack, [r for r in results if all(y.get("attack_success_rate") is not None
+                                                                    for y in r["rounds"])],
+                    key="attack_success_rate", ylabel="attack success rate")
+            parts.append(f"![{attack} attack success]({name})")
     versions = first["versions"]
     parts += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     report = out / "report.md"
