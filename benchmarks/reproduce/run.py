@@ -262,6 +262,16 @@ def write_docs(records: list[dict[str, Any]], path: str | Path) -> Path:
             f"(load {r['loadavg_start'][0]:.2f}-{r['loadavg_end'][0]:.2f}, threads {r['threads']}) | "
             f"**{r['verdict']}** | {r['gap']}"
             + (f". Setting differences: {p['differences']}" if p.get("differences") else "") + " |")
+    lines += ["", "## Running them", "",
+              "- `flsec reproduce NAME --threads 1` runs one reproduction at its small scale (resumable); "
+              "`flsec reproduce all` runs every one; `--seeds 0,1,2,3,4` overrides the seeds.",
+              "- `--scale paper` applies the file's `[scale.paper]` table: the paper's model and cohort sizes, "
+              "on CUDA (a GPU machine); it is refused before any work where CUDA is missing. Not run yet.",
+              "- Each run writes `runs/reproduce/NAME-SCALE/reproduction.md` (the *paper vs flsec* section, "
+              "every ordering pair and range item with its interval) and `verdict.json`; each variant of a sweep "
+              "also has its own suite report (tables with intervals, heatmaps, curves with bands).",
+              "- `--docs docs/reproductions.md` rewrites this table from every `verdict.json` under "
+              "`runs/reproduce`."]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
