@@ -281,7 +281,9 @@ class DeepSight(RobustAggregator):
     parameters (pass the live global model in a hand-written loop). The DDifs run
     a private float64 copy of the model on the updates' device.
 
-    What the paper leaves open, chosen here: the random inputs are standard
+    Nothing of the algorithm is left out. The round context carries no model
+    structure, so the model is a constructor argument (a suite must pass the
+    cell's model). What the paper leaves open, chosen here: the random inputs are standard
     normal (the project's images are standardised), drawn from ``ctx.generator``
     (else ``generator``), the same for every model in a round; HDBSCAN uses
     ``min_samples = 1`` and ``min_cluster_size`` (2); a model whose outputs are
@@ -311,9 +313,10 @@ class DeepSight(RobustAggregator):
         Random inputs per set for the DDifs (default 20,000). The DDifs cost ``seeds * samples`` forward
         passes per model: one aggregation of 12 clients of the digits MLP took 5.5 s on one core (float64),
         7-11 s per round in a suite sharing 2 cores, where a round of the mean takes about 0.1 s; quick
-        suites may pass fewer samples.
+        suites may pass fewer samples (``samples=2000``: 10-15 s per 15-round digits cell instead of
+        130-170 s, with the same detections and accuracy in the backdoor cells measured).
     seeds : int
-        Sets of random inputs, one DDif clustering each (the paper's 3).
+        Sets of random inputs, one DDif clustering each (3).
     min_cluster_size : int
         HDBSCAN's smallest cluster (>= 2).
     generator : torch.Generator, optional
