@@ -266,3 +266,17 @@ def test_two_key_sweep_gets_one_worst_accuracy_heatmap_per_defense(tmp_path):
     paths = sweep_heatmaps(spec, cells, tmp_path)
     assert [p.name for p in paths] == ["worst_accuracy_median.png", "worst_accuracy_mean.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_model_that_does_not_suit_the_data_is_refused_before_work(tmp_path):
+    from benchmarks.suite.build import preflight_model
+    from benchmarks.suite.schema import Setting
+
+    with pytest.raises(SuiteError, match=r"'lenet5' cannot run on 'digits'.*H, W >= 12") as exc:
+        preflight_model(Setting(dataset="digits", model="lenet5"))
+    assert exc.value.key == "setting.model"
+    path = tmp_path / "r.toml"
+    path.write_text((BASE + PAPER).replace('model = "mlp"', 'model = "lenet5"'))
+    with pytest.raises(SuiteError, match=r"setting\.model"):
+        run_reproduction(str(path), out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
