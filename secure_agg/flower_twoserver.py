@@ -106,6 +106,18 @@ class TwoServerStrategy(PipelineStrategy):
         """S0's X25519 public key (for S1's and the nodes' pins)."""
         return self.party.public
 
+    def close(self) -> None:
+        """Close the links to S1 and the dealer (the next round opens new ones)."""
+        self.s1.close()
+        self.dealer.close()
+
+    def start(self, *args: object, **kwargs: object) -> object:
+        """Flower's ``Strategy.start``; the links are closed when it returns or raises."""
+        try:
+            return super().start(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            self.close()
+
     @property
     def protocol(self) -> TwoServerAggregator:
         return self.pipeline.aggregator  # type: ignore[return-value]

@@ -28,7 +28,7 @@ from fl_core.aggregation import Aggregator
 from secure_agg.errors import ProtocolAbortError
 from secure_agg.twoserver.link import Link, LinkError
 from secure_agg.twoserver.params import DEALER, SERVERS, Party, TwoServerParams
-from secure_agg.twoserver.server import ServerOutcome, ShareServer, decision_digest, online_steps
+from secure_agg.twoserver.server import MISSING_SHARE, ServerOutcome, ShareServer, decision_digest, online_steps
 from secure_agg.twoserver.service import round_context
 
 __all__ = ["RemoteCost", "RemoteParty", "RemoteRound"]
@@ -210,4 +210,8 @@ class RemoteRound:
                 if info.get("decision") != own:
                     raise ProtocolAbortError("S0 and S1 took different decisions on the same opened values "
                                              "(different rule state or context): the aggregate is not opened")
+            if name == "aggregate":  # S1's reasons for the clients it refused (S0 only saw them missing)
+                for cid, why in info.get("dropped", {}).items():
+                    if outcome.dropped.get(int(cid), MISSING_SHARE) == MISSING_SHARE:
+                        outcome.dropped[int(cid)] = f"S1: {why}"
         return outcome

@@ -75,6 +75,8 @@ __all__ = ["ServerOutcome", "ShareServer", "Stage", "decision_digest", "online_s
 
 logger = logging.getLogger(__name__)
 PEER_PURPOSE = b"2s-peer"
+#: Why a client is out when only the other server holds its share.
+MISSING_SHARE = "its share did not reach both servers"
 
 
 class Stage(IntEnum):
@@ -313,7 +315,7 @@ class ShareServer:
             peer = self._recv(frame, Survivors)
             theirs = dict(zip(peer.ids, peer.weights, strict=True))  # type: ignore[attr-defined]
             for cid in set(self._inputs) ^ set(theirs):
-                self.dropped.setdefault(cid, "its share did not reach both servers")
+                self.dropped.setdefault(cid, MISSING_SHARE)
             cohort = []
             for cid in sorted(set(self._inputs) & set(theirs)):
                 if theirs[cid] != self._inputs[cid][0]:

@@ -203,7 +203,10 @@ class DealerRole:
 
 
 class PartyService:
-    """A TCP service for one role; one S0 connection at a time, requests answered in order.
+    """A TCP service for one role: each connection in its own thread, requests answered one at a time.
+
+    A new round on any connection replaces S1's unfinished one, so a stale connection
+    (an S0 that restarted) never blocks the next.
 
     Parameters
     ----------
@@ -224,6 +227,7 @@ class PartyService:
         self.role, self.peer_public, self.timeout_s = role, peer_public, float(timeout_s)
         self._sock = socket.create_server((host, port))
         self._closed = threading.Event()
+        self._lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -235,16 +239,22 @@ class PartyService:
         return self.role.party.public
 
     def serve(self, *, max_connections: int | None = None) -> None:
-        """Answer S0's connections until :meth:`close` (or ``max_connections`` have ended)."""
-        served = 0
-        while not self._closed.is_set() and (max_connections is None or served < max_connections):
+        """Answer S0's connections until :meth:`close` (or ``max_connections`` sessions have ended)."""
+        sessions: list[threading.Thread] = []
+        while not self._closed.is_set() and (max_connections is None or len(sessions) < max_connections):
             try:
                 conn, _ = self._sock.accept()
             except OSError:
                 break
-            served += 1
-            with conn:
-                self._session(conn)
+            t = threading.Thread(target=self._serve_one, args=(conn,), daemon=True)
+            t.start()
+            sessions.append(t)
+        for t in sessions if max_connections is not None else ():
+            t.join()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        with conn:
+            self._session(conn)
 
     def _session(self, conn: socket.socket) -> None:
         try:
@@ -258,13 +268,14 @@ class PartyService:
             except LinkError as e:
                 logger.info("link closed: %s", e)
                 return
-            try:
-                reply = self.role.handle(kind, header, blobs, link.peer_public)
-            except (FlsecError, KeyError, ValueError, IndexError, TypeError) as e:
-                logger.warning("%s failed: %s", kind, e)
-                if isinstance(self.role, S1Role):
-                    self.role.server = None
-                reply = ("error", {"reason": f"{type(e).__name__}: {e}"}, [])
+            with self._lock:
+                try:
+                    reply = self.role.handle(kind, header, blobs, link.peer_public)
+                except (FlsecError, KeyError, ValueError, IndexError, TypeError) as e:
+                    logger.warning("%s failed: %s", kind, e)
+                    if isinstance(self.role, S1Role):
+                        self.role.server = None
+                    reply = ("error", {"reason": f"{type(e).__name__}: {e}"}, [])
             try:
                 link.send(*reply)
             except LinkError as e:
