@@ -10,7 +10,9 @@ In a ``ClientApp``::
         local = my_training(msg.content["arrays"].to_numpy_ndarrays())
         return train_reply(msg, context, local, num_examples=600)
 
-:func:`train_reply` replies with the trained arrays in a plain round; in a secure round
+:func:`train_reply` replies with the trained arrays in a plain round; in a two-server
+round (:mod:`secure_agg.flower_twoserver`) with two sealed shares of the update
+(:mod:`secure_agg.flower_twoserver_node`); in a SecAgg+ round
 (the strategy sets :data:`~secure_agg.flower_wire.CONFIG_FLAG` in the train config) it
 computes the update ``local - global``, applies the pipeline's client transforms (clip,
 local DP) on the node, keeps it in ``context.state`` and replies with the example count
@@ -59,7 +61,16 @@ from secure_agg import crypto
 from secure_agg.client import ClientState, SecAggClient, bind_model, model_fingerprint
 from secure_agg.client_state import restore, snapshot
 from secure_agg.errors import ProtocolAbortError, SecAggError
-from secure_agg.flower_wire import ACTION, CONFIG_FLAG, PIN_KEY, RECORD, STAGES, STATE_KEY, channel_key
+from secure_agg.flower_wire import (
+    ACTION,
+    CONFIG_FLAG,
+    PIN_KEY,
+    RECORD,
+    STAGES,
+    STATE_KEY,
+    TWO_SERVER_FLAG,
+    channel_key,
+)
 from secure_agg.params import SecAggParams
 from secure_agg.quantize import FixedPointEncoder
 
@@ -91,7 +102,8 @@ def train_reply(msg: Message, context: Context, arrays: Sequence[np.ndarray], nu
     """
     config = msg.content.config_records.get("config", ConfigRecord())
     out = MetricRecord({"num-examples": num_examples, **(metrics or {})})
-    if not config.get(CONFIG_FLAG, False):
+    two_server = bool(config.get(TWO_SERVER_FLAG, False))
+    if not (config.get(CONFIG_FLAG, False) or two_server):
         return Message(content=RecordDict({"arrays": ArrayRecord([np.asarray(a) for a in arrays]), "metrics": out}),
                        reply_to=msg)
     glob = [a.numpy() for a in msg.content["arrays"].values()]
@@ -110,6 +122,10 @@ def train_reply(msg: Message, context: Context, arrays: Sequence[np.ndarray], nu
         info = Round(server_round - 1, (int(context.node_id),), flat)
         update = pipeline.client_side_for(int(context.node_id), torch.from_numpy(update.astype(np.float32)),
                                           info).double().numpy()
+    if two_server:  # one reply with the two sealed shares: secure_agg.flower_twoserver_node
+        from secure_agg.flower_twoserver_node import two_server_reply
+
+        return two_server_reply(msg, context, update, num_examples, metrics or {})
     context.state[STATE_KEY] = ConfigRecord({"kind": "update", "server-round": server_round,
                                              "weight": int(num_examples), "update": update.tobytes(),
                                              "model-fingerprint": model_fingerprint(glob)})
