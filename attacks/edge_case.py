@@ -102,6 +102,40 @@ class EdgeCaseSet:
     tail: np.ndarray
     source: int
     target: int
+    center: torch.Tensor
+    radius: float
+
+    def holdout(self, train: object) -> np.ndarray:
+        """Indices of ``train``'s class-``source`` inputs in the edge-case region: at least ``radius`` from ``center``.
+
+        ``radius`` is the distance of the nearest tail input, so under the Gaussian class
+        model these are the training inputs with density at most the tail's ``p``: the
+        p-edge-case examples the honest clients would hold. Removing them from the
+        clients' data makes the region as rare in the federation as ARDIS 7s are in EMNIST.
+
+        Examples
+        --------
+        >>> from fl_core.data.dataset import ArrayDataset
+        >>> pool = torch.tensor([[1.0], [4.0], [3.0]]).reshape(3, 1, 1, 1)
+        >>> e = EdgeCaseSet.from_split(train_x=torch.zeros(1, 1, 1, 1), train_y=torch.tensor([0]), pool_x=pool,
+        ...                            pool_y=torch.tensor([0, 0, 0]), source=0, target=1, tail_fraction=0.6,
+        ...                            test_share=0.5, seed=0)
+        >>> e.radius
+        3.0
+        >>> tr = ArrayDataset(x=torch.tensor([2.0, 3.0, -5.0, 9.0]).reshape(4, 1, 1, 1), y=torch.tensor([0, 0, 0, 1]),
+        ...                   num_classes=2, name="t")
+        >>> e.holdout(tr).tolist()  # class 1 is never held out
+        [1, 2]
+        """
+        x, y = getattr(train, "x", None), getattr(train, "y", None)
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise ConfigError(f"edge-case holdout needs an image dataset, got {type(train).__name__}")
+        cand = torch.nonzero(y == self.source).flatten()
+        flat = x[cand].reshape(len(cand), -1).to(torch.float64)
+        if flat.shape[1] != self.center.numel():
+            raise ConfigError(f"edge-case holdout: inputs of size {flat.shape[1]}, center of {self.center.numel()}")
+        far = (flat - self.center.to(torch.float64)).norm(dim=1) >= self.radius
+        return cand[far].numpy()
 
     @classmethod
     def from_split(
@@ -147,8 +181,10 @@ class EdgeCaseSet:
         n_test = min(k - 1, max(1, round(test_share * k)))
         perm = np.random.default_rng(seed).permutation(k)
         test_idx, train_idx = np.sort(tail[perm[:n_test]]), np.sort(tail[perm[n_test:]])
+        radius = float((pool_x[tail].reshape(k, -1).to(torch.float64) - center.to(torch.float64)).norm(dim=1).min())
         return cls(train_x=pool_x[train_idx].clone(), test_x=pool_x[test_idx].clone(), train_idx=train_idx,
-                   test_idx=test_idx, tail=tail, source=source, target=target)
+                   test_idx=test_idx, tail=tail, source=source, target=target,
+                   center=center.to(torch.float64), radius=radius)
 
 
 def _check_fraction(name: str, value: float, *, high_open: bool = False) -> None:

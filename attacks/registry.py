@@ -21,6 +21,7 @@ fl_core.errors.UnknownNameError: unknown attack 'aile'. Did you mean 'alie', 'a3
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class AttackPlan:
     client_hooks: dict[int, tuple[TrainingHook, ...]]
     update_transform: ByzantineTransform | None = None
     backdoor: Backdoor | None = None
+    #: Indices of the training split no client should hold, given that split (the edge-case
+    #: backdoor's p-edge-case region: :meth:`attacks.edge_case.EdgeCaseSet.holdout`); ``None``: keep all.
+    exclude_train: Callable[[Any], Any] | None = None
 
     def hooks(self, client_id: int) -> tuple[TrainingHook, ...]:
         """Training hooks of ``client_id`` (empty for honest clients)."""
@@ -504,9 +508,12 @@ def _edge_case(
             mix = (*mix, NeurotoxinMask(mask_ratio=1.0, norm_bound=radius, schedule=threat.schedule))
         hooks[c] = mix
     backdoor = Backdoor(trigger=None, target=target, inputs=edge.test_x)
+    plan = AttackPlan(name="edge-case", threat=threat, client_hooks=hooks, backdoor=backdoor,
+                      exclude_train=edge.holdout)
     if gamma is not None:
-        return _model_plan("edge-case", Scaling(gamma=gamma), threat, aggregator, hooks, backdoor)
-    return AttackPlan(name="edge-case", threat=threat, client_hooks=hooks, backdoor=backdoor)
+        transform = ByzantineTransform(attack=Scaling(gamma=gamma), threat=threat, aggregator=aggregator)
+        plan = dataclasses.replace(plan, update_transform=transform)
+    return plan
 
 
 @_register(

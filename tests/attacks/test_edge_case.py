@@ -75,6 +75,14 @@ def test_digits_edge_cases_come_from_the_test_split_and_no_client_holds_one():
     held = torch.cat([edge.train_x, edge.test_x]).reshape(-1, 64)
     for client in make_clients(split.train, parts):
         assert float(torch.cdist(held, client.data.x.reshape(-1, 64)).min()) > 0.0
+    # the p-edge-case region in the training split: the 7s at least as far from mu as the nearest tail input
+    assert edge.radius == pytest.approx(float(dist[edge.tail].min()))
+    drop = edge.holdout(split.train)
+    d_train = (split.train.x.reshape(-1, 64) - mu).norm(dim=1)
+    expected = np.flatnonzero((split.train.labels == 7) & (d_train.numpy() >= edge.radius - 1e-5))
+    assert drop.tolist() == expected.tolist() and 0 < len(drop) < int((split.train.labels == 7).sum())
+    plan = build_attack("edge-case", threat=THREAT, env=DIGITS, tail_fraction=0.5)
+    assert plan.exclude_train is not None and plan.exclude_train(split.train).tolist() == drop.tolist()
 
 
 def test_mixing_ratio_replaces_that_share_of_each_batch_with_target_labelled_edge_cases():
