@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.threads import apply_threads
-from defenses.robust import Median
+from defenses.robust import Krum, Median
 from fl_core.data.dataset import ArrayDataset
 from fl_core.models import build_model
 from fl_core.params import flatten_params
@@ -50,6 +50,9 @@ __all__ = ["main", "register", "run_flower", "run_plain"]
 logger = logging.getLogger(__name__)
 SHAPE, CLASSES, SEED = (1, 28, 28), 10, 0
 
+
+#: Largest update norm the two-server row's servers accept (far above one epoch's update here).
+TWO_SERVER_BOUND = 50.0
 
 def _model(hidden: tuple[int, ...]) -> torch.nn.Module:
     return build_model("mlp", input_shape=SHAPE, num_classes=CLASSES, hidden=hidden,
@@ -73,7 +76,11 @@ def client_round(arrays: list[np.ndarray], partition: int, round_idx: int, *, ex
     return [v.detach().numpy().copy() for v in model.state_dict().values()]
 
 
-def _pipeline(secure: bool = False) -> Pipeline:
+def _pipeline(secure: bool | str = False) -> Pipeline:
+    if secure == "two-server":
+        from secure_agg.twoserver import TwoServerAggregator
+
+        return Pipeline(secure=TwoServerAggregator(bound=TWO_SERVER_BOUND), rule=Krum(f=2))
     if not secure:
         return Pipeline(rule=Median(f=2))
     from secure_agg.grouped import GroupedSecAggPlus
@@ -105,12 +112,14 @@ def run_plain(*, nodes: int = 10, rounds: int = 3, examples: int = 256,
 
 
 def run_flower(*, nodes: int = 10, rounds: int = 3, examples: int = 256, hidden: tuple[int, ...] = (200, 200),
-               cpus: int = 2, secure: bool = False) -> dict[str, Any]:
+               cpus: int = 2, secure: bool | str = False) -> dict[str, Any]:
     """The same rounds in ``run_simulation``: seconds per round after the first, bytes per round each way.
 
-    ``secure``: Median over grouped SecAgg+ (groups of 2) run between the ClientApps and the
-    ServerApp (:class:`~secure_agg.flower_server.SecureAggregationStrategy`); the bytes then
-    are the global model down plus the protocol's payloads both ways.
+    ``secure=True``: Median over grouped SecAgg+ (groups of 2) run between the ClientApps and
+    the ServerApp (:class:`~secure_agg.flower_server.SecureAggregationStrategy`); the bytes then
+    are the global model down plus the protocol's payloads both ways. ``secure="two-server"``:
+    Krum(f=2) under two-server sharing (:class:`~secure_agg.flower_twoserver.TwoServerStrategy`),
+    S1 and the dealer as processes on 127.0.0.1; ``s2s_B`` is the traffic between the servers.
     """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -124,15 +133,25 @@ def run_flower(*, nodes: int = 10, rounds: int = 3, examples: int = 256, hidden:
     from fl_core.flower import PipelineStrategy
     from secure_agg.flower_client import add_secagg, train_reply
     from secure_agg.flower_server import SecureAggregationStrategy
+    from secure_agg.flower_twoserver import TwoServerStrategy
 
-    base = SecureAggregationStrategy if secure else PipelineStrategy
+    procs: list = []
+    extra: dict[str, Any] = {}
+    if secure == "two-server":
+        from benchmarks.twoserver_serve import spawn
+
+        procs = [spawn("s1", "--rule", "krum", "--param", "f=2", "--bound", str(TWO_SERVER_BOUND)), spawn("dealer")]
+        extra = {"s1": procs[0].address, "dealer": procs[1].address, "s1_public": procs[0].public,
+                 "dealer_public": procs[1].public}
+    base = TwoServerStrategy if secure == "two-server" else SecureAggregationStrategy if secure else PipelineStrategy
 
     class _Timed(base):  # type: ignore[valid-type,misc]
         def __init__(self) -> None:
-            super().__init__(_pipeline(secure), min_train_nodes=nodes, min_available_nodes=nodes)
+            super().__init__(_pipeline(secure), min_train_nodes=nodes, min_available_nodes=nodes, **extra)
             self.marks: list[float] = []
             self.up: list[int] = []
             self.down: list[int] = []
+            self.s2s: list[int] = []
 
         def configure_train(self, server_round, arrays, config, grid):
             self.marks.append(time.perf_counter())
@@ -148,6 +167,8 @@ def run_flower(*, nodes: int = 10, rounds: int = 3, examples: int = 256, hidden:
             self.marks.append(time.perf_counter())
             self.up[-1] += int(out[1].get("secure-bytes-up", 0))
             self.down[-1] += int(out[1].get("secure-bytes-down", 0))
+            self.up[-1] += int(out[1].get("node-upload-bytes", 0) * out[1].get("nodes-trained", 0))
+            self.s2s.append(int(out[1].get("s0-to-s1-bytes", 0) + out[1].get("s1-to-s0-bytes", 0)))
             return out
 
     client = ClientApp()
@@ -176,11 +197,13 @@ def run_flower(*, nodes: int = 10, rounds: int = 3, examples: int = 256, hidden:
                        backend_config={"client_resources": {"num_cpus": 1}})
     finally:
         ray.shutdown()
+        for p in procs:
+            p.kill()
     s = got["strategy"]
     per_round = [s.marks[2 * k + 1] - s.marks[2 * k] for k in range(rounds)]
     steady = per_round[1:] or per_round
     return {"rounds": rounds, "nodes": nodes, "round_s": float(np.mean(steady)), "first_round_s": per_round[0],
-            "down_B": float(np.mean(s.down)), "up_B": float(np.mean(s.up))}
+            "down_B": float(np.mean(s.down)), "up_B": float(np.mean(s.up)), "s2s_B": float(np.mean(s.s2s))}
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -206,6 +229,7 @@ def main(args: argparse.Namespace) -> int:
     plain = run_plain(nodes=args.nodes, rounds=args.rounds, examples=args.examples)
     flower = run_flower(nodes=args.nodes, rounds=args.rounds, examples=args.examples)
     secure = run_flower(nodes=args.nodes, rounds=args.rounds, examples=args.examples, secure=True)
+    two = run_flower(nodes=args.nodes, rounds=args.rounds, examples=args.examples, secure="two-server")
     table = Table(title=f"Median(f=2) pipeline, {args.nodes} clients, MLP with {plain['params']:,} parameters, "
                         f"one local epoch of {args.examples} examples", title_justify="left")
     for col in ("", "seconds per round", "of which the pipeline", "bytes down per round", "bytes up per round"):
@@ -216,8 +240,11 @@ def main(args: argparse.Namespace) -> int:
                   f"{flower['up_B']:,.0f}")
     table.add_row("Flower + grouped SecAgg+ (groups of 2)", f"{secure['round_s']:.2f}", "",
                   f"{secure['down_B']:,.0f}", f"{secure['up_B']:,.0f}")
+    table.add_row("Flower + two-server sharing, Krum(f=2), S1 and dealer processes", f"{two['round_s']:.2f}", "",
+                  f"{two['down_B']:,.0f}", f"{two['up_B']:,.0f}")
     Console().print(table)
+    Console().print(f"two-server: {two['s2s_B']:,.0f} bytes per round between S0 and S1 (both ways)")
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"plain": plain, "flower": flower, "flower_secagg": secure}
+    report = {"plain": plain, "flower": flower, "flower_secagg": secure, "flower_two_server": two}
     (args.out / "bench_flower.json").write_text(json.dumps(report, indent=2))
     return 0

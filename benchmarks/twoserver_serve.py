@@ -23,7 +23,12 @@ import argparse
 import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from fl_core.errors import ConfigError
 
-__all__ = ["build_role", "load_key", "main", "parse_params", "parser"]
+__all__ = ["Spawned", "build_role", "load_key", "main", "parse_params", "parser", "spawn"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +142,44 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         service.close()
     return 0
+
+
+@dataclass
+class Spawned:
+    """A party process started by :func:`spawn`: where it listens, its public key, its handle."""
+
+    address: tuple[str, int]
+    public: bytes
+    popen: subprocess.Popen
+    log: Path
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(timeout=30)
+
+
+def spawn(role: str, *args: str, lifetime_s: float = 900.0, ready_s: float = 120.0) -> Spawned:
+    """Start ``python -m benchmarks.twoserver_serve --role ROLE ARGS`` on 127.0.0.1 and wait until it listens.
+
+    The process exits by itself after ``lifetime_s``; the caller kills it when done.
+    """
+    work = Path(tempfile.mkdtemp(prefix="flsec-2s-"))
+    ready, log = work / "ready.json", work / "log.txt"
+    cmd = [sys.executable, "-m", "benchmarks.twoserver_serve", "--role", role, "--ready-file", str(ready),
+           "--lifetime-s", str(lifetime_s), *args]
+    with log.open("w") as sink:  # a file, not a pipe: a full pipe would block the process
+        popen = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + ready_s
+    while not ready.exists():
+        if popen.poll() is not None:
+            raise RuntimeError(f"{role} exited with {popen.returncode}: {log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            popen.kill()
+            raise RuntimeError(f"{role} did not listen within {ready_s} s")
+        time.sleep(0.1)
+    info = json.loads(ready.read_text())
+    return Spawned((info["host"], int(info["port"])), bytes.fromhex(info["public"]), popen, log)
 
 
 if __name__ == "__main__":

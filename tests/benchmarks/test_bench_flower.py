@@ -29,3 +29,15 @@ def test_flower_secagg_bytes_up_are_masked_inputs_not_models():
     # shares, but never its float32 model; down: the global model plus the relayed keys, shares and survivor lists
     assert nodes * ring_words < secure["up_B"] < nodes * (ring_words + 2048)
     assert nodes * 4 * plain["params"] < secure["down_B"] < nodes * (4 * plain["params"] + 3072)
+
+
+def test_flower_two_server_bytes_up_are_a_seed_and_one_ring_vector_per_node():
+    hidden, nodes = (8,), 7  # Krum(f=2) needs n > 6
+    plain = run_plain(nodes=5, rounds=1, examples=16, hidden=hidden)
+    two = run_flower(nodes=nodes, rounds=1, examples=16, hidden=hidden, cpus=2, secure="two-server")
+    d = plain["params"]
+    # up: per node its 32-byte round key, a sealed seed for S0 and a sealed 64-bit ring vector for S1, never a model
+    assert nodes * 8 * d < two["up_B"] < nodes * (8 * d + 400)
+    assert nodes * 4 * d < two["down_B"] < nodes * (4 * d + 1024)  # the global model, as in a plain round
+    # between the servers: the relayed shares (n x 8d) and the openings (one n x d cohort per triple each way)
+    assert two["s2s_B"] > nodes * 8 * d
