@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_core.aggregation import AggregationResult, Aggregator, RoundContext
+from fl_core.aggregation import AggregationResult, Aggregator, RoundContext, WeightedMean
 from fl_core.checks import as_int
 from fl_core.contracts import StageContract, contract_of
 from fl_core.errors import ConfigError
@@ -31,8 +31,9 @@ from secure_agg.twoserver.runner import Network, RoundCost, TwoServerRound
 __all__ = ["GeometricMean", "TwoServerAggregator"]
 
 
-class GeometricMean(GeometricRule, Aggregator):
-    """The weighted mean as a geometric rule (norms are read only to validate them).
+class GeometricMean(GeometricRule, WeightedMean):
+    """The weighted mean as a geometric rule (norms are read only to validate them); its contract and
+    sensitivity are :class:`~fl_core.aggregation.WeightedMean`'s.
 
     Examples
     --------
@@ -107,8 +108,9 @@ class TwoServerAggregator(RoundCounterState, Aggregator):
         self.last_cost: RoundCost | None = None
 
     def contract(self) -> StageContract:
-        """Hides the rows; the rule's kind of output."""
-        return StageContract(output=contract_of(self.rule).output, hides_rows=True)
+        """Hides the rows; the rule's kind of output and whether its sensitivity is bounded."""
+        inner = contract_of(self.rule)
+        return StageContract(output=inner.output, bounded=inner.bounded, hides_rows=True)
 
     def supports_rule(self, rule: Aggregator) -> bool:
         """Rules that decide from norms, inner products and cosines."""

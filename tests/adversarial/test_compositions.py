@@ -128,3 +128,17 @@ def test_federation_refuses_the_combination_before_any_training(monkeypatch):
     with pytest.raises(CompositionError, match="Krum needs the plaintext rows"):
         Federation(model_name="mlp", clients=clients, test_data=split.test, clients_per_round=9,
                    pipeline=Pipeline(secure=SecAggPlusAggregator(clip=1.0), rule=Krum(f=1)))
+
+
+@pytest.mark.parametrize(("rule", "want"), [(Krum(f=2), 2 * 2.0), (None, None)])
+def test_central_dp_after_two_server_sharing_is_sized_by_the_rules_sensitivity(rule, want):
+    from secure_agg.twoserver import TwoServerAggregator
+    from secure_agg.twoserver.aggregator import GeometricMean
+
+    dp = CentralDPFedAvg(noise_multiplier=0.5, expected_clients=10, sample_rate=1.0, delta=1e-5, clip_norm=2.0)
+    pipe = Pipeline(client=[dp.clip], secure=TwoServerAggregator(bound=5.0), rule=rule, server=[dp.noise])
+    # Krum outputs one client's row (inside the ball of radius C = 2): sensitivity 2C; the mean: the weighted mean's
+    expected = want if want is not None else GeometricMean().sensitivity(2.0, 10)
+    assert expected is not None and pipe.aggregator.sensitivity(2.0, 10) == expected
+    # a clip above the protocol's bound: validation rejects rows longer than 5, so the noise is sized by 5
+    assert pipe.aggregator.sensitivity(9.0, 10) == (2 * 5.0 if want else GeometricMean().sensitivity(5.0, 10))
