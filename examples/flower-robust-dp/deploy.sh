@@ -7,6 +7,9 @@
 # `flwr run` config overrides in RUN_CONFIG (default: 'num-server-rounds=2', SecAgg+ with Median and DP; every
 # SecAgg+ stage starts one ClientApp process per node, about 1 min per stage for 10 nodes on 2 cores, so a secure
 # round takes about 5 min there; RUN_CONFIG='secure=false' runs 5 plaintext rounds in about 3 min).
+# TWO_SERVER=1: the two-server protocol instead of SecAgg+: S1 (Krum, f=2, bound 5) and the dealer are started
+# here as their own processes on 127.0.0.1 (python -m benchmarks.twoserver_serve) and the ServerApp is S0;
+# one message per node per round (RUN_CONFIG then defaults to 'num-server-rounds=2 rule="krum"').
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,6 +19,8 @@ NODES="${NODES:-10}"
 PORT="${PORT:-39201}"
 NODE_PORT_BASE="${NODE_PORT_BASE:-39300}"
 RUN_TIMEOUT_S="${RUN_TIMEOUT_S:-1200}"
+TWO_SERVER="${TWO_SERVER:-0}"
+if [[ "$TWO_SERVER" == 1 ]]; then RUN_CONFIG="${RUN_CONFIG:-num-server-rounds=2 rule=\"krum\"}"; fi
 RUN_CONFIG="${RUN_CONFIG:-num-server-rounds=2}"
 WORK="${WORK:-$(mktemp -d /tmp/flower-robust-dp.XXXXXX)}"
 RESULT="$WORK/result.json"
@@ -71,6 +76,21 @@ for ((k = 0; k < NODES; k++)); do
     --node-config "partition-id=$k num-partitions=$NODES" > "$WORK/logs/supernode-$k.log" 2>&1 &
   PIDS+=($!)
 done
+
+if [[ "$TWO_SERVER" == 1 ]]; then  # S1 (its operator's rule and bound) and the dealer, each a process
+  "$BIN/python" -m benchmarks.twoserver_serve --role s1 --rule krum --param f=2 --bound 5.0 \
+    --ready-file "$WORK/s1.json" --lifetime-s "$RUN_TIMEOUT_S" > "$WORK/logs/s1.log" 2>&1 &
+  PIDS+=($!)
+  "$BIN/python" -m benchmarks.twoserver_serve --role dealer --ready-file "$WORK/dealer.json" \
+    --lifetime-s "$RUN_TIMEOUT_S" > "$WORK/logs/dealer.log" 2>&1 &
+  PIDS+=($!)
+  for f in s1 dealer; do
+    for _ in $(seq 240); do [[ -s "$WORK/$f.json" ]] && break; sleep 0.5; done
+    [[ -s "$WORK/$f.json" ]] || { echo "deploy.sh: $f did not start" >&2; exit 1; }
+  done
+  field() { "$BIN/python" -c "import json, sys; d = json.load(open(sys.argv[1])); print(d['host'] + ':' + str(d['port']) if sys.argv[2] == 'address' else d['public'])" "$1" "$2"; }
+  RUN_CONFIG="$RUN_CONFIG secure=true protocol=\"two-server\" s1-address=\"$(field "$WORK/s1.json" address)\" s1-public=\"$(field "$WORK/s1.json" public)\" dealer-address=\"$(field "$WORK/dealer.json" address)\" dealer-public=\"$(field "$WORK/dealer.json" public)\""
+fi
 
 cat > "$FLWR_HOME/config.toml" <<TOML
 [superlink]

@@ -2,10 +2,12 @@
 
 One ``flower-superlink`` and 10 ``flower-supernode`` processes on 127.0.0.1 (each SuperNode
 with its partition in ``--node-config``), then ``flwr run`` of the app against that
-SuperLink, twice: one round of flsec's SecAgg+ between the ClientApps and the ServerApp, whose
+SuperLink, three times: one round of flsec's SecAgg+ between the ClientApps and the ServerApp, whose
 aggregate must equal plaintext FedAvg recomputed here; then Median with central DP under two
-sign-flipping, boosting nodes. The ServerApp writes its final accuracy, per-round
-metrics and arrays to the ``result-path`` of the run config.
+sign-flipping, boosting nodes; then one round of Krum under two-server sharing with S1 and the
+dealer as two more processes, whose aggregate must equal plaintext Krum recomputed here.
+The ServerApp writes its final accuracy, per-round metrics and arrays to the ``result-path``
+of the run config.
 Every process (and the SuperExec/app processes they spawn) is stopped in ``finally``.
 """
 
@@ -33,7 +35,13 @@ APP = REPO / "examples" / "flower-robust-dp"
 BIN = Path(sys.executable).parent
 NODES, ROUNDS = 10, 5
 sys.path.insert(0, str(APP))  # the app's task module: the known answer is computed from the same training
+import torch  # noqa: E402
 from flower_robust_dp import task  # noqa: E402
+
+from benchmarks.twoserver_serve import spawn  # noqa: E402
+from defenses.robust import Krum  # noqa: E402
+
+TWO_SERVER_BOUND = 5.0
 
 
 def _free_port() -> int:
@@ -113,6 +121,22 @@ def _replay_fedavg(rounds: int) -> list[np.ndarray]:
     return g
 
 
+def _replay_two_server_krum() -> list[np.ndarray]:
+    """Plaintext Krum(f=2) over the 10 honest nodes' first-round updates whose norm is within the bound."""
+    cfg = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    g = task.initial_arrays()
+    flat = np.concatenate([a.ravel() for a in g]).astype(np.float64)
+    ups = [np.concatenate([a.ravel() for a in task.train(g, k, lr=float(cfg["lr"]), steps=int(cfg["local-steps"]))])
+           - flat for k in range(NODES)]
+    ok = [u for u in ups if np.linalg.norm(u) <= TWO_SERVER_BOUND]
+    new = flat + Krum(f=2).excluding(NODES - len(ok))(torch.tensor(np.stack(ok))).numpy()
+    out, pos = [], 0
+    for a in g:
+        out.append(new[pos: pos + a.size].reshape(a.shape))
+        pos += a.size
+    return out
+
+
 @pytest.mark.slow
 def test_flwr_run_on_a_local_deployment_secagg_plus_round_and_median_dp_under_attack(tmp_path: Path) -> None:
     """Two runs on one deployment: a SecAgg+ round equal to plaintext FedAvg; Median with DP under attack.
@@ -165,13 +189,29 @@ def test_flwr_run_on_a_local_deployment_secagg_plus_round_and_median_dp_under_at
         secure_s = time.monotonic() - t0
         robust = flwr_run("median-dp", f'num-server-rounds={ROUNDS} secure=false rule="median" attack=true '
                                        "dp=true noise-multiplier=0.01")
+        # the two-server protocol: S1 (Krum, f=2, the app's bound) and the dealer as two more processes
+        parties = [spawn("s1", "--rule", "krum", "--param", "f=2", "--bound", str(TWO_SERVER_BOUND)),
+                   spawn("dealer")]
+        t0 = time.monotonic()
+        two = flwr_run("two-server-krum", 'num-server-rounds=1 secure=true protocol="two-server" rule="krum" '
+                       f"dp=false attack=false two-server-bound={TWO_SERVER_BOUND} "
+                       f's1-address="127.0.0.1:{parties[0].address[1]}" s1-public="{parties[0].public.hex()}" '
+                       f'dealer-address="127.0.0.1:{parties[1].address[1]}" dealer-public="{parties[1].public.hex()}"')
+        two_s = time.monotonic() - t0
     finally:
+        for party in locals().get("parties", []):
+            party.kill()
         _stop(procs)
     assert listening and all(ip == "127.0.0.1" for ip, _ in listening), listening
     # SecAgg+ across 11 processes: the aggregate is plaintext FedAvg within the quantisation bound
     for got, want in zip(plain["arrays"], _replay_fedavg(1), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert plain["history"]["1"]["nodes-aggregated"] == NODES
+    # two-server sharing across 13 processes: the aggregate is plaintext Krum over the nodes whose norm is in bound
+    for got, want in zip(two["arrays"], _replay_two_server_krum(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert two["history"]["1"]["nodes-trained"] == NODES and "aborted" not in two["history"]["1"]
+    print(f"one two-server round on the deployment: {two_s:.0f} s (one message per node)")
     print(f"one SecAgg+ round on the deployment: {secure_s:.0f} s (a ClientApp process per node per stage)")
     history = robust["history"]
     assert robust["rounds_done"] == ROUNDS

@@ -3,7 +3,11 @@
 With ``secure`` (the default) the nodes' updates reach the ServerApp only through
 flsec's SecAgg+ (``SecureAggregationStrategy``): grouped SecAgg+ in random groups of
 ``group-size`` nodes with the robust rule over the group means, or plain SecAgg+ for
-``rule="mean"``. Without it, ``PipelineStrategy`` runs the rule on the plaintext replies.
+``rule="mean"``. With ``protocol="two-server"`` the ServerApp is server S0 of flsec's
+two-server protocol (``TwoServerStrategy``): S1 and the dealer are processes of their own
+(``deploy.sh`` with ``TWO_SERVER=1`` starts them), the nodes send two sealed shares, and
+Krum (or the mean) runs on norms and inner products computed from the shares. Without
+``secure``, ``PipelineStrategy`` runs the rule on the plaintext replies.
 
 Per round it logs the global model's test accuracy and the privacy ledger's
 ``dp_epsilon``; with ``result-path`` set it writes the final accuracy, the per-round
@@ -30,7 +34,9 @@ from fl_core.pipeline import Pipeline
 from flower_robust_dp import task
 from secure_agg.aggregator import SecAggPlusAggregator
 from secure_agg.flower_server import SecureAggregationStrategy
+from secure_agg.flower_twoserver import TwoServerStrategy
 from secure_agg.grouped import GroupedSecAggPlus
+from secure_agg.twoserver import TwoServerAggregator
 
 log = logging.getLogger("flwr")  # Flower's own logger: its records reach `flwr run --stream` and `flwr log`
 app = ServerApp()
@@ -48,19 +54,41 @@ def build_pipeline(cfg: dict[str, Any], nodes: int) -> Pipeline:
                          delta=float(cfg["delta"]), clip_norm=float(cfg["clip-norm"])) if cfg["dp"] else None
     if not cfg["secure"]:
         return dp.pipeline(rule=rule, seed=seed) if dp else Pipeline(rule=rule, seed=seed)
+    client, server = ([dp.clip], [dp.noise]) if dp else ([], [])
+    if cfg["protocol"] == "two-server":  # Krum, or the mean, on inner products computed from the shares
+        if cfg["rule"] == "median":
+            raise ValueError("the two-server protocol runs rules on norms and inner products: rule krum or mean, "
+                             "not median (coordinate-wise rules need secure comparison)")
+        secure = TwoServerAggregator(bound=float(cfg["two-server-bound"]))
+        return Pipeline(client=client, secure=secure, rule=rule if cfg["rule"] == "krum" else None, server=server,
+                        seed=seed)
+    if cfg["protocol"] != "secagg+":
+        raise ValueError(f"protocol must be 'secagg+' or 'two-server', got {cfg['protocol']!r}")
     clip = float(cfg["secure-clip"])  # SecAgg+'s per-coordinate range [-clip, clip]
     if cfg["rule"] == "mean":
         secure, rule = SecAggPlusAggregator(clip=clip, gamma=0.0, delta=0.2), None
     else:
         secure = GroupedSecAggPlus(group_size=int(cfg["group-size"]), clip=clip, gamma=0.0, delta=0.0)
-    return Pipeline(client=[dp.clip] if dp else [], secure=secure, rule=rule, server=[dp.noise] if dp else [],
-                    seed=seed)
+    return Pipeline(client=client, secure=secure, rule=rule, server=server, seed=seed)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"a two-server address is host:port, got {text!r} (deploy.sh TWO_SERVER=1 sets it)")
+    return host, int(port)
 
 
 def build_strategy(cfg: dict[str, Any], nodes: int) -> PipelineStrategy:
-    """``SecureAggregationStrategy`` with ``secure``, else ``PipelineStrategy``, on ``nodes`` nodes."""
+    """``TwoServerStrategy`` or ``SecureAggregationStrategy`` with ``secure``, else ``PipelineStrategy``."""
     common = {"min_train_nodes": nodes, "min_available_nodes": nodes, "seed": int(cfg["seed"]),
               "node_wait_s": float(cfg["node-wait-s"])}
+    if cfg["secure"] and cfg["protocol"] == "two-server":
+        return TwoServerStrategy(build_pipeline(cfg, nodes), s1=_address(cfg["s1-address"]),
+                                 dealer=_address(cfg["dealer-address"]),
+                                 s1_public=bytes.fromhex(str(cfg["s1-public"])) or None,
+                                 dealer_public=bytes.fromhex(str(cfg["dealer-public"])) or None,
+                                 link_timeout_s=float(cfg["round-timeout-s"]), **common)
     if cfg["secure"]:  # a protocol stage waits as long as a training round
         return SecureAggregationStrategy(build_pipeline(cfg, nodes), stage_timeout_s=float(cfg["round-timeout-s"]),
                                          **common)
