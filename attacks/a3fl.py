@@ -4,7 +4,7 @@ Backdoor Attacks to Federated Learning", NeurIPS 2023).
 A static trigger is unlearned by the global training once the attackers stop (or
 is removed by a defense). A3FL instead optimises the trigger pattern every round,
 *before* local training, against the global model **and** against an adversarially
-"unlearned" copy of it: the min-max of the paper (Sec. 4, Algorithm 1),
+"unlearned" copy of it: the paper's min-max,
 
 * inner max (the defender simulated): a copy ``theta'`` of the global model
   ``theta`` is trained for ``adv_epochs`` to *remove* the current trigger: SGD on
@@ -14,8 +14,9 @@ is removed by a defense). A3FL instead optimises the trigger pattern every round
   ``L(theta; x + delta, y_t) + lambda * sim(theta', theta) * L(theta'; x + delta, y_t)``,
   the target-class cross-entropy on stamped inputs, with ``sim`` the cosine
   similarity of the two models' parameters (an unlearned model far from the global
-  one counts less); ``theta'`` is re-crafted against the current pattern every
-  ``adv_every`` passes, from the second pass on, as in the authors' code.
+  one counts less; the authors' code takes the cosine of the two models' conv-layer
+  gradients instead, which our MLPs do not have); ``theta'`` is re-crafted against the
+  current pattern every ``adv_every`` passes, from the second pass on, as in the authors' code.
 
 Then each malicious client trains on its data with a ``poison_fraction`` of every
 batch stamped with the new pattern and labelled ``y_t``. The pattern lives in a
