@@ -148,7 +148,7 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
     def pipeline() -> Pipeline:  # a fresh one each call: the cell's, and the privacy probe's
         return build_pipeline(cell.defense, setting=setting, d=d, seed=seed,
                               optimizer=build_server_optimizer(setting.server_opt, lr=setting.server_lr),
-                              server_update=server_update)
+                              server_update=server_update, model=model, input_shape=tuple(train.x.shape[1:]))
 
     base = pipeline()
     env = attack_env(train)

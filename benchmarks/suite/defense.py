@@ -28,6 +28,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from benchmarks.suite.schema import ComponentSpec, DPSpec, Setting, SuiteError
 from defenses.dp import (
     CentralDPFedAvg,
@@ -63,9 +65,11 @@ def dp_user_parameters(variant: str) -> list[str]:
     return [p.name for p in DP_FEDAVG.parameters(variant) if p.name not in AUTO_DP_PARAMS[variant]]
 
 
-def instantiate_rule(spec: ComponentSpec, *, f: int, seed: int, server_update: Callable | None = None):
-    """The registered rule or pre-aggregator of ``spec``; ``f``, ``server_update`` and a seeded generator fill
-    the constructor arguments the entry leaves out."""
+def instantiate_rule(spec: ComponentSpec, *, f: int, seed: int, server_update: Callable | None = None,
+                     model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None):
+    """The registered rule or pre-aggregator of ``spec``; ``f``, ``server_update``, the cell's ``model`` and
+    ``input_shape`` (DeepSight reads the model's layout) and a seeded generator fill the constructor
+    arguments the entry leaves out."""
     entry = get_rule(spec.name)
     params = dict(spec.params)
     accepted = entry.cls.__init__.__code__.co_varnames
@@ -73,24 +77,31 @@ def instantiate_rule(spec: ComponentSpec, *, f: int, seed: int, server_update: C
         params["f"] = f
     if "server_update" in accepted and "server_update" not in params:
         params["server_update"] = server_update
+    if "model" in accepted and "model" not in params:
+        params["model"] = model
+    if "input_shape" in accepted and "input_shape" not in params:
+        params["input_shape"] = input_shape
     if "generator" in accepted and "generator" not in params:
         params["generator"] = torch_generator(seed, Stream.USER, 11)
     return entry.cls(**params)
 
 
-def _instantiate(spec: ComponentSpec, *, setting: Setting, server_update: Callable | None, seed: int):
+def _instantiate(spec: ComponentSpec, *, setting: Setting, server_update: Callable | None, seed: int,
+                 model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None):
     f = 0 if spec.name in _NO_F_DEFAULT else setting.expected_f
-    return instantiate_rule(spec, f=f, seed=seed, server_update=server_update)
+    return instantiate_rule(spec, f=f, seed=seed, server_update=server_update, model=model, input_shape=input_shape)
 
 
 def build_defense(
-    spec: ComponentSpec, *, setting: Setting, server_update: Callable | None = None, seed: int = 0
+    spec: ComponentSpec, *, setting: Setting, server_update: Callable | None = None, seed: int = 0,
+    model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None,
 ) -> Aggregator:
     """The robust rule of a suite entry: its pre-aggregators chained before its rule."""
-    rule = _instantiate(spec, setting=setting, server_update=server_update, seed=seed)
+    known = {"server_update": server_update, "seed": seed, "model": model, "input_shape": input_shape}
+    rule = _instantiate(spec, setting=setting, **known)
     if not spec.pre:
         return rule
-    pres = [_instantiate(p, setting=setting, server_update=server_update, seed=seed) for p in spec.pre]
+    pres = [_instantiate(p, setting=setting, **known) for p in spec.pre]
     return Compose(*pres, rule)
 
 
@@ -126,6 +137,8 @@ def build_pipeline(
     attack: Any = None,
     optimizer: ServerOptimizer | None = None,
     server_update: Callable | None = None,
+    model: nn.Module | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> Pipeline:
     """The defense entry as a pipeline, with ``attack`` in its attack slot.
 
@@ -138,7 +151,8 @@ def build_pipeline(
     """
     plain = spec.secure is None and spec.dp is None
     has_rule = plain or spec.name not in _NO_F_DEFAULT or bool(spec.pre or spec.params)
-    rule = build_defense(spec, setting=setting, server_update=server_update, seed=seed) if has_rule else None
+    rule = (build_defense(spec, setting=setting, server_update=server_update, seed=seed, model=model,
+                          input_shape=input_shape) if has_rule else None)
     common = {"attack": attack, "optimizer": optimizer, "seed": seed}
     dp = spec.dp
     if dp is None:

@@ -368,7 +368,9 @@ def _validate_defense(spec: ComponentSpec, where: str, setting: Setting) -> None
     # composition, tolerance and ranges: build the pipeline and run a tiny cohort of m rows through it
     try:
         d = 4
-        pipe = build_pipeline(spec, setting=setting, d=d, seed=0, server_update=lambda ctx: torch.ones(d) * 0.1)
+        # d = 4: the rules that read a model's layout (DeepSight) get a stand-in with 4 parameters
+        pipe = build_pipeline(spec, setting=setting, d=d, seed=0, server_update=lambda ctx: torch.ones(d) * 0.1,
+                              model=torch.nn.Linear(1, 2), input_shape=(1,))
         pipe.check_cohort_size(setting.m)
         U = torch.randn(setting.m, d, generator=torch.Generator().manual_seed(0)) * 0.1
         pipe(U, torch.ones(setting.m), Round(index=0, client_ids=tuple(range(setting.m)), global_params=torch.zeros(d)))
