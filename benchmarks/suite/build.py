@@ -112,15 +112,6 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
     """Partition, sample the attackers, build the defense and the attack, and the federation."""
     seed = cell.seed
     train = split.train
-    parts = partition(
-        train.labels,
-        scheme=setting.partition,
-        n_clients=setting.clients,
-        alpha=setting.alpha,
-        shards_per_client=setting.shards_per_client,
-        gamma=setting.gamma_similarity,
-        generator=numpy_generator(seed, Stream.PARTITION),
-    )
     malicious_fraction = 0.0 if cell.attack.name == "none" else setting.malicious_fraction
     threat = ThreatModel.sample(
         n_clients=setting.clients,
@@ -153,9 +144,22 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
     base = pipeline()
     env = attack_env(train)
     plan = build_attack(cell.attack.name, threat=threat, env=env, aggregator=base.aggregator, **cell.attack.params)
+    # the clients' data: an edge-case attack's low-density region is held out of every client (Wang et al. 2020)
+    clients_train = train
+    if plan.exclude_train is not None:
+        clients_train = train.subset(np.setdiff1d(np.arange(len(train)), plan.exclude_train(train)))
+    parts = partition(
+        clients_train.labels,
+        scheme=setting.partition,
+        n_clients=setting.clients,
+        alpha=setting.alpha,
+        shards_per_client=setting.shards_per_client,
+        gamma=setting.gamma_similarity,
+        generator=numpy_generator(seed, Stream.PARTITION),
+    )
     fed = Federation(
         model=model,
-        clients=make_clients(train, parts, hooks=plan.hooks),
+        clients=make_clients(clients_train, parts, hooks=plan.hooks),
         test_data=split.test,
         clients_per_round=setting.m,
         local=local,

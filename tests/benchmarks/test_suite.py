@@ -214,3 +214,24 @@ def test_report_shows_the_most_exposed_client_beside_the_first_honest_one(tmp_pa
     first, worst = text.split("most exposed probe client")
     assert "| none | 9.3 | 12.0 |" in first and "| none | 33.6 | 14.5 |" in worst
     assert (tmp_path / "outcomes.png").stat().st_size > 1000
+
+
+def test_an_edge_case_cell_holds_the_low_density_region_out_of_every_client():
+    from benchmarks.suite.build import build_cell
+    from fl_core import load_dataset
+
+    spec = parse_suite(_suite("[[attacks]]\nname = 'edge-case'\n[[attacks]]\nname = 'none'\n"
+                              "[[defenses]]\nname = 'mean'\n").replace("seeds = [0, 1]", "seeds = [0]"))
+    split = load_dataset(spec.setting.dataset)
+    edge_cell, plain_cell = spec.cells()
+    run = build_cell(edge_cell, spec.setting, split)
+    held = run.plan.exclude_train(split.train)
+    assert len(held) > 0
+    held_x = split.train.x[held].reshape(len(held), -1)
+    for client in run.federation.clients:
+        xs = client.data.x.reshape(len(client.data), -1)
+        # no client input equals a held-out input (compared by content: the clients' data is a re-indexed subset)
+        assert not bool((xs[:, None, :] == held_x[None, :, :]).all(-1).any())
+    plain = build_cell(plain_cell, spec.setting, split)  # other attacks keep the whole training split
+    assert sum(len(c.data) for c in plain.federation.clients) == len(split.train)
+    assert sum(len(c.data) for c in run.federation.clients) == len(split.train) - len(held)
