@@ -182,7 +182,7 @@ def sweep_heatmaps(spec: SuiteSpec, cells: list[dict[str, Any]], out: Path) -> l
                                                      attacks=attacks).values())
                 for a in v1 for b in v2}
         path = out / f"worst_accuracy_{d.label}.png"
-        _heatmap(path, f"{d.label}: worst-case accuracy over attacks\\nrows {k1}, columns {k2}",
+        _heatmap(path, f"{d.label}: worst-case accuracy over attacks\nrows {k1}, columns {k2}",
                  [str(a) for a in v1], [str(b) for b in v2], vals, "viridis")
         paths.append(path)
     return paths
