@@ -14,7 +14,7 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from benchmarks import dp_study, list_cmd, recon, run_job
+from benchmarks import dp_study, list_cmd, recon, run_job, twoserver_serve
 from benchmarks.reproduce import run as reproduce_cli
 from benchmarks.suite import cli as suite_cli
 from fl_core.errors import FlsecError
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce_cli.register(sub)
     recon.register(sub)
     dp_study.register(sub)
+    twoserver_serve.register(sub)
     bench = sub.add_parser("bench", help="cost benchmarks (time, bytes, ratios against a floor)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     for module in _bench_modules():

@@ -37,14 +37,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from fl_core.errors import ConfigError
 
-__all__ = ["Spawned", "build_role", "load_key", "main", "parse_params", "parser", "spawn"]
+__all__ = ["Spawned", "add_arguments", "build_role", "load_key", "main", "parse_params", "parser", "register",
+           "serve", "spawn"]
 
 logger = logging.getLogger(__name__)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flsec two-server serve",
-                                description="Run S1 or the dealer of the two-server protocol (S0 is the ServerApp).")
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``flsec two-server serve`` (and ``python -m benchmarks.twoserver_serve``)."""
     p.add_argument("--role", choices=("s1", "dealer"), required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one, see --ready-file)")
@@ -60,6 +60,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lifetime-s", type=float, help="exit after this many seconds")
     p.add_argument("--max-connections", type=int, help="exit after this many S0 sessions")
     return p
+
+
+def parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(
+        prog="flsec two-server serve",
+        description="Run S1 or the dealer of the two-server protocol (S0 is the ServerApp)."))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``flsec two-server serve``."""
+    two = subparsers.add_parser("two-server", help="run S1 or the dealer of the two-server protocol as a process")
+    sub = two.add_subparsers(dest="two_server", metavar="ACTION")
+    serve_p = sub.add_parser("serve", help="S1 (with its rule and bound) or the dealer, on 127.0.0.1 by default",
+                             description="Run S1 or the dealer of the two-server protocol (S0 is the ServerApp).")
+    add_arguments(serve_p).set_defaults(func=serve)
+    two.set_defaults(func=lambda args: (two.print_help(), 2)[1])
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -120,10 +136,14 @@ def build_role(args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return serve(parser().parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until the lifetime or the session count ends (or forever)."""
     from secure_agg.twoserver.service import PartyService
 
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     pin = bytes.fromhex(args.peer_public) if args.peer_public else None
     service = PartyService(build_role(args), host=args.host, port=args.port, peer_public=pin,
                            timeout_s=args.timeout)
