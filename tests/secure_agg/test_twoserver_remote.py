@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from defenses.robust import Krum
+from fl_core.errors import ConfigError
 from secure_agg.errors import ProtocolAbortError
 from secure_agg.twoserver.client import ShareClient
 from secure_agg.twoserver.link import Link, LinkError
@@ -199,3 +200,20 @@ def test_an_altered_replayed_or_dropped_link_record_ends_the_link(attack):
     with pytest.raises(LinkError, match="failed authentication"):
         right.recv()
     right.close(), left_sock.close()
+
+
+def test_the_serve_command_checks_its_options_and_keeps_its_key(tmp_path, capsys):
+    from benchmarks.cli import main as cli_main
+    from benchmarks.twoserver_serve import load_key
+
+    assert cli_main(["two-server", "serve", "--role", "dealer", "--bound", "3"]) == 2
+    assert "the dealer takes no --rule, --param or --bound" in capsys.readouterr().err
+    assert cli_main(["two-server", "serve", "--role", "s1", "--rule", "krum"]) == 2
+    assert "S1 needs --bound" in capsys.readouterr().err
+    key = tmp_path / "s1.key"
+    first = load_key(key)
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    assert Party(SERVERS[1], private=load_key(key)).public == Party(SERVERS[1], private=first).public
+    key.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="holds 5 bytes, expected a 32-byte X25519 key"):
+        load_key(key)
