@@ -177,3 +177,16 @@ def test_construction_errors_name_the_value():
                                     dealer=("127.0.0.1", 2), min_train_nodes=2, min_available_nodes=2)
     with pytest.raises(ConfigError, match="S1 is unreachable"):
         list(unreachable.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord(), LocalGrid(_app(), 2)))
+
+
+def test_with_the_default_rule_a_round_equals_weighted_fedavg_of_the_accepted_nodes():
+    with twoserver_procs.parties("--bound", str(BOUND)) as (s1, dealer):  # S1 runs the weighted mean
+        strategy = TwoServerStrategy(Pipeline(secure=TwoServerAggregator(bound=BOUND)), s1=s1.address,
+                                     dealer=dealer.address, s1_public=s1.public, dealer_public=dealer.public,
+                                     min_train_nodes=N, min_available_nodes=N)
+        arrays, metrics = _round(LocalGrid(_app(), N), strategy)
+    kept = range(6)  # node 6's norm is over the bound: out of the round
+    w = np.array([10.0 + p for p in kept])
+    fedavg = GLOBAL[0].ravel() + (w[:, None] * np.stack([_update(p).ravel() for p in kept])).sum(0) / w.sum()
+    np.testing.assert_allclose(_got(arrays), fedavg, rtol=0, atol=1e-6)
+    assert metrics["nodes-aggregated"] == 6 and metrics["nodes-rejected"] == 1
