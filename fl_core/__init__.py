@@ -4,7 +4,7 @@ Examples
 --------
 >>> import fl_core
 >>> sorted(fl_core.MODELS)
-['cnn', 'mlp']
+['cnn', 'lenet5', 'mlp']
 """
 
 from fl_core.lazy import lazy_exports
