@@ -69,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         run, render, data = run_fm_suite, render_fm_report, "BBC News with MiniLM"
     else:
         spec = load_suite(args.suite)
+        if spec.sweep:  # the suite runner would run only the base setting
+            raise SuiteError("sweep", f"{spec.name!r} is a reproduction sweep; run it with flsec reproduce")
         run, render, data = run_suite, render_report, spec.setting.dataset
     where = ""
     if args.ray is not None:

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from benchmarks.suite.build import build_cell, preflight_attacks
+from benchmarks.suite.build import build_cell, preflight_attacks, preflight_model
 from benchmarks.suite.runner import done_cells, probe_exposure, run_cell, stored_exposures, suite_progress
 from benchmarks.suite.spec import Cell, SuiteSpec
 from benchmarks.suite.store import ResultStore
@@ -172,6 +172,7 @@ def run_suite_ray(
     if todo:
         split = load_dataset(spec.setting.dataset, path=spec.setting.data_path)
         preflight_attacks(spec.attacks, spec.setting, split.train)
+        preflight_model(spec.setting)
         with ray_session(address, connect_timeout_s=connect_timeout_s) as ray:
             gpus = _gpus(spec, gpus_per_cell, float(ray.cluster_resources().get("GPU", 0.0)))
             check_resources({"CPU": cpus_per_cell, "GPU": gpus}, what=f"a cell of suite {spec.name!r}")

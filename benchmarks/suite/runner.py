@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks import AttackSchedule, attack_success_rate, detection_rates
-from benchmarks.suite.build import CellRun, build_cell, preflight_attacks
+from benchmarks.suite.build import CellRun, build_cell, preflight_attacks, preflight_model
 from benchmarks.suite.exposure import measure_exposure
 from benchmarks.suite.spec import Cell, Setting, SuiteSpec
 from benchmarks.suite.store import ResultStore
@@ -198,6 +198,7 @@ def run_suite(
     if todo:  # everything that can fail on the data is checked before OUT is created
         split = load_dataset(spec.setting.dataset, path=spec.setting.data_path)
         preflight_attacks(spec.attacks, spec.setting, split.train)
+        preflight_model(spec.setting)
     store.claim(spec.source)
     console = console or Console(stderr=True)
     log.info("suite %s: %d cells, %d to run", spec.name, len(cells), len(todo))

@@ -235,3 +235,14 @@ def test_an_edge_case_cell_holds_the_low_density_region_out_of_every_client():
     plain = build_cell(plain_cell, spec.setting, split)  # other attacks keep the whole training split
     assert sum(len(c.data) for c in plain.federation.clients) == len(split.train)
     assert sum(len(c.data) for c in run.federation.clients) == len(split.train) - len(held)
+
+
+def test_suite_run_refuses_a_reproduction_sweep_and_a_model_too_big_for_the_data(tmp_path, capsys):
+    assert cli_main(["suite", "run", "repro-byzfl-heatmap", "--out", str(tmp_path / "sweep")]) == 2
+    assert "is a reproduction sweep; run it with flsec reproduce" in " ".join(capsys.readouterr().err.split())
+    file = tmp_path / "lenet.toml"
+    file.write_text(_suite("[[attacks]]\nname = 'none'\n[[defenses]]\nname = 'mean'\n").replace(
+        'dataset = "digits"', 'dataset = "digits"\nmodel = "lenet5"'))
+    with pytest.raises(SuiteError, match="use 'cnn' or 'mlp' for smaller images"):
+        run_suite(load_suite(str(file)), out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sweep").exists()
