@@ -10,7 +10,7 @@ Examples
 --------
 >>> from attacks.fm.registry import FM_ATTACKS, BACKDOOR_FIELDS
 >>> FM_ATTACKS.names()
-['compromised-fm', 'fm-public-data', 'none']
+['compromised-fm', 'fm-poisoned-samples', 'fm-public-data', 'none']
 >>> FM_ATTACKS.make("fm-public-data", server_steps=5).server_steps
 5
 >>> BACKDOOR_FIELDS
@@ -24,11 +24,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from attacks.fm.compromised import FMBackdoor
+from attacks.fm.poisoned_samples import PoisonedSamples
 from attacks.fm.public_data import FMPublicSet
 from fl_core.errors import ConfigError
 from fl_core.registry import Registry, default_of
 
-__all__ = ["BACKDOOR_FIELDS", "FM_ATTACKS", "SERVER_TRAINING", "CompromisedFM", "FMPublicData", "NoFMAttack"]
+__all__ = ["BACKDOOR_FIELDS", "FM_ATTACKS", "SERVER_TRAINING", "CompromisedFM", "FMPublicData", "NoFMAttack",
+           "PoisonedSamples"]
 
 #: FM attacks, by name.
 FM_ATTACKS = Registry("FM attack", title='FM suite (kind = "fm"): attacks', normalise=False)
@@ -103,3 +105,10 @@ class FMPublicData(CompromisedFM):
         pf = self.poison_fraction
         if isinstance(pf, bool) or not isinstance(pf, int | float) or not (math.isfinite(pf) and 0 <= pf <= 1):
             raise ConfigError(f"poison_fraction must lie in [0, 1], got {pf!r}")
+
+
+FM_ATTACKS.register(
+    "fm-poisoned-samples",
+    description="triggered, target-labelled texts planted in honest clients' data (rate, client_fraction); "
+                "no malicious client, the clean FM",
+)(PoisonedSamples)

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from attacks.fm.public_data import FMPublicSet
-from attacks.fm.registry import FM_ATTACKS, CompromisedFM, FMPublicData
+from attacks.fm.registry import FM_ATTACKS, CompromisedFM, FMPublicData, PoisonedSamples
 from attacks.triggers import TextTrigger
 from benchmarks.fm.prepare import FMPipeline
 from benchmarks.fm.spec import FMSetting
@@ -131,6 +131,9 @@ class CellContext:
         What the hooks report; goes into the cell's result.
     data : EncodedData or None
         The encoded datasets, set by the runner after stage 2.
+    clients : list of TextDataset or None
+        This cell's client texts when an attack changed them (stage 2); ``None``: the
+        seed's shared carve-out, never modified.
     """
 
     cell: Cell
@@ -141,6 +144,7 @@ class CellContext:
     strip: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     data: EncodedData | None = None
+    clients: list[TextDataset] | None = None
 
     @classmethod
     def create(cls, cell: Cell, setting: FMSetting, pipe: FMPipeline) -> CellContext:
@@ -165,7 +169,7 @@ class CellContext:
         """Encode the clients', validation, test and triggered test sets (after stage 2)."""
         d = self.pipe.data
         self.data = EncodedData(
-            clients=[self.encode(c) for c in d.clients],
+            clients=[self.encode(c) for c in (self.clients if self.clients is not None else d.clients)],
             val=self.encode(d.val),
             test=self.encode(d.test),
             triggered=self.encode(d.triggered_test),
@@ -249,6 +253,25 @@ class CompromisedFMHooks(CellHooks):
     def choose_models(self, ctx: CellContext) -> None:
         """The base FM is the compromised one (made once per seed and parameters, then cached)."""
         ctx.base = ctx.pipe.compromised(self.config.backdoor_params())
+
+
+@dataclass
+class PoisonedSamplesHooks(CellHooks):
+    """``fm-poisoned-samples``: triggered, target-labelled texts planted in honest clients' data; the clean FM."""
+
+    config: PoisonedSamples
+
+    def before_encoding(self, ctx: CellContext) -> None:
+        """This cell's client texts with the poison planted (a copy: the seed's carve-out stays clean)."""
+        s = ctx.setting
+        ctx.clients, counts = self.config.apply(
+            list(ctx.pipe.data.clients),
+            trigger=TextTrigger(token=s.trigger, max_position=s.trigger_max_position),
+            target=s.target,
+            generator=torch_generator(ctx.seed, Stream.USER, 31),
+        )
+        ctx.info["poisoned_clients"] = len(counts)
+        ctx.info["poisoned_texts"] = sum(counts.values())
 
 
 @dataclass
@@ -401,6 +424,7 @@ ATTACK_HOOKS: dict[str, type[CellHooks]] = {
     "none": NoHooks,
     "compromised-fm": CompromisedFMHooks,
     "fm-public-data": PublicDataHooks,
+    "fm-poisoned-samples": PoisonedSamplesHooks,
 }
 #: FM defense name (of :data:`defenses.fm.registry.FM_DEFENSES`) -> hook class, built with the registry's configuration
 DEFENSE_HOOKS: dict[str, type[CellHooks]] = {

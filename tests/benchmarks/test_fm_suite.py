@@ -45,8 +45,8 @@ def test_builtin_fm_suite_is_valid():
     text = (BUILTIN_DIR / "fm.toml").read_text()
     assert is_fm_suite(text)
     spec = parse_fm_suite(text)
-    assert len(spec.cells()) == 24
-    assert {a.name for a in spec.attacks} == {"none", "compromised-fm", "fm-public-data"}
+    assert len(spec.cells()) == 32
+    assert {a.name for a in spec.attacks} == {"none", "compromised-fm", "fm-public-data", "fm-poisoned-samples"}
 
 
 @pytest.mark.parametrize(
