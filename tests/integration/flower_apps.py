@@ -42,6 +42,25 @@ def local_train(arrays: list[np.ndarray], partition: int, lr: float = 0.5, steps
     return [a.astype(np.float32) for a in new]
 
 
+class Recording:
+    """Strategy mixin: per round, which partition each node holds and the round's metrics and drops."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.partition: dict[int, int] = {}
+        self.log: dict[int, dict] = {}
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        for m in replies:
+            if not m.has_error():
+                self.partition[int(m.metadata.src_node_id)] = int(m.content["metrics"]["partition-id"])
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self.log[server_round] = {"dropped": dict(self.dropped), "metrics": dict(metrics),
+                                  "aborted": dict(getattr(self, "aborted", {}))}
+        return arrays, metrics
+
+
 def initial_arrays() -> list[np.ndarray]:
     """The all-zero model: weight ``(CLASSES, FEATURES)`` and bias ``(CLASSES,)``."""
     return [np.zeros((CLASSES, FEATURES), np.float32), np.zeros(CLASSES, np.float32)]

@@ -36,23 +36,8 @@ NODES, ROUNDS = 10, 3
 _initial = flower_apps.initial_arrays
 
 
-class RecordingStrategy(SecureAggregationStrategy):
+class RecordingStrategy(flower_apps.Recording, SecureAggregationStrategy):
     """Records, per round, which partition each node holds and whom the protocol kept or dropped."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.partition: dict[int, int] = {}
-        self.log: dict[int, dict] = {}
-
-    def aggregate_train(self, server_round, replies):
-        replies = list(replies)
-        for m in replies:
-            if not m.has_error():
-                self.partition[int(m.metadata.src_node_id)] = int(m.content["metrics"]["partition-id"])
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        self.log[server_round] = {"dropped": dict(self.dropped), "metrics": dict(metrics),
-                                  "aborted": dict(self.aborted)}
-        return arrays, metrics
 
 
 def _simulate(strategy: SecureAggregationStrategy, client_app) -> dict[int, list[np.ndarray]]:

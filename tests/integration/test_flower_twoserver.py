@@ -35,20 +35,8 @@ from tests.secure_agg import twoserver_procs  # noqa: E402
 NODES, ROUNDS, BOUND = 10, 3, 6.0
 
 
-class RecordingStrategy(TwoServerStrategy):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.partition: dict[int, int] = {}
-        self.log: dict[int, dict] = {}
-
-    def aggregate_train(self, server_round, replies):
-        replies = list(replies)
-        for m in replies:
-            if not m.has_error():
-                self.partition[int(m.metadata.src_node_id)] = int(m.content["metrics"]["partition-id"])
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        self.log[server_round] = {"metrics": dict(metrics), "dropped": dict(self.dropped)}
-        return arrays, metrics
+class RecordingStrategy(flower_apps.Recording, TwoServerStrategy):
+    """Records, per round, which partition each node holds and whom the protocol kept or dropped."""
 
 
 def _clip(update: np.ndarray, c: float = 5.0) -> np.ndarray:
