@@ -78,7 +78,8 @@ def two_server_reply(msg: Message, context: Context, update: np.ndarray, num_exa
     Raises
     ------
     ValueError
-        If the config misses a field, the node is not in the cohort, or a pinned key differs
+        If the config misses a field, the node is not in the cohort, a pinned key differs or
+        the update holds NaN or Inf
         (Flower then sends an error reply and the ServerApp drops the node).
     """
     record = share_record(msg.content.config_records["config"], context, update, num_examples)
@@ -93,8 +94,11 @@ def share_record(config: ConfigRecord, context: Context, update: np.ndarray, num
     s0, s1 = bytes(config[S0_KEY]), bytes(config[S1_KEY])
     _pinned(context, PIN_KEY, s0, "the ServerApp (S0)")
     _pinned(context, PIN_S1_KEY, s1, "S1")
+    update = np.asarray(update, dtype=np.float64)
+    if not np.isfinite(update).all():  # an encoding of NaN is undefined: refuse instead of sending garbage
+        raise ValueError("the update contains NaN or Inf: nothing to share")
     party = Party(protocol_id(bytes(config[NODES_KEY]), int(context.node_id)))
     client = ShareClient(party=party, server_publics=(s0, s1), frac_bits=int(config[FRAC_BITS_KEY]))
-    to_s0, to_s1 = client.share(np.asarray(update, dtype=np.float64), weight=float(num_examples),
+    to_s0, to_s1 = client.share(update, weight=float(num_examples),
                                 round_id=int(config["server-round"]))
     return ConfigRecord({"public": party.public, "to-s0": bytes(to_s0), "to-s1": bytes(to_s1)})

@@ -147,6 +147,31 @@ def test_a_share_altered_on_its_way_to_s1_drops_only_that_node(procs):
     np.testing.assert_allclose(_got(arrays), _expected([0, 1, 2, 4, 5], rejected=1), rtol=0, atol=1e-6)
 
 
+def test_a_node_with_a_nan_update_is_dropped_with_the_reason_and_a_huge_one_is_rejected_by_norm(procs):
+    def app_with(p: int, value: float):
+        app = ClientApp()
+
+        @app.train()
+        def train(msg: Message, context) -> Message:
+            q = int(context.node_config["partition-id"])
+            local = GLOBAL[0] + _update(q)
+            if q == p:
+                local = local.copy()
+                local[0, 0] = value
+            return train_reply(msg, context, [local], 10 + q)
+
+        return app
+
+    strategy = _strategy(procs)
+    arrays, _ = _round(LocalGrid(app_with(2, float("nan")), N), strategy)
+    assert "the update contains NaN or Inf" in strategy.dropped[1002]
+    np.testing.assert_allclose(_got(arrays), _expected([0, 1, 3, 4, 5], rejected=1), rtol=0, atol=1e-6)
+    strategy = _strategy(procs)
+    arrays, metrics = _round(LocalGrid(app_with(2, 3e38), N), strategy)  # saturated at the ring's edge
+    assert metrics["nodes-rejected"] == 2  # node 6 and the 3e38 node fail validation, never wrap
+    np.testing.assert_allclose(_got(arrays), _expected([0, 1, 3, 4, 5], rejected=2), rtol=0, atol=1e-6)
+
+
 def test_a_node_pinning_another_s1_key_refuses_to_share(procs):
     pin = {PIN_S1_KEY: Party(SERVERS[1]).public.hex()}
     grid = LocalGrid(_app(), N, node_config=lambda p: pin if p == 4 else {})
