@@ -118,6 +118,7 @@ def test_base_stages_are_no_ops():
         "NoHooks": [],
         "CompromisedFMHooks": ["choose_models"],
         "PublicDataHooks": ["before_training", "choose_models", "server_optimizer"],
+        "PoisonedSamplesHooks": ["before_encoding"],
         "TriggerScanHooks": ["before_encoding"],
         "ReinitTopHooks": ["init_model"],
         "ClipDPHooks": ["round_pipeline"],
