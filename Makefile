@@ -26,7 +26,7 @@ fedavg: setup data
 	$(BIN)/flsec run --out runs/fedavg/history.json
 
 test: setup data
-	@echo ">> ruff, then the test suite without the slow paper-scale checks (about 6.5 min on 2 cores, doctests included)"
+	@echo ">> ruff, then the test suite without the slow paper-scale checks (about 8 min on 2 cores, doctests included)"
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not slow"
 
