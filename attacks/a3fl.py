@@ -54,7 +54,7 @@ Examples
 >>> x, y = torch.randn(32, 1, 4, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
 >>> trig = PatternTrigger.square(channels=1, height=4, width=4, size=2, low=-1.0, high=1.0)
 >>> before = float(backdoor_loss(model, x, trig, trig.pattern, target=2).detach())
->>> new = search_trigger(model, x, y, trig, target=2, outer_epochs=3, generator=g)
+>>> new = search_trigger(model, x, y, trig, target=2, params=A3FLParams(outer_epochs=3), generator=g)
 >>> float(backdoor_loss(model, x, trig, new, target=2).detach()) < before
 True
 """
@@ -62,8 +62,13 @@ True
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -76,9 +81,120 @@ from fl_core.errors import ConfigError
 from fl_core.params import flatten_params, unflatten_into
 from fl_core.rng import Stream, torch_generator
 
-__all__ = ["A3FLBackdoor", "a3fl_trigger", "backdoor_loss", "search_trigger", "unlearn_trigger"]
+__all__ = ["A3FLBackdoor", "A3FLParams", "a3fl_trigger", "backdoor_loss", "search_trigger", "unlearn_trigger",
+           "with_a3fl_parameters"]
 
 log = logging.getLogger(__name__)
+
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class A3FLParams:
+    """A3FL's hyper-parameters: the one place they and their defaults are written (see the module docstring).
+
+    :func:`search_trigger` reads the search's fields, :class:`A3FLBackdoor` all of them, and the
+    registry's ``a3fl`` builder takes them as keyword parameters through :func:`with_a3fl_parameters`.
+
+    Attributes
+    ----------
+    poison_fraction : float
+        Share of each batch of a malicious client stamped with the trigger and relabelled, in (0, 1].
+    outer_epochs : int
+        Passes of the trigger search over the client's samples (the authors' ``trigger_outter_epochs``).
+    trigger_lr : float
+        Size of the search's sign steps (``trigger_lr``).
+    adv_epochs : int
+        Epochs of the adversarial model's unlearning (``dm_adv_epochs``).
+    adv_every : int
+        The adversarial model is re-crafted every ``adv_every`` passes, from the second on (``dm_adv_K``).
+    adv_models : int
+        Number of adversarial models (``dm_adv_model_count``).
+    adv_lambda : float
+        Weight ``lambda`` of the adversarial models' loss (``noise_loss_lambda``).
+    adv_lr : float
+        The adversarial model's SGD learning rate.
+    search_size : int
+        At most this many of the client's samples (a seeded subset) enter the search.
+    batch_size : int
+        Batch size of the search and of the adversarial model's training.
+
+    Raises
+    ------
+    ConfigError
+        For a value out of range; the message names the parameter and the value.
+
+    Examples
+    --------
+    >>> A3FLParams(outer_epochs=3).outer_epochs, A3FLParams().adv_lambda
+    (3, 0.01)
+    >>> A3FLParams(adv_every=0)
+    Traceback (most recent call last):
+    ...
+    fl_core.errors.ConfigError: A3FL adv_every must be an integer >= 1, got 0
+    """
+
+    poison_fraction: float = 0.2
+    outer_epochs: int = 10
+    trigger_lr: float = 0.05
+    adv_epochs: int = 5
+    adv_every: int = 1
+    adv_models: int = 1
+    adv_lambda: float = 0.01
+    adv_lr: float = 0.01
+    search_size: int = 512
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        pf = self.poison_fraction
+        if not (isinstance(pf, int | float) and not isinstance(pf, bool) and 0 < pf <= 1):
+            raise ConfigError(f"A3FL poison_fraction must be in (0, 1], got {pf!r}")
+        for name, least in (("outer_epochs", 0), ("adv_epochs", 0), ("adv_every", 1), ("adv_models", 1),
+                            ("search_size", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"A3FL {name} must be an integer >= {least}, got {value!r}")
+        for name in ("trigger_lr", "adv_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"A3FL {name} must be a positive finite number, got {value!r}")
+        lam = self.adv_lambda
+        if not (isinstance(lam, int | float) and math.isfinite(lam) and lam >= 0):
+            raise ConfigError(f"A3FL adv_lambda must be a finite number >= 0, got {lam!r}")
+
+
+def with_a3fl_parameters(builder: F_) -> F_:
+    """Give a builder that takes ``**params`` the :class:`A3FLParams` fields as keyword-only parameters.
+
+    Its signature and annotations then list every field with the dataclass's default and type,
+    so a registry validates the names (and a suite file their types) from the one source;
+    the builder forwards ``**params`` to :class:`A3FLParams`.
+
+    Examples
+    --------
+    >>> @with_a3fl_parameters
+    ... def build(*, target: int = 0, **params: Any) -> A3FLParams:
+    ...     return A3FLParams(**params)
+    >>> list(inspect.signature(build).parameters)[:3], inspect.signature(build).parameters["adv_lr"].default
+    (['target', 'poison_fraction', 'outer_epochs'], 0.01)
+    >>> build(outer_epochs=2).outer_epochs
+    2
+    """
+    sig = inspect.signature(builder)
+    var = [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    if len(var) != 1:
+        raise ConfigError(f"{builder.__qualname__} must take **params to receive the A3FL parameters")
+    fields = dataclasses.fields(A3FLParams)
+    kept = [p for p in sig.parameters.values() if p.name != var[0]]
+    clash = sorted({p.name for p in kept} & {f.name for f in fields})
+    if clash:
+        raise ConfigError(f"{builder.__qualname__} names A3FL parameters itself: {clash}")
+    extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+             for f in fields]
+    builder.__signature__ = sig.replace(parameters=[*kept, *extra])  # type: ignore[attr-defined]
+    notes = {k: v for k, v in builder.__annotations__.items() if k != var[0]}
+    builder.__annotations__ = {**notes, **{f.name: f.type for f in fields}}
+    return builder
 
 
 def a3fl_trigger(*, image_shape: tuple[int, ...], low: float, high: float, size: int | None = None) -> PatternTrigger:
@@ -153,14 +269,7 @@ def search_trigger(
     trigger: PatternTrigger,
     *,
     target: int,
-    outer_epochs: int = 10,
-    trigger_lr: float = 0.05,
-    adv_epochs: int = 5,
-    adv_every: int = 1,
-    adv_models: int = 1,
-    adv_lambda: float = 0.01,
-    adv_lr: float = 0.01,
-    batch_size: int = 32,
+    params: A3FLParams | None = None,
     low: float | None = None,
     high: float | None = None,
     generator: torch.Generator,
@@ -169,8 +278,13 @@ def search_trigger(
 
     ``model`` is the global model (not changed). The pattern stays within
     ``[low, high]`` (default: the trigger's range) on the mask and is 0 off it.
+    ``params`` (default ``A3FLParams()``) gives the search's hyper-parameters; all of
+    ``x`` enters the search (:class:`A3FLBackdoor` draws its ``search_size`` subset first).
     See the module docstring for the objective.
     """
+    p = A3FLParams() if params is None else params
+    if not isinstance(p, A3FLParams):
+        raise ConfigError(f"A3FL search params must be A3FLParams, got {type(p).__name__}")
     lo = trigger.low if low is None else max(trigger.low, low)
     hi = trigger.high if high is None else min(trigger.high, high)
     if not lo < hi:
@@ -183,21 +297,21 @@ def search_trigger(
     t = trigger.pattern.to(device).clamp(lo, hi) * mask
     advs: list[tuple[nn.Module, float]] = []
     try:
-        for it in range(outer_epochs):
-            if it % adv_every == 0 and it != 0:
+        for it in range(p.outer_epochs):
+            if it % p.adv_every == 0 and it != 0:
                 advs = []
-                for _ in range(adv_models):
-                    adv = unlearn_trigger(model, x, y, trigger, t, epochs=adv_epochs, lr=adv_lr,
-                                          batch_size=batch_size, generator=generator)
+                for _ in range(p.adv_models):
+                    adv = unlearn_trigger(model, x, y, trigger, t, epochs=p.adv_epochs, lr=p.adv_lr,
+                                          batch_size=p.batch_size, generator=generator)
                     advs.append((adv, _similarity(adv, model)))
-            for idx in _batches(len(x), batch_size, generator):
+            for idx in _batches(len(x), p.batch_size, generator):
                 xb = x[idx.to(device)]
                 t.requires_grad_(True)
                 loss = backdoor_loss(model, xb, trigger, t, target=target)
                 for adv, w in advs:
-                    loss = loss + adv_lambda * w * backdoor_loss(adv, xb, trigger, t, target=target) / len(advs)
+                    loss = loss + p.adv_lambda * w * backdoor_loss(adv, xb, trigger, t, target=target) / len(advs)
                 (grad,) = torch.autograd.grad(loss, t)
-                t = ((t.detach() - trigger_lr * grad.sign()).clamp(lo, hi)) * mask
+                t = ((t.detach() - p.trigger_lr * grad.sign()).clamp(lo, hi)) * mask
     finally:
         model.train(was_training)
     return t.detach().cpu()
@@ -212,14 +326,8 @@ class A3FLBackdoor(ScheduledHook):
         The pattern shared by every malicious client and the scored backdoor (changed in place).
     target : int
         The target class ``y_t``.
-    poison_fraction : float
-        Share of each batch stamped and relabelled, in (0, 1].
-    outer_epochs, trigger_lr, adv_epochs, adv_every, adv_models, adv_lambda, adv_lr
-        The search's hyper-parameters (:func:`search_trigger`).
-    search_size : int
-        At most this many of the client's samples (a seeded subset) enter the search.
-    batch_size : int
-        Batch size of the search and of the adversarial model's training.
+    params : A3FLParams, optional
+        The poisoned share of each batch and the search's hyper-parameters (default ``A3FLParams()``).
     seed : int
         Seed of the search's batch order and subset (with the round index).
     schedule : AttackSchedule, optional
@@ -229,7 +337,7 @@ class A3FLBackdoor(ScheduledHook):
     --------
     >>> import torch
     >>> trig = PatternTrigger.square(channels=1, height=4, width=4, size=2, low=-1.0, high=1.0, init=1.0)
-    >>> hook = A3FLBackdoor(trigger=trig, target=1, poison_fraction=0.5)
+    >>> hook = A3FLBackdoor(trigger=trig, target=1, params=A3FLParams(poison_fraction=0.5))
     >>> hook.on_round_start(round_idx=0, global_params=torch.zeros(1))
     >>> x, y = hook.on_batch(torch.zeros(4, 1, 4, 4), torch.zeros(4, dtype=torch.long), step=0,
     ...                      generator=torch.Generator().manual_seed(0))
@@ -242,42 +350,22 @@ class A3FLBackdoor(ScheduledHook):
         *,
         trigger: PatternTrigger,
         target: int,
-        poison_fraction: float = 0.2,
-        outer_epochs: int = 10,
-        trigger_lr: float = 0.05,
-        adv_epochs: int = 5,
-        adv_every: int = 1,
-        adv_models: int = 1,
-        adv_lambda: float = 0.01,
-        adv_lr: float = 0.01,
-        search_size: int = 512,
-        batch_size: int = 32,
+        params: A3FLParams | None = None,
         seed: int = 0,
         schedule: AttackSchedule | None = None,
     ) -> None:
         super().__init__(schedule=schedule)
         if not isinstance(trigger, PatternTrigger):
             raise ConfigError(f"A3FL needs a PatternTrigger, got {type(trigger).__name__}")
-        if target < 0:
-            raise ConfigError(f"A3FL target class must be >= 0, got {target}")
-        if not 0 < poison_fraction <= 1:
-            raise ConfigError(f"poison_fraction must be in (0, 1], got {poison_fraction}")
-        for name, value, least in (("outer_epochs", outer_epochs, 0), ("adv_epochs", adv_epochs, 0),
-                                   ("adv_every", adv_every, 1), ("adv_models", adv_models, 1),
-                                   ("search_size", search_size, 1), ("batch_size", batch_size, 1),
-                                   ("seed", seed, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ConfigError(f"A3FL {name} must be an integer >= {least}, got {value!r}")
-        for name, value in (("trigger_lr", trigger_lr), ("adv_lr", adv_lr)):
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"A3FL {name} must be a positive finite number, got {value!r}")
-        if not (isinstance(adv_lambda, int | float) and math.isfinite(adv_lambda) and adv_lambda >= 0):
-            raise ConfigError(f"A3FL adv_lambda must be a finite number >= 0, got {adv_lambda!r}")
-        self.trigger, self.target, self.poison_fraction = trigger, target, poison_fraction
-        self.search = {"outer_epochs": outer_epochs, "trigger_lr": float(trigger_lr), "adv_epochs": adv_epochs,
-                       "adv_every": adv_every, "adv_models": adv_models, "adv_lambda": float(adv_lambda),
-                       "adv_lr": float(adv_lr), "batch_size": batch_size}
-        self.search_size, self.seed = search_size, seed
+        if not isinstance(target, int) or isinstance(target, bool) or target < 0:
+            raise ConfigError(f"A3FL target class must be >= 0, got {target!r}")
+        if params is not None and not isinstance(params, A3FLParams):
+            raise ConfigError(f"A3FL params must be A3FLParams, got {type(params).__name__}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ConfigError(f"A3FL seed must be an integer >= 0, got {seed!r}")
+        self.trigger, self.target = trigger, target
+        self.params = A3FLParams() if params is None else params
+        self.seed = seed
         self._template: nn.Module | None = None
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -303,12 +391,12 @@ class A3FLBackdoor(ScheduledHook):
         unflatten_into(model, global_params.to(next(model.parameters()).device))
         g = torch_generator(self.seed, Stream.USER, 3, round_idx)
         x, y = self._data
-        if len(x) > self.search_size:
-            keep = torch.randperm(len(x), generator=g)[: self.search_size]
+        if len(x) > self.params.search_size:
+            keep = torch.randperm(len(x), generator=g)[: self.params.search_size]
             x, y = x[keep], y[keep]
         before = self.trigger.pattern
         new = search_trigger(model, x, y, self.trigger, target=self.target, low=float(x.min()), high=float(x.max()),
-                             generator=g, **self.search)
+                             generator=g, params=self.params)
         self.trigger.set_pattern(new)
         log.debug("A3FL round %d: trigger moved by %.4f (L2)", round_idx, float((new - before).norm()))
 
@@ -317,7 +405,7 @@ class A3FLBackdoor(ScheduledHook):
             self._seen.append((x.detach().cpu().clone(), y.detach().cpu().clone()))
         if not self.active:
             return x, y
-        k = max(1, round(self.poison_fraction * len(y)))
+        k = max(1, round(self.params.poison_fraction * len(y)))
         idx = torch.randperm(len(y), generator=generator)[:k].to(y.device)
         x, y = x.clone(), y.clone()
         x[idx] = self.trigger.apply(x[idx])

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from attacks.a3fl import with_a3fl_parameters
 from attacks.byzantine import ByzantineTransform, ModelPoisoning
 from attacks.data_poisoning import LabelFlip, PixelBackdoor, TextBackdoor
 from attacks.hooks import AnomalyEvasion, NeurotoxinMask
@@ -522,44 +523,30 @@ def _edge_case(
     description="adversarially adaptive backdoor: trigger optimised each round against an unlearned model "
     "(Zhang et al. 2023)",
 )
+@with_a3fl_parameters  # the hyper-parameters (names, defaults, types) are A3FLParams' fields
 def _a3fl(
     *,
     threat: ThreatModel,
     env: AttackEnv,
     aggregator: Aggregator | None,
     target: int = 0,
-    poison_fraction: float = 0.2,
     trigger_size: int | None = None,
     low: float | None = None,
     high: float | None = None,
-    outer_epochs: int = 10,
-    trigger_lr: float = 0.05,
-    adv_epochs: int = 5,
-    adv_every: int = 1,
-    adv_models: int = 1,
-    adv_lambda: float = 0.01,
-    adv_lr: float = 0.01,
-    search_size: int = 512,
-    batch_size: int = 32,
     seed: int = 0,
+    **params: Any,
 ) -> AttackPlan:
-    from attacks.a3fl import A3FLBackdoor, a3fl_trigger
+    from attacks.a3fl import A3FLBackdoor, A3FLParams, a3fl_trigger
 
     if env.image_shape is None:
         raise ConfigError("A3FL needs image data")
     _check_target(target, env)
+    hp = A3FLParams(**params)
     hi = env.trigger_value if high is None else high
     lo = -hi if low is None else low
     trigger = a3fl_trigger(image_shape=env.image_shape, low=lo, high=hi, size=trigger_size)
     hooks = {
-        c: (
-            A3FLBackdoor(
-                trigger=trigger, target=target, poison_fraction=poison_fraction, outer_epochs=outer_epochs,
-                trigger_lr=trigger_lr, adv_epochs=adv_epochs, adv_every=adv_every, adv_models=adv_models,
-                adv_lambda=adv_lambda, adv_lr=adv_lr, search_size=search_size, batch_size=batch_size,
-                seed=seed + i, schedule=threat.schedule,
-            ),
-        )
+        c: (A3FLBackdoor(trigger=trigger, target=target, params=hp, seed=seed + i, schedule=threat.schedule),)
         for i, c in enumerate(sorted(threat.malicious))
     }
     return AttackPlan(name="a3fl", threat=threat, client_hooks=hooks, backdoor=Backdoor(trigger=trigger, target=target))

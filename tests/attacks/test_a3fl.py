@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attacks import A3FLBackdoor, AttackEnv, AttackSchedule, PatternTrigger, ThreatModel, build_attack
-from attacks.a3fl import a3fl_trigger, backdoor_loss, search_trigger, unlearn_trigger
+from attacks.a3fl import A3FLParams, a3fl_trigger, backdoor_loss, search_trigger, unlearn_trigger, with_a3fl_parameters
 from fl_core import LocalTrainingConfig, build_model, load_dataset
 from fl_core.errors import ConfigError
 from fl_core.params import flatten_params
@@ -37,7 +37,7 @@ def test_trigger_search_lowers_the_backdoor_loss_on_the_unlearned_model(trained)
     with torch.no_grad():
         adv_before = float(backdoor_loss(adv, x, trig, init, target=0))
         global_before = float(backdoor_loss(model, x, trig, init, target=0))
-    new = search_trigger(model, x, y, trig, target=0, outer_epochs=6, adv_lambda=1.0,
+    new = search_trigger(model, x, y, trig, target=0, params=A3FLParams(outer_epochs=6, adv_lambda=1.0),
                          generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         adv_after = float(backdoor_loss(adv, x, trig, new, target=0))
@@ -51,7 +51,8 @@ def test_trigger_search_lowers_the_backdoor_loss_on_the_unlearned_model(trained)
 def test_searched_trigger_stays_in_its_mask_and_value_range(trained):
     model, x, y = trained
     trig = a3fl_trigger(image_shape=(1, 8, 8), low=-1.0, high=1.0)
-    new = search_trigger(model, x, y, trig, target=3, outer_epochs=3, trigger_lr=0.5, low=-0.5, high=2.0,
+    new = search_trigger(model, x, y, trig, target=3, params=A3FLParams(outer_epochs=3, trigger_lr=0.5),
+                         low=-0.5, high=2.0,
                          generator=torch.Generator().manual_seed(0))
     assert float(new[:, ~trig.mask].abs().max()) == 0.0
     on = new[:, trig.mask]
@@ -66,7 +67,8 @@ def test_searched_trigger_stays_in_its_mask_and_value_range(trained):
     with pytest.raises(ConfigError, match="NaN or Inf"):
         trig.set_pattern(torch.full_like(new, float("nan")))
     with pytest.raises(ConfigError, match=r"A3FL trigger range \[1.5, 1.0\] is empty"):
-        search_trigger(model, x, y, trig, target=3, outer_epochs=1, low=1.5, generator=torch.Generator())
+        search_trigger(model, x, y, trig, target=3, params=A3FLParams(outer_epochs=1), low=1.5,
+                       generator=torch.Generator())
 
 
 def test_a3fl_trigger_scales_the_papers_5x5_of_32x32():
@@ -107,7 +109,8 @@ def test_hook_records_its_data_then_adapts_the_scored_trigger_at_later_round_sta
 
 def test_poisoned_share_of_a_batch_and_the_schedule():
     trig = PatternTrigger.square(channels=1, height=4, width=4, size=2, low=-1.0, high=1.0, init=1.0)
-    hook = A3FLBackdoor(trigger=trig, target=2, poison_fraction=0.25, schedule=AttackSchedule(start=1))
+    hook = A3FLBackdoor(trigger=trig, target=2, params=A3FLParams(poison_fraction=0.25),
+                        schedule=AttackSchedule(start=1))
     g = torch.Generator().manual_seed(0)
     hook.on_round_start(round_idx=0, global_params=torch.zeros(1))
     x, y = hook.on_batch(torch.zeros(8, 1, 4, 4), torch.zeros(8, dtype=torch.long), step=0, generator=g)
@@ -124,15 +127,23 @@ def test_parameter_errors_name_the_bad_value():
         ({"outer_epochs": -1}, "outer_epochs must be an integer >= 0, got -1"),
         ({"adv_every": 0}, "adv_every must be an integer >= 1, got 0"),
         ({"adv_models": 1.5}, "adv_models must be an integer >= 1, got 1.5"),
+        ({"search_size": 0}, "search_size must be an integer >= 1, got 0"),
         ({"trigger_lr": 0.0}, "trigger_lr must be a positive finite number, got 0.0"),
         ({"adv_lr": float("inf")}, "adv_lr must be a positive finite number, got inf"),
         ({"adv_lambda": -0.1}, "adv_lambda must be a finite number >= 0, got -0.1"),
         ({"poison_fraction": 0.0}, r"poison_fraction must be in \(0, 1\], got 0.0"),
-        ({"target": -2}, "target class must be >= 0, got -2"),
     ]
     for kw, msg in cases:
         with pytest.raises(ConfigError, match=msg):
-            A3FLBackdoor(**{"trigger": trig, "target": 1, **kw})
+            A3FLParams(**kw)
+        with pytest.raises(ConfigError, match=msg):  # the builder forwards them to the same check
+            build_attack("a3fl", threat=THREAT, env=DIGITS, **kw)
+    with pytest.raises(ConfigError, match="target class must be >= 0, got -2"):
+        A3FLBackdoor(trigger=trig, target=-2)
+    with pytest.raises(ConfigError, match="A3FL params must be A3FLParams, got dict"):
+        A3FLBackdoor(trigger=trig, target=1, params={"outer_epochs": 1})
+    with pytest.raises(ConfigError, match="got unknown parameter 'outer_epoch'"):
+        build_attack("a3fl", threat=THREAT, env=DIGITS, outer_epoch=1)
     with pytest.raises(ConfigError, match="A3FL needs a PatternTrigger, got str"):
         A3FLBackdoor(trigger="trigger", target=1)
     with pytest.raises(ConfigError, match=r"target class must be in \[0, 10\), got 10"):
@@ -157,3 +168,28 @@ def test_a_hook_that_never_sees_training_warns_once_and_keeps_its_pattern(caplog
     assert [rec.message for rec in caplog.records].count(
         "A3FL: client training was not seen by this hook (a Ray cohort?); the trigger is not adapted") == 1
     assert torch.equal(trig.pattern, before)
+
+
+def test_the_hyper_parameters_have_one_source_the_builder_forwards_them():
+    import dataclasses
+    import inspect
+
+    from attacks.registry import ATTACKS, attack_builder
+
+    defaults = ATTACKS.defaults("a3fl")
+    for f in dataclasses.fields(A3FLParams):
+        assert defaults[f.name] == f.default  # listed and validated with the dataclass's default
+    plan = build_attack("a3fl", threat=THREAT, env=DIGITS, outer_epochs=3, adv_lambda=0.5, poison_fraction=0.3)
+    for c in (0, 1):
+        (hook,) = plan.hooks(c)
+        assert hook.params == A3FLParams(outer_epochs=3, adv_lambda=0.5, poison_fraction=0.3)
+    assert plan.hooks(0)[0].params is plan.hooks(1)[0].params
+    assert inspect.signature(attack_builder("a3fl")).parameters["trigger_lr"].kind is inspect.Parameter.KEYWORD_ONLY
+
+    def clash(*, outer_epochs: int = 1, **params):
+        return params
+
+    with pytest.raises(ConfigError, match=r"names A3FL parameters itself: \['outer_epochs'\]"):
+        with_a3fl_parameters(clash)
+    with pytest.raises(ConfigError, match=r"must take \*\*params"):
+        with_a3fl_parameters(lambda *, target=0: target)
