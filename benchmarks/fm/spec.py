@@ -17,6 +17,12 @@ A suite file (``kind = "fm"`` tells ``flsec suite run`` to use this runner)::
 
 Every key, name and parameter is checked before any work (:class:`SuiteError` names the key).
 
+A *reproduction* (``flsec reproduce NAME`` on ``benchmarks/suites/repro-NAME.toml``) is an FM
+suite with a ``[paper]`` table (the published figure and its claims, exactly as for image
+reproductions: :mod:`benchmarks.reproduce.paper`), at least 3 seeds, and ``[scale.NAME]`` tables
+of setting overrides (``[scale.paper]``: the paper's model size, cohort and rounds, for a GPU);
+:func:`fm_variant` applies a scale and a seed list. A plain FM suite takes neither table.
+
 Examples
 --------
 >>> spec = parse_fm_suite('name = "t"\\nkind = "fm"\\n[[attacks]]\\nname = "none"\\n[[defenses]]\\nname = "median"\\n')
@@ -27,12 +33,14 @@ Examples
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import tomllib
 
 from attacks.fm.registry import BACKDOOR_FIELDS, FM_ATTACKS
+from benchmarks.reproduce.paper import Paper, parse_paper
 from benchmarks.suite.spec import (
     Cell,
     ComponentSpec,
@@ -46,6 +54,8 @@ from benchmarks.suite.spec import (
 from defenses.fm.registry import FM_DEFENSES
 from defenses.robust.registry import get as get_rule
 from fl_core import FlsecError
+from fl_core.checks import is_int
+from fl_core.device import resolve_device
 from fl_core.foundation import FINE_TUNE_MODES
 
 __all__ = [
@@ -55,6 +65,7 @@ __all__ = [
     "DESCRIPTIONS",
     "FMSetting",
     "FMSuiteSpec",
+    "fm_variant",
     "is_fm_suite",
     "parse_fm_suite",
 ]
@@ -122,7 +133,8 @@ _INT = (
 
 @dataclass(frozen=True)
 class FMSuiteSpec:
-    """A validated FM suite."""
+    """A validated FM suite; a reproduction also carries the paper's claims (``paper``) and
+    named ``scales`` (setting overrides: ``paper``, the paper's setting)."""
 
     name: str
     description: str
@@ -130,6 +142,8 @@ class FMSuiteSpec:
     attacks: tuple[ComponentSpec, ...]
     defenses: tuple[ComponentSpec, ...]
     source: str
+    paper: Paper | None = None
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         """Attack x defense x seed."""
@@ -144,21 +158,22 @@ def is_fm_suite(text: str) -> bool:
         return False
 
 
-def _parse_setting(raw: Any) -> FMSetting:
+def _parse_setting(raw: Any, where: str = "setting") -> FMSetting:
+    """The validated setting; errors name ``where.KEY`` (``scale.paper.KEY`` for a scale's overrides)."""
     if not isinstance(raw, dict):
-        raise SuiteError("setting", "must be a table")
+        raise SuiteError(where, "must be a table")
     known = {f.name: f for f in fields(FMSetting)}
-    _check_keys(raw, set(known), "setting")
+    _check_keys(raw, set(known), where)
     values: dict[str, Any] = {}
     for k, v in raw.items():
         want: tuple[type, ...] = (int,) if k in _INT else (int, float) if k in ("alpha", "lr", "momentum") else (str,)
         if k == "seeds":
             ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
             if not ok or len(set(v)) != len(v):
-                raise SuiteError("setting.seeds", f"must be a non-empty list of distinct integers >= 0, got {v!r}")
+                raise SuiteError(f"{where}.seeds", f"must be a non-empty list of distinct integers >= 0, got {v!r}")
             v = tuple(v)
         elif isinstance(v, bool) or not isinstance(v, want):
-            raise SuiteError(f"setting.{k}", f"must be {'/'.join(t.__name__ for t in want)}, got {v!r}")
+            raise SuiteError(f"{where}.{k}", f"must be {'/'.join(t.__name__ for t in want)}, got {v!r}")
         values[k] = v
     s = FMSetting(**values)
     checks = [
@@ -177,7 +192,7 @@ def _parse_setting(raw: Any) -> FMSetting:
         checks.append((k, getattr(s, k) >= 1, f"must be >= 1, got {getattr(s, k)}"))
     for key, ok, msg in checks:
         if not ok:
-            raise SuiteError(f"setting.{key}", msg)
+            raise SuiteError(f"{where}.{key}", msg)
     return s
 
 
@@ -230,10 +245,34 @@ def _validate_defense(d: ComponentSpec, where: str, setting: FMSetting) -> None:
             )
 
 
+def _parse_scales(raw: Any, base: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``[scale.NAME]``: setting overrides for another scale, each checked on the setting it gives.
+
+    The device is checked only when the scale is chosen (:func:`fm_variant`): a file may name
+    CUDA for a GPU machine and still be read on a laptop.
+    """
+    if not isinstance(raw, dict):
+        raise SuiteError("scale", f"must be a table of [scale.NAME] tables, got {raw!r}")
+    out = {}
+    for name, over in raw.items():
+        if name == "small":
+            raise SuiteError("scale.small", "the small scale is the [setting] itself; name other scales only")
+        if not isinstance(over, dict):
+            raise SuiteError(f"scale.{name}", f"must be a table of setting overrides, got {over!r}")
+        _parse_setting({**base, **{k: v for k, v in over.items() if k != "device"}}, where=f"scale.{name}")
+        out[name] = dict(over)
+    return out
+
+
 def parse_fm_suite(text: str, *, source: str = "<string>") -> FMSuiteSpec:
-    """Parse and validate an FM suite; raises :class:`SuiteError` naming the offending key."""
+    """Parse and validate an FM suite; raises :class:`SuiteError` naming the offending key.
+
+    A ``[paper]`` table makes it a reproduction (at least 3 seeds; its claims' selectors must
+    name attacks and defenses of the grid); ``[scale.NAME]`` tables need one.
+    """
     raw, name = load_toml(
-        text, source=source, allowed={"name", "kind", "description", "setting", "attacks", "defenses"}
+        text, source=source, allowed={"name", "kind", "description", "setting", "attacks", "defenses", "paper",
+                                      "scale"}
     )
     if raw.get("kind") != "fm":
         raise SuiteError("kind", f"must be 'fm' for an FM suite, got {raw.get('kind')!r}")
@@ -243,4 +282,64 @@ def parse_fm_suite(text: str, *, source: str = "<string>") -> FMSuiteSpec:
         _validate_attack(a, f"attacks[{i}]")
     for i, d in enumerate(defenses):
         _validate_defense(d, f"defenses[{i}]", setting)
-    return FMSuiteSpec(name, str(raw.get("description", "")), setting, attacks, defenses, text)
+    scales = _parse_scales(raw.get("scale", {}), raw.get("setting", {}))
+    for scale, over in scales.items():  # a scale's setting must suit every defense (reinit-top's r)
+        scaled = _parse_setting({**raw.get("setting", {}), **{k: v for k, v in over.items() if k != "device"}},
+                                where=f"scale.{scale}")
+        for i, d in enumerate(defenses):
+            _validate_defense(d, f"defenses[{i}] (scale {scale})", scaled)
+    paper = None
+    if "paper" in raw:
+        coords = {"attack": [a.label for a in attacks], "defense": [d.label for d in defenses]}
+        paper = parse_paper(raw["paper"], coordinates=coords)
+        if len(setting.seeds) < 3:
+            raise SuiteError("setting.seeds",
+                             f"a reproduction runs at least 3 seeds by default, got {list(setting.seeds)}")
+    elif scales:
+        raise SuiteError("scale", "scales belong to reproductions: add a [paper] table")
+    return FMSuiteSpec(name, str(raw.get("description", "")), setting, attacks, defenses, text, paper, scales)
+
+
+def fm_variant(spec: FMSuiteSpec, *, scale: str | None = None, seeds: Sequence[int] | None = None) -> FMSuiteSpec:
+    """The FM suite at ``scale`` (``small`` or None: the ``[setting]`` itself) with ``seeds`` (None: the file's).
+
+    Its ``source`` names the scale and seeds when they differ from the file's, so each such
+    variant owns its own results directory (:class:`benchmarks.suite.store.ResultStore`).
+
+    Raises
+    ------
+    SuiteError
+        If ``scale`` is not one of the file's ``[scale.NAME]`` tables, its device is not available
+        here, or ``seeds`` are not distinct non-negative integers.
+
+    Examples
+    --------
+    >>> text = ('name = "r"\\nkind = "fm"\\n[setting]\\nseeds = [0, 1, 2]\\n[[attacks]]\\nname = "none"\\n'
+    ...         '[[defenses]]\\nname = "median"\\n[paper]\\nsource = "s"\\nfigure = "f"\\n[[paper.claims]]\\n'
+    ...         'kind = "range"\\nmetric = "accuracy"\\nlow = 0.5\\n[scale.paper]\\nrounds = 50\\n')
+    >>> v = fm_variant(parse_fm_suite(text), scale="paper", seeds=[3, 4, 5])
+    >>> v.setting.rounds, v.setting.seeds, [c.cell_id for c in v.cells()][0]
+    (50, (3, 4, 5), 'none__median__seed3')
+    """
+    over: dict[str, Any] = {}
+    if scale not in (None, "small"):
+        if scale not in spec.scales:
+            raise SuiteError("--scale", f"unknown scale {scale!r}; valid: small, {', '.join(spec.scales) or '(none)'}")
+        over = dict(spec.scales[scale])
+        if "device" in over:
+            try:
+                resolve_device(over["device"])
+            except FlsecError as exc:
+                raise SuiteError(f"scale.{scale}.device", str(exc)) from None
+        if "seeds" in over:
+            over["seeds"] = tuple(over["seeds"])
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise SuiteError("--seeds", f"must be distinct non-negative integers, got {seeds}")
+        over["seeds"] = tuple(seeds)
+    if not over:
+        return spec
+    setting = replace(spec.setting, **over)
+    source = spec.source + f"\n# variant: scale {scale or 'small'}; seeds {list(setting.seeds)}\n"
+    return replace(spec, setting=setting, source=source)
