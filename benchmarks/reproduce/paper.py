@@ -47,20 +47,33 @@ from typing import Any
 
 from benchmarks.suite.schema import SuiteError
 
-__all__ = ["METRICS", "Claim", "Paper", "expand_selector", "parse_paper"]
+__all__ = ["IMAGE_METRICS", "METRICS", "RECON_METRICS", "Claim", "Paper", "expand_selector", "parse_paper"]
 
 #: The metrics a claim can be about, each computed per seed from a cell group:
 #: ``accuracy`` final test accuracy of one (attack, defense) cell; ``accuracy_drop`` the clean
 #: accuracy (attack ``none``, same defense and seed) minus the attacked one; ``worst_accuracy`` the
 #: lowest final accuracy over the grid's attacks other than ``none`` (ByzFL's heatmaps: worst case
 #: across attacks), so its selectors give no ``attack``; ``final_asr`` the last round's backdoor
-#: success rate.
+#: success rate. Reconstruction reproductions (``kind = "recon"``, :mod:`benchmarks.reproduce.recon`) have
+#: one cell per (attack, seed), whose metrics are means over that seed's victims: ``psnr`` the
+#: best-match PSNR in dB (capped at 100 dB), ``ssim`` (Wang et al. 2004), ``label_accuracy`` the
+#: share of labels recovered, ``rouge1`` / ``rouge2`` the ROUGE-1 / ROUGE-2 F-measures of the
+#: recovered text (Lin 2004).
 METRICS = {
     "accuracy": "final test accuracy",
     "accuracy_drop": "clean accuracy (attack none) minus attacked accuracy, same defense and seed",
     "worst_accuracy": "lowest final accuracy over the attacks (none excluded), per seed",
     "final_asr": "backdoor attack success rate after the last round",
+    "psnr": "reconstruction PSNR in dB against the best-matching true input (capped at 100), mean over victims",
+    "ssim": "reconstruction SSIM against the best-matching true image, mean over victims",
+    "label_accuracy": "share of the victims' labels the attack recovered",
+    "rouge1": "ROUGE-1 F-measure of the recovered text against the true text, mean over victims",
+    "rouge2": "ROUGE-2 F-measure of the recovered text against the true text, mean over victims",
 }
+#: The metrics of suites that train a federation (image and FM reproductions).
+IMAGE_METRICS = ("accuracy", "accuracy_drop", "worst_accuracy", "final_asr")
+#: The metrics of reconstruction reproductions.
+RECON_METRICS = ("psnr", "ssim", "label_accuracy", "rouge1", "rouge2")
 
 
 def expand_selector(sel: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -138,7 +151,7 @@ def _selector(raw: Any, where: str, coordinates: Mapping[str, Sequence[Any]]) ->
     return dict(raw)
 
 
-def _parse_claim(raw: Any, where: str, coordinates: Mapping[str, Sequence[Any]]) -> Claim:
+def _parse_claim(raw: Any, where: str, coordinates: Mapping[str, Sequence[Any]], metrics: Sequence[str]) -> Claim:
     if not isinstance(raw, dict):
         raise SuiteError(where, f"must be a table, got {raw!r}")
     kind = raw.get("kind")
@@ -151,8 +164,9 @@ def _parse_claim(raw: Any, where: str, coordinates: Mapping[str, Sequence[Any]])
         if k not in allowed:
             raise SuiteError(f"{where}.{k}", f"unknown key for a {kind} claim; valid: {', '.join(sorted(allowed))}")
     metric = raw.get("metric")
-    if metric not in METRICS:
-        raise SuiteError(f"{where}.metric", f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    if metric not in metrics:
+        known = f" ({METRICS[metric]}: not a metric of this kind of reproduction)" if metric in METRICS else ""
+        raise SuiteError(f"{where}.metric", f"unknown metric {metric!r}{known}; valid: {', '.join(metrics)}")
     if metric == "accuracy_drop" and "none" not in coordinates.get("attack", ()):
         raise SuiteError(f"{where}.metric", "accuracy_drop needs the clean baseline: add the attack 'none' to the grid")
     text = raw.get("text", "")
@@ -190,8 +204,12 @@ def _parse_claim(raw: Any, where: str, coordinates: Mapping[str, Sequence[Any]])
     return claim
 
 
-def parse_paper(raw: Any, *, coordinates: Mapping[str, Sequence[Any]]) -> Paper:
-    """Validate a ``[paper]`` table against the suite's coordinates (attack and defense labels, sweep values)."""
+def parse_paper(raw: Any, *, coordinates: Mapping[str, Sequence[Any]], metrics: Sequence[str] = IMAGE_METRICS) -> Paper:
+    """Validate a ``[paper]`` table against the suite's coordinates (attack and defense labels, sweep values).
+
+    ``metrics`` are the metrics its claims may name: :data:`IMAGE_METRICS` (suites that train a
+    federation, the default) or :data:`RECON_METRICS` (reconstruction reproductions).
+    """
     if not isinstance(raw, dict):
         raise SuiteError("paper", f"must be a table, got {raw!r}")
     allowed = {"source", "figure", "summary", "values", "claims", "differences"}
@@ -204,7 +222,7 @@ def parse_paper(raw: Any, *, coordinates: Mapping[str, Sequence[Any]]) -> Paper:
     values = raw.get("values", {})
     if not isinstance(values, dict):
         raise SuiteError("paper.values", f"must be a table, got {values!r}")
-    claims = tuple(_parse_claim(c, f"paper.claims[{i}]", coordinates) for i, c in enumerate(claims_raw))
+    claims = tuple(_parse_claim(c, f"paper.claims[{i}]", coordinates, metrics) for i, c in enumerate(claims_raw))
     return Paper(source=_str(raw, "source", "paper"), figure=_str(raw, "figure", "paper"),
                  summary=_str(raw, "summary", "paper", required=False), claims=claims, values=dict(values),
                  differences=_str(raw, "differences", "paper", required=False))

@@ -1,18 +1,29 @@
 """``flsec reproduce NAME|all``: run paper reproductions, compute their verdicts, write their reports.
 
-A reproduction is the built-in suite ``benchmarks/suites/repro-NAME.toml``: a suite with a
-``[paper]`` table (see :mod:`benchmarks.reproduce.paper`), optionally a ``[sweep]`` of setting
-values (the grid runs once per combination) and ``[scale.paper]`` overrides (the paper's
-setting, for a GPU or a cluster). Each variant runs as an ordinary suite in its own results
-directory (resumable, with its own report); then the claims are evaluated on all the cells
-(:func:`benchmarks.reproduce.verdict.evaluate`) and ``OUT/reproduction.md`` and
-``OUT/verdict.json`` are written, with the command, commit, seeds, wall time and load average.
-:func:`write_docs` turns the ``verdict.json`` files of runs into ``docs/reproductions.md``.
+A reproduction is the built-in file ``benchmarks/suites/repro-NAME.toml``; its top-level
+``kind`` says which runner it takes (:data:`KINDS`):
+
+* ``"image"`` (no ``kind`` key): a suite with a ``[paper]`` table (see
+  :mod:`benchmarks.reproduce.paper`), optionally a ``[sweep]`` of setting values (the grid runs
+  once per combination) and ``[scale.paper]`` overrides (the paper's setting, for a GPU or a
+  cluster). Each variant runs as an ordinary suite in its own results directory (resumable, with
+  its own report);
+* ``"recon"``: a reconstruction-attack reproduction (DLG, iDLG, TAG), run by
+  :mod:`benchmarks.reproduce.recon`;
+* ``"fm"``: a foundation-model suite with a ``[paper]`` table, run by
+  ``benchmarks.reproduce.fm`` (imported only when such a file is run).
+
+Every kind evaluates its claims on its cells with the same engine
+(:func:`benchmarks.reproduce.verdict.evaluate`) and writes ``OUT/reproduction.md`` and
+``OUT/verdict.json`` (the same record fields), with the command, commit, seeds, wall time and
+load average. :func:`write_docs` turns the ``verdict.json`` files of runs into ``docs/reproductions.md``.
 
 Examples
 --------
 >>> "ndss21" in reproduction_names() and "byzfl-heatmap" in reproduction_names()
 True
+>>> reproduction_kind("ndss21"), reproduction_kind("dlg")
+('image', 'recon')
 """
 
 from __future__ import annotations
@@ -27,11 +38,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import tomllib
 from rich.console import Console
 
-from benchmarks.reproduce.verdict import Verdict, evaluate
+from benchmarks.reproduce.verdict import METRIC_FORMAT, Verdict, evaluate, fmt_interval
 from benchmarks.suite.build import preflight_model
 from benchmarks.suite.report import INTERVAL_NOTE, render_report
 from benchmarks.suite.runner import run_suite
@@ -39,30 +52,87 @@ from benchmarks.suite.schema import SuiteError, SuiteSpec
 from benchmarks.suite.spec import BUILTIN_DIR, load_suite, variants
 from benchmarks.suite.store import ResultStore
 
-__all__ = ["load_reproduction", "register", "reproduction_names", "run_reproduction", "write_docs"]
+__all__ = [
+    "KINDS",
+    "check_reproduction",
+    "load_reproduction",
+    "register",
+    "reproduction_kind",
+    "reproduction_names",
+    "run_reproduction",
+    "write_docs",
+]
 
 log = logging.getLogger(__name__)
 PREFIX = "repro-"
+#: The kinds of reproduction, by the file's top-level ``kind`` (none: ``"image"``).
+KINDS = ("image", "recon", "fm")
 
 
 def reproduction_names() -> list[str]:
-    """The built-in reproductions (``benchmarks/suites/repro-NAME.toml``), by NAME."""
+    """The built-in reproductions (``benchmarks/suites/repro-NAME.toml``) of every kind, by NAME."""
     return sorted(p.stem[len(PREFIX):] for p in BUILTIN_DIR.glob(f"{PREFIX}*.toml"))
 
 
-def load_reproduction(name: str) -> SuiteSpec:
-    """The reproduction ``name`` (a built-in NAME or a suite file with a ``[paper]`` table).
+def _path(name: str | Path) -> Path:
+    path = Path(name)
+    if not path.is_file():
+        path = BUILTIN_DIR / f"{PREFIX}{name}.toml"
+        if not path.is_file():
+            raise SuiteError(str(name), f"no such reproduction; built-in: {', '.join(reproduction_names())}")
+    return path
+
+
+def reproduction_kind(name: str | Path) -> str:
+    """The kind (one of :data:`KINDS`) of the reproduction ``name`` (a built-in NAME or a file).
+
+    Raises
+    ------
+    SuiteError
+        If there is no such reproduction, the file is not TOML, or its ``kind`` is unknown.
+    """
+    path = _path(name)
+    try:
+        kind = tomllib.loads(path.read_text()).get("kind", "image")
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(str(path), f"malformed TOML: {exc}") from None
+    if kind not in KINDS:
+        raise SuiteError("kind", f"unknown kind of reproduction {kind!r} in {path}; valid: {', '.join(KINDS)}")
+    return kind
+
+
+def _fm(path: Path) -> ModuleType:
+    """``benchmarks.reproduce.fm``, imported when an FM reproduction is used (another module's runner)."""
+    try:
+        import benchmarks.reproduce.fm as fm
+    except ModuleNotFoundError as exc:
+        if exc.name != "benchmarks.reproduce.fm":
+            raise
+        raise SuiteError(str(path), "is an FM reproduction (kind = 'fm'), but this checkout has no "
+                                    "benchmarks/reproduce/fm.py to run it") from None
+    return fm
+
+
+def load_reproduction(name: str | Path) -> Any:
+    """The reproduction ``name`` (a built-in NAME or a file with a ``[paper]`` table), parsed by its kind.
+
+    Returns a :class:`~benchmarks.suite.schema.SuiteSpec` (image), a
+    :class:`~benchmarks.reproduce.recon.ReconSpec` (recon) or the FM suite spec (fm); each has
+    ``name``, ``paper``, ``setting.seeds`` and ``scales``.
 
     Raises
     ------
     SuiteError
         If there is no such reproduction, or the file has no ``[paper]`` table.
     """
-    path = Path(name)
-    if not path.is_file():
-        path = BUILTIN_DIR / f"{PREFIX}{name}.toml"
-        if not path.is_file():
-            raise SuiteError(name, f"no such reproduction; built-in: {', '.join(reproduction_names())}")
+    path = _path(name)
+    kind = reproduction_kind(path)
+    if kind == "recon":
+        from benchmarks.reproduce.recon import load_recon_reproduction
+
+        return load_recon_reproduction(path)[0]
+    if kind == "fm":
+        return _fm(path).load_fm_reproduction(str(path))[0]
     spec = load_suite(path)
     if spec.paper is None:
         raise SuiteError(str(path), "is a suite without a [paper] table, not a reproduction")
@@ -93,8 +163,31 @@ def _flat(results: list[dict[str, Any]], coords: dict[str, Any]) -> list[dict[st
              "accuracy": r["summary"]["final_accuracy"], "asr": r["summary"].get("final_asr")} for r in results]
 
 
+def check_reproduction(name: str | Path, *, scale: str = "small", seeds: list[int] | None = None) -> None:
+    """Check the file, its scale and its seeds before any work (any kind).
+
+    Raises
+    ------
+    SuiteError
+        Naming the offending key (or ``--scale`` / ``--seeds``).
+    """
+    path = _path(name)
+    kind = reproduction_kind(path)
+    spec = load_reproduction(path)
+    if kind == "recon":
+        from benchmarks.reproduce.recon import recon_variant
+
+        recon_variant(spec, scale=scale, seeds=seeds)
+    elif kind == "fm":
+        from benchmarks.fm.spec import fm_variant
+
+        fm_variant(spec, scale=scale, seeds=seeds)
+    else:
+        variants(spec, scale=scale, seeds=seeds)
+
+
 def run_reproduction(
-    name: str,
+    name: str | Path,
     *,
     scale: str = "small",
     seeds: list[int] | None = None,
@@ -104,8 +197,19 @@ def run_reproduction(
     command: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one reproduction and write its verdict; returns the ``verdict.json`` record."""
-    spec = load_reproduction(name)
+    """Run (or resume) one reproduction of any kind and write its verdict; returns the ``verdict.json`` record."""
+    path = _path(name)
+    kind = reproduction_kind(path)
+    if kind in ("recon", "fm"):
+        if kind == "recon":
+            from benchmarks.reproduce.recon import run_recon_reproduction as runner
+        else:
+            runner = _fm(path).run_fm_reproduction
+        if command is None:
+            command = f"flsec reproduce {name} --scale {scale}"
+        return runner(str(path), scale=scale, seeds=seeds, out=None if out is None else Path(out), console=console,
+                      progress=progress, command=command, threads=threads)
+    spec = load_reproduction(path)
     subs = variants(spec, scale=scale, seeds=seeds)  # checks scale and seeds before any work
     out = Path(out) if out is not None else Path("runs") / "reproduce" / f"{spec.name}-{scale}"
     console = console or Console(stderr=True)
@@ -133,6 +237,7 @@ def run_reproduction(
                 else f"{s.local_epochs} local epoch(s)")
     record = {
         "name": spec.name,
+        "kind": "image",
         "scale": scale,
         "paper": {"source": spec.paper.source, "figure": spec.paper.figure, "summary": spec.paper.summary,
                   "values": spec.paper.values, "differences": spec.paper.differences},
@@ -205,6 +310,7 @@ def render_reproduction(record: dict[str, Any], verdict: Verdict) -> str:
     lines = [f"# Reproduction: {record['name']} ({record['scale']} scale)", "",
              "## paper vs flsec", "",
              f"**Paper**: {p['source']}, {p['figure']}. {p['summary']}", "",
+             *([f"**The paper's printed values**: {_values(p['values'])}.", ""] if p.get("values") else []),
              f"**flsec**: {record['setting']}; seeds {record['seeds']}; {record['cells']} cells; "
              f"{record['seconds'] / 60:.1f} min wall ({record['cell_seconds'] / 60:.1f} min in cells), "
              f"load average {record['loadavg_start'][0]:.2f} at start, {record['loadavg_end'][0]:.2f} at end; "
@@ -219,24 +325,38 @@ def render_reproduction(record: dict[str, Any], verdict: Verdict) -> str:
         lines += [f"### {c.text or c.kind} ({c.metric})", "", r.summary() + ".", ""]
         if c.kind == "ordering":
             lines += ["| higher | flsec | lower | flsec | status |", "|---|---|---|---|---|"]
-            lines += [f"| {x['higher']} | {x['interval'].fmt()} | {x['lower']} | {x['other'].fmt()} | {x['status']} |"
-                      for x in r.rows]
+            lines += [f"| {x['higher']} | {fmt_interval(x['interval'], c.metric)} | {x['lower']} | "
+                      f"{fmt_interval(x['other'], c.metric)} | {x['status']} |" for x in r.rows]
         else:
             lines += ["| group | flsec | paper range | status |", "|---|---|---|---|"]
-            lines += [f"| {x['group']} | {x['interval'].fmt()} | [{c.low:g}, {c.high:g}] | {x['status']} |"
-                      for x in r.rows]
+            lines += [f"| {x['group']} | {fmt_interval(x['interval'], c.metric)} | [{c.low:g}, {c.high:g}] | "
+                      f"{x['status']} |" for x in r.rows]
         lines.append("")
     return "\n".join(lines)
+
+
+def _values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in values.items())
+
+
+def _iv(iv: dict[str, Any], metric: str) -> str:
+    """A ``verdict.json`` interval as text, in the metric's format (PSNR in dB)."""
+    spec, unit = METRIC_FORMAT.get(metric, (".3f", ""))
+    half = "n/a" if iv["half"] is None else format(iv["half"], spec)
+    return f"{iv['mean']:{spec}} ± {half}{unit}"
 
 
 def _figure_cell(rec: dict[str, Any]) -> str:
     parts = []
     for c in rec["claims"]:
+        m = c["metric"]
         if c["kind"] == "range":
-            rows = "; ".join(f"{x['group']}: {x['interval']['mean']:.3f} ± "
-                             f"{'n/a' if x['interval']['half'] is None else format(x['interval']['half'], '.3f')}"
-                             for x in c["rows"])
-            parts.append(f"{c['metric']}: {rows}")
+            rows = "; ".join(f"{x['group']}: {_iv(x['interval'], m)}" for x in c["rows"])
+            parts.append(f"{m}: {rows}")
+        elif len(c["rows"]) <= 2:  # few pairs (reconstruction claims): both sides' figures
+            rows = "; ".join(f"{x['higher']} {_iv(x['interval'], m)} vs {x['lower']} {_iv(x['other'], m)} "
+                             f"({x['status']})" for x in c["rows"])
+            parts.append(f"{m}: {rows}")
         else:
             parts.append(c["summary"])
     return "<br>".join(parts)
@@ -257,7 +377,8 @@ def write_docs(records: list[dict[str, Any]], path: str | Path) -> Path:
     for r in sorted(records, key=lambda r: (r["name"], r["scale"])):
         p = r["paper"]
         lines.append(
-            f"| {r['name']} ({r['scale']}) | {p['source']}, {p['figure']}: {p['summary']} | {r['setting']}.<br>"
+            f"| {r['name']} ({r['scale']}) | {p['source']}, {p['figure']}: {p['summary']}"
+            + (f" Printed: {_values(p['values'])}." if p.get("values") else "") + f" | {r['setting']}.<br>"
             f"{_figure_cell(r)} | {r['seeds']} | `{r['command']}` | {r['commit']} | {r['seconds'] / 60:.1f} min "
             f"(load {r['loadavg_start'][0]:.2f}-{r['loadavg_end'][0]:.2f}, threads {r['threads']}) | "
             f"**{r['verdict']}** | {r['gap']}"
@@ -281,8 +402,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     names = ", ".join(reproduction_names())
     p = subparsers.add_parser(
         "reproduce", help="paper reproductions with error bars and computed verdicts (NAME or all)",
-        description=f"Run paper reproductions ({names}, or all): each is a suite carrying the paper's figure; the "
-        "report compares paper and flsec with 95% t-intervals and a verdict computed from the run. Resumes.")
+        description=f"Run paper reproductions ({names}, or all): each carries the paper's figure (image suites, "
+        "reconstruction attacks, FM suites); the report compares paper and flsec with 95% t-intervals and a verdict "
+        "computed from the run. Resumes.")
     p.add_argument("name", help=f"a reproduction ({names}), all, or a suite file with a [paper] table")
     p.add_argument("--scale", default="small", metavar="SCALE",
                    help="small (default: minutes on a laptop CPU) or paper (the paper's setting: a GPU or a cluster)")
@@ -303,8 +425,8 @@ def _main(args: argparse.Namespace) -> int:
     names = reproduction_names() if args.name == "all" else [args.name]
     if args.name == "all" and args.out is not None:
         raise SuiteError("--out", "give no --out with all: each reproduction writes runs/reproduce/NAME-SCALE")
-    for n in names:  # validate every file, scale and seed list before any work
-        variants(load_reproduction(n), scale=args.scale, seeds=seeds)
+    for n in names:  # validate every file (of every kind), scale and seed list before any work
+        check_reproduction(n, scale=args.scale, seeds=seeds)
     apply_threads(args.threads)
     console = Console(stderr=True)
     records = []

@@ -15,7 +15,7 @@ reproduced** otherwise (some ordering fails, or a range claim alone misses).
 
 Examples
 --------
->>> from benchmarks.reproduce.paper import Claim, Paper
+>>> from benchmarks.reproduce.paper import RECON_METRICS, Claim, Paper
 >>> c = Claim(kind="ordering", metric="accuracy", higher={"attack": "none"}, lower={"attack": "x"},
 ...           for_each={"defense": "m"})
 >>> cells = [{"attack": a, "defense": "m", "seed": s, "accuracy": acc, "asr": None}
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.reproduce.paper import Claim, Paper
+from benchmarks.reproduce.paper import RECON_METRICS, Claim, Paper
 from benchmarks.suite.report import Interval, compare, t_interval
 from benchmarks.suite.schema import SuiteError
 
@@ -51,7 +51,8 @@ def metric_values(metric: str, group: Mapping[str, Any], cells: Sequence[Mapping
     """The metric for one group, by seed.
 
     ``cells`` are flat records (``attack``, ``defense``, sweep coordinates, ``seed``,
-    ``accuracy``, ``asr``); ``group`` fixes the coordinates.
+    ``accuracy``, ``asr``; a reconstruction cell has ``attack``, ``seed`` and its metrics, e.g.
+    ``psnr``, with ``None`` where the attack does not give it); ``group`` fixes the coordinates.
 
     Raises
     ------
@@ -78,6 +79,8 @@ def metric_values(metric: str, group: Mapping[str, Any], cells: Sequence[Mapping
             out[c["seed"]] = base[c["seed"]] - c["accuracy"]
     elif metric == "final_asr":
         out = {c["seed"]: c["asr"] for c in mine if c["asr"] is not None}
+    elif metric in RECON_METRICS:
+        out = {c["seed"]: float(c[metric]) for c in mine if c.get(metric) is not None}
     else:
         out = {c["seed"]: c["accuracy"] for c in mine}
     if not out:
@@ -181,8 +184,20 @@ def evaluate(paper: Paper, cells: Iterable[Mapping[str, Any]], *, attacks: Seque
     return Verdict(verdict=verdict, claims=results, gap=gap)
 
 
+#: How a metric's figures are printed (format spec, unit).
+METRIC_FORMAT = {"psnr": (".1f", " dB")}
+
+
 def fmt_interval(iv: Interval, metric: str) -> str:
-    """A metric's interval as the report prints it (accuracy points for drops and accuracies)."""
+    """A metric's interval as the report prints it (PSNR in dB to 0.1, the others to 0.001).
+
+    Examples
+    --------
+    >>> from benchmarks.suite.report import t_interval
+    >>> fmt_interval(t_interval([30.0, 32.0, 34.0]), "psnr")
+    '32.0 ± 5.0 dB'
+    """
     if not math.isfinite(iv.mean):
         return str(iv.mean)
-    return iv.fmt(".3f")
+    spec, unit = METRIC_FORMAT.get(metric, (".3f", ""))
+    return iv.fmt(spec) + unit
