@@ -10,6 +10,7 @@ baseline share trigger, target and poison fraction. The runs themselves are ``fl
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 
 import pytest
 
@@ -23,6 +24,12 @@ from fl_core import load_dataset
 NAMES = ["neurotoxin", "flame", "fltrust"]
 
 
+@cache
+def _load(name: str):
+    """Each file parsed once per session (parsing validates every defense, which takes a moment)."""
+    return load_reproduction(name)
+
+
 def _cpu(spec):
     """The spec with its scales' device dropped (the paper scale names CUDA; the overrides are what is checked)."""
     return replace(spec, scales={k: {kk: vv for kk, vv in v.items() if kk != "device"} for k, v in spec.scales.items()})
@@ -30,7 +37,7 @@ def _cpu(spec):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_parses_with_paper_claims_and_a_paper_scale(name: str) -> None:
-    spec = load_reproduction(name)
+    spec = _load(name)
     assert spec.paper is not None and spec.paper.claims
     assert len(spec.setting.seeds) >= 3
     assert "paper" in spec.scales
@@ -38,7 +45,7 @@ def test_parses_with_paper_claims_and_a_paper_scale(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_scale_overrides_reach_the_setting(name: str) -> None:
-    spec = _cpu(load_reproduction(name))
+    spec = _cpu(_load(name))
     ((coords, paper),) = variants(spec, scale="paper")
     assert coords == {}
     for key, value in spec.scales["paper"].items():
@@ -63,7 +70,7 @@ def _selected_attacks(spec, claim) -> set[str]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_backdoor_success_claims_are_about_backdoor_attacks(name: str) -> None:
-    spec = load_reproduction(name)
+    spec = _load(name)
     by_label = {a.label: a.name for a in spec.attacks}
     asr_claims = [c for c in spec.paper.claims if c.metric == "final_asr"]
     for claim in asr_claims:
@@ -73,7 +80,7 @@ def test_backdoor_success_claims_are_about_backdoor_attacks(name: str) -> None:
 
 @pytest.mark.parametrize("scale", ["small", "paper"])
 def test_neurotoxin_window_leaves_clean_rounds_after_the_stop(scale: str) -> None:
-    ((_, spec),) = variants(_cpu(load_reproduction("neurotoxin")), scale=scale)
+    ((_, spec),) = variants(_cpu(_load("neurotoxin")), scale=scale)
     s = spec.setting
     schedule = AttackSchedule(start=s.attack_start, end=s.attack_end, every=s.attack_every)
     active = [r for r in range(s.rounds) if schedule.active(r)]
@@ -88,7 +95,7 @@ def test_neurotoxin_window_leaves_clean_rounds_after_the_stop(scale: str) -> Non
 
 
 def test_neurotoxin_and_its_baseline_share_trigger_target_and_poison_fraction() -> None:
-    spec = load_reproduction("neurotoxin")
+    spec = _load("neurotoxin")
     attacks = {a.name: a for a in spec.attacks}
     base, nt = attacks["backdoor"], attacks["neurotoxin"]
     extra = set(nt.params) - set(base.params)
