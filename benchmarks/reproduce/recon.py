@@ -473,7 +473,7 @@ def run_recon_reproduction(
 def _cells_section(records: Sequence[Mapping[str, Any]], verdict: Verdict) -> str:
     """Per-cell figures (each seed's means over its victims), and the recovered sentences for text."""
     metrics = [m for m in RECON_METRICS if any(r.get(m) is not None for r in records)]
-    lines = ["### Cells (per seed: mean over the seed's victims)", "",
+    lines = ["", "### Cells (per seed: mean over the seed's victims)", "",
              "| attack | seed | " + " | ".join(metrics) + " | s |", "|---" * (len(metrics) + 3) + "|"]
     for r in records:
         vals = [("" if r.get(m) is None else (f"{r[m]:.1f}" if m == "psnr" else f"{r[m]:.3f}")) for m in metrics]
