@@ -151,19 +151,30 @@ def _model_plan(
     )
 
 
+#: The global pixel-trigger shapes a centralised backdoor can use: the corner checkerboard, or DBA's
+#: ``parts`` bars (Xie et al. 2020's centralised baseline carries DBA's whole global trigger).
+TRIGGER_SHAPES = ("corner", "dba")
+
+
 def _pixel_backdoor_hooks(
-    threat: ThreatModel, env: AttackEnv, *, target: int, poison_fraction: float, trigger_size: int
+    threat: ThreatModel, env: AttackEnv, *, target: int, poison_fraction: float, trigger_size: int,
+    trigger: str = "corner", parts: int = 4,
 ) -> tuple[dict[int, tuple[TrainingHook, ...]], Backdoor]:
     if env.image_shape is None:
         raise ConfigError("pixel backdoors need image data; use 'text-backdoor' for text")
     _check_target(target, env)
+    if trigger not in TRIGGER_SHAPES:
+        raise ConfigError(f"trigger must be one of {TRIGGER_SHAPES}, got {trigger!r}")
     _, h, w = env.image_shape
-    trigger = PixelTrigger.corner(height=h, width=w, size=trigger_size, value=env.trigger_value)
+    if trigger == "dba":
+        pattern = PixelTrigger.dba_global(height=h, width=w, value=env.trigger_value, parts=parts)
+    else:
+        pattern = PixelTrigger.corner(height=h, width=w, size=trigger_size, value=env.trigger_value)
     hooks = {
-        c: (PixelBackdoor(trigger=trigger, target=target, poison_fraction=poison_fraction, schedule=threat.schedule),)
+        c: (PixelBackdoor(trigger=pattern, target=target, poison_fraction=poison_fraction, schedule=threat.schedule),)
         for c in threat.malicious
     }
-    return hooks, Backdoor(trigger=trigger, target=target)
+    return hooks, Backdoor(trigger=pattern, target=target)
 
 
 def _check_target(target: int, env: AttackEnv) -> None:
@@ -198,7 +209,10 @@ def _label_flip(
 
 
 @_register(
-    "backdoor", kind="backdoor", description="pixel-pattern backdoor with a target class, no boosting (Gu et al. 2017)"
+    "backdoor",
+    kind="backdoor",
+    description="pixel-pattern backdoor with a target class, no boosting (Gu et al. 2017); trigger='dba': DBA's "
+    "whole global trigger (Xie et al. 2020's centralised baseline)",
 )
 def _backdoor(
     *,
@@ -208,9 +222,12 @@ def _backdoor(
     target: int = 0,
     poison_fraction: float = 0.2,
     trigger_size: int = 3,
+    trigger: str = "corner",
+    parts: int = 4,
 ) -> AttackPlan:
     hooks, bd = _pixel_backdoor_hooks(
-        threat, env, target=target, poison_fraction=poison_fraction, trigger_size=trigger_size
+        threat, env, target=target, poison_fraction=poison_fraction, trigger_size=trigger_size,
+        trigger=trigger, parts=parts,
     )
     return AttackPlan(name="backdoor", threat=threat, client_hooks=hooks, backdoor=bd)
 

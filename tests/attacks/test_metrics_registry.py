@@ -145,3 +145,19 @@ def test_sign_flip_majority_breaks_fedavg_but_not_without_attack():
         _digits_fed(split, build_attack("sign-flip", threat=threat, env=env, scale=5.0)).run(rounds=3).final_accuracy
     )
     assert clean > 0.85 and attacked < 0.5
+
+
+def test_centralised_backdoor_can_carry_dbas_whole_global_trigger():
+    """Xie et al. 2020 compare DBA with a centralised attacker holding DBA's global trigger: same pixels, same target."""
+    threat = ThreatModel(malicious=frozenset({0, 1, 2, 3}))
+    dba = build_attack("dba", threat=threat, env=ENV, target=2, parts=4)
+    central = build_attack("backdoor", threat=threat, env=ENV, target=2, trigger="dba", parts=4)
+    assert torch.equal(central.backdoor.trigger.mask, dba.backdoor.trigger.mask)
+    assert central.backdoor.target == dba.backdoor.target == 2
+    for c in threat.malicious:  # every centralised attacker poisons with the whole global trigger
+        (hook,) = central.hooks(c)
+        assert torch.equal(hook.trigger.mask, dba.backdoor.trigger.mask)
+    corner = build_attack("backdoor", threat=threat, env=ENV, target=2)
+    assert not torch.equal(corner.backdoor.trigger.mask, dba.backdoor.trigger.mask)
+    with pytest.raises(ConfigError, match=r"trigger must be one of \('corner', 'dba'\), got 'bars'"):
+        build_attack("backdoor", threat=threat, env=ENV, trigger="bars")
