@@ -16,8 +16,10 @@ import pytest
 
 from attacks import AttackSchedule, ThreatModel, build_attack
 from attacks.registry import ATTACKS
+from benchmarks.reproduce.paper import Claim
 from benchmarks.reproduce.run import load_reproduction
 from benchmarks.suite.build import attack_env
+from benchmarks.suite.schema import SuiteSpec
 from benchmarks.suite.spec import variants
 from fl_core import load_dataset
 
@@ -25,12 +27,12 @@ NAMES = ["neurotoxin", "flame", "fltrust"]
 
 
 @cache
-def _load(name: str):
+def _load(name: str) -> SuiteSpec:
     """Each file parsed once per session (parsing validates every defense, which takes a moment)."""
     return load_reproduction(name)
 
 
-def _cpu(spec):
+def _cpu(spec: SuiteSpec) -> SuiteSpec:
     """The spec with its scales' device dropped (the paper scale names CUDA; the overrides are what is checked)."""
     return replace(spec, scales={k: {kk: vv for kk, vv in v.items() if kk != "device"} for k, v in spec.scales.items()})
 
@@ -58,7 +60,7 @@ def test_paper_scale_overrides_reach_the_setting(name: str) -> None:
     assert small.setting == spec.setting
 
 
-def _selected_attacks(spec, claim) -> set[str]:
+def _selected_attacks(spec: SuiteSpec, claim: Claim) -> set[str]:
     labels = {a.label for a in spec.attacks}
     chosen: set[str] = set()
     for sel in (claim.higher, claim.lower, claim.for_each, claim.where):
