@@ -483,7 +483,11 @@ def _cells_section(records: Sequence[Mapping[str, Any]], verdict: Verdict) -> st
         lines += ["", "### Recovered sentences", "", "| attack | seed | true | recovered | ROUGE-1 |",
                   "|---|---|---|---|---|"]
         lines += [f"| {a} | {s} | {v['truth']} | {v['recovered']} | {v['rouge1']:.3f} |" for a, s, v in texts]
-    summary = [f"{c.claim.metric}: " + "; ".join(
-        f"{row.get('group') or row.get('higher')} {fmt_interval(row['interval'], c.claim.metric)}" for row in c.rows)
-        for c in verdict.claims]
+    def fig(row: Mapping[str, Any], metric: str) -> str:
+        if "group" in row:
+            return f"{row['group']} {fmt_interval(row['interval'], metric)}"
+        return (f"{row['higher']} {fmt_interval(row['interval'], metric)} vs {row['lower']} "
+                f"{fmt_interval(row['other'], metric)}")
+
+    summary = [f"{c.claim.metric}: " + "; ".join(fig(row, c.claim.metric) for row in c.rows) for c in verdict.claims]
     return "\n".join([*lines, "", "Figures: " + " | ".join(summary), ""])
