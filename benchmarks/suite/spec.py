@@ -418,10 +418,9 @@ def parse_suite(text: str, *, source: str = "<string>") -> SuiteSpec:
         allowed={"name", "kind", "description", "setting", "attacks", "defenses", "paper", "sweep", "scale"},
     )
     if "kind" in raw:
-        hint = " (an FM suite: benchmarks.fm.spec.parse_fm_suite reads it; flsec suite run does)"
-        raise SuiteError(
-            "kind", f"image suites take no kind, got {raw['kind']!r}" + (hint if raw["kind"] == "fm" else "")
-        )
+        hints = {"fm": " (an FM suite: benchmarks.fm.spec.parse_fm_suite reads it; flsec suite run does)",
+                 "recon": " (a reconstruction reproduction: run it with flsec reproduce)"}
+        raise SuiteError("kind", f"image suites take no kind, got {raw['kind']!r}" + hints.get(str(raw["kind"]), ""))
     setting = _parse_setting(raw.get("setting", {}))
     attacks, defenses = parse_grid(raw)
     for i, a in enumerate(attacks):

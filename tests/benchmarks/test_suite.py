@@ -102,8 +102,15 @@ def test_majority_violation_reported_before_work():
 
 def test_builtin_suites_parse():
     from benchmarks.fm.spec import is_fm_suite, parse_fm_suite
+    from benchmarks.reproduce.recon import parse_recon_reproduction
+    from benchmarks.reproduce.run import reproduction_kind
 
     for path in sorted(BUILTIN_DIR.glob("*.toml")):
+        if reproduction_kind(path) == "recon":  # no suite grid: `flsec reproduce` runs it; suite run points there
+            assert parse_recon_reproduction(path.read_text()).attacks
+            with pytest.raises(SuiteError, match="a reconstruction reproduction: run it with flsec reproduce"):
+                load_suite(path.stem)
+            continue
         fm = is_fm_suite(path.read_text())
         spec = parse_fm_suite(path.read_text()) if fm else load_suite(path.stem)
         assert spec.cells()
@@ -120,8 +127,10 @@ def test_builtin_image_suites_pass_the_attack_preflight():
     from fl_core import load_dataset
 
     checked = set()
+    from benchmarks.reproduce.run import reproduction_kind
+
     for path in sorted(BUILTIN_DIR.glob("*.toml")):
-        if is_fm_suite(path.read_text()):
+        if is_fm_suite(path.read_text()) or reproduction_kind(path) == "recon":
             continue
         spec = load_suite(path.stem)
         preflight_attacks(spec.attacks, spec.setting, load_dataset(spec.setting.dataset).train)
