@@ -24,7 +24,6 @@ True
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -173,7 +172,7 @@ def run_fm_reproduction(
     SuiteError
         Before any work, if the file, the scale, its device or the seeds are invalid.
     """
-    from benchmarks.reproduce.run import _cell_seconds, _commit, _flat, render_reproduction
+    from benchmarks.reproduce.run import _cell_seconds, _commit, _flat, render_reproduction, write_record
     from benchmarks.threads import apply_threads
 
     spec, paper = load_fm_reproduction(name)
@@ -194,30 +193,11 @@ def run_fm_reproduction(
     render_fm_report(out)
     cells = _flat(results, {})
     verdict = evaluate(paper, cells, attacks=[a.label for a in spec.attacks])
-    record: dict[str, Any] = {
-        "name": spec.name,
-        "scale": scale,
-        "paper": {"source": paper.source, "figure": paper.figure, "summary": paper.summary,
-                  "values": paper.values, "differences": paper.differences},
-        "setting": _describe(sub.setting),
-        "seeds": list(sub.setting.seeds),
-        "cells": len(cells),
-        "command": command or f"flsec reproduce {name} --scale {scale}",
-        "commit": commit,
-        "threads": threads,
-        "seconds": seconds,
-        "cell_seconds": _cell_seconds(out),
-        "loadavg_start": list(load0),
-        "loadavg_end": list(load1),
-        **verdict.to_json(),
-    }
-    previous = out / "verdict.json"
-    if ran == 0 and previous.is_file():  # nothing ran now: keep the timing of the run that computed the cells
-        old = json.loads(previous.read_text())
-        for key in ("seconds", "loadavg_start", "loadavg_end", "commit", "command", "threads"):
-            record[key] = old.get(key, record[key])
-    record["cells_run_now"] = ran
-    (out / "verdict.json").write_text(json.dumps(record, indent=2))
+    record = write_record(
+        out, ran=ran, verdict=verdict, paper=paper, name=spec.name, kind="fm", scale=scale,
+        setting=_describe(sub.setting), seeds=list(sub.setting.seeds), cells=len(cells),
+        command=command or f"flsec reproduce {name} --scale {scale}", commit=commit, threads=threads,
+        seconds=seconds, cell_seconds=_cell_seconds(out), loads=(load0, load1))
     (out / "reproduction.md").write_text(render_reproduction(record, verdict) + "\n" + _values_section(paper.values)
                                          + "\nPer-cell tables, curves and details: [report.md](report.md).\n")
     log.info("%s: %s (%s)", spec.name, verdict.verdict, verdict.gap)

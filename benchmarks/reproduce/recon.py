@@ -415,7 +415,7 @@ def run_recon_reproduction(
     ``name`` is the file (the dispatch in :func:`benchmarks.reproduce.run.run_reproduction` resolves
     built-in names); the record has the fields of the image reproductions' records.
     """
-    from benchmarks.reproduce.run import _commit, render_reproduction
+    from benchmarks.reproduce.run import _commit, render_reproduction, write_record
 
     spec, paper = load_recon_reproduction(name)
     sub = recon_variant(spec, scale=scale, seeds=seeds)
@@ -439,32 +439,13 @@ def run_recon_reproduction(
     load1 = os.getloadavg()
     cells = [_flat(r) for r in records]
     verdict = evaluate(paper, cells, attacks=[a.label for a in sub.attacks])
-    record: dict[str, Any] = {
-        "name": spec.name,
-        "kind": "recon",
-        "scale": scale,
-        "paper": {"source": paper.source, "figure": paper.figure, "summary": paper.summary, "values": paper.values,
-                  "differences": paper.differences},
-        "setting": f"{sub.setting.describe()}; attacks: {'; '.join(a.describe() for a in sub.attacks)}",
-        "seeds": list(sub.setting.seeds),
-        "cells": len(cells),
-        "command": command or f"flsec reproduce {spec.name.removeprefix('repro-')} --scale {scale}",
-        "commit": commit,
-        "threads": threads,
-        "seconds": seconds,
-        "cell_seconds": sum(float(r.get("seconds", 0.0)) for r in records),
-        "loadavg_start": list(load0),
-        "loadavg_end": list(load1),
-        **verdict.to_json(),
-    }
-    previous = out / "verdict.json"
-    if ran == 0 and previous.is_file():  # nothing ran now: keep the timing of the run that computed the cells
-        old = json.loads(previous.read_text())
-        for k in ("seconds", "loadavg_start", "loadavg_end", "commit", "command", "threads"):
-            record[k] = old.get(k, record[k])
-    record["cells_run_now"] = ran
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "verdict.json").write_text(json.dumps(record, indent=2))
+    record = write_record(
+        out, ran=ran, verdict=verdict, paper=paper, name=spec.name, kind="recon", scale=scale,
+        setting=f"{sub.setting.describe()}; attacks: {'; '.join(a.describe() for a in sub.attacks)}",
+        seeds=list(sub.setting.seeds), cells=len(cells),
+        command=command or f"flsec reproduce {spec.name.removeprefix('repro-')} --scale {scale}", commit=commit,
+        threads=threads, seconds=seconds, cell_seconds=sum(float(r.get("seconds", 0.0)) for r in records),
+        loads=(load0, load1))
     (out / "reproduction.md").write_text(render_reproduction(record, verdict) + _cells_section(records, verdict))
     console.print(f"[bold]{spec.name}[/]: {verdict.verdict} ({verdict.gap}); report {out / 'reproduction.md'}")
     return record

@@ -44,6 +44,7 @@ from typing import Any
 import tomllib
 from rich.console import Console
 
+from benchmarks.reproduce.paper import Paper
 from benchmarks.reproduce.verdict import METRIC_FORMAT, Verdict, evaluate, fmt_interval
 from benchmarks.suite.build import preflight_model
 from benchmarks.suite.report import INTERVAL_NOTE, render_report
@@ -235,39 +236,46 @@ def run_reproduction(
     s = subs[0][1].setting
     training = (("FedSGD full batch" if s.full_batch else f"FedSGD batch {s.batch_size}") if s.fedsgd
                 else f"{s.local_epochs} local epoch(s)")
-    record = {
-        "name": spec.name,
-        "kind": "image",
-        "scale": scale,
-        "paper": {"source": spec.paper.source, "figure": spec.paper.figure, "summary": spec.paper.summary,
-                  "values": spec.paper.values, "differences": spec.paper.differences},
-        "setting": f"{s.dataset}, {s.model}, {s.clients} clients ({s.partition}), {s.rounds} rounds, "
-                   f"{training}, "
-                   f"malicious fraction {s.malicious_fraction}"
-                   + (f"; sweep {', '.join(f'{k} in {list(v)}' for k, v in spec.sweep)}" if spec.sweep else ""),
-        "seeds": list(s.seeds),
-        "cells": len(cells),
-        "command": command or f"flsec reproduce {name} --scale {scale}",
-        "commit": commit,
-        "threads": threads,
-        "seconds": seconds,
-        "cell_seconds": None,
-        "loadavg_start": list(load0),
-        "loadavg_end": list(load1),
+    record = write_record(
+        out, ran=ran, verdict=verdict, paper=spec.paper, name=spec.name, kind="image", scale=scale,
+        setting=f"{s.dataset}, {s.model}, {s.clients} clients ({s.partition}), {s.rounds} rounds, {training}, "
+                f"malicious fraction {s.malicious_fraction}"
+                + (f"; sweep {', '.join(f'{k} in {list(v)}' for k, v in spec.sweep)}" if spec.sweep else ""),
+        seeds=list(s.seeds), cells=len(cells), command=command or f"flsec reproduce {name} --scale {scale}",
+        commit=commit, threads=threads, seconds=seconds, cell_seconds=_cell_seconds(out), loads=(load0, load1))
+    figures = sweep_heatmaps(spec, cells, out)
+    (out / "reproduction.md").write_text(render_reproduction(record, verdict)
+                                         + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
+    console.print(f"[bold]{spec.name}[/]: {verdict.verdict} ({verdict.gap}); report {out / 'reproduction.md'}")
+    return record
+
+
+def write_record(out: Path, *, ran: int, verdict: Verdict, paper: Paper, name: str, kind: str, scale: str,
+                 setting: str, seeds: list[int], cells: int, command: str, commit: str, threads: int | None,
+                 seconds: float, cell_seconds: float | None,
+                 loads: tuple[tuple[float, ...], tuple[float, ...]]) -> dict[str, Any]:
+    """The ``verdict.json`` record of a run of any kind, written to ``out``; returned.
+
+    When no cell ran now (``ran == 0``) and an earlier record exists, the timing, load, commit and
+    command of the run that computed the cells are kept.
+    """
+    record: dict[str, Any] = {
+        "name": name, "kind": kind, "scale": scale,
+        "paper": {"source": paper.source, "figure": paper.figure, "summary": paper.summary,
+                  "values": paper.values, "differences": paper.differences},
+        "setting": setting, "seeds": seeds, "cells": cells, "command": command, "commit": commit,
+        "threads": threads, "seconds": seconds, "cell_seconds": cell_seconds,
+        "loadavg_start": list(loads[0]), "loadavg_end": list(loads[1]),
         **verdict.to_json(),
     }
-    record["cell_seconds"] = _cell_seconds(out)
     previous = out / "verdict.json"
     if ran == 0 and previous.is_file():  # nothing ran now: keep the timing of the run that computed the cells
         old = json.loads(previous.read_text())
         for key in ("seconds", "loadavg_start", "loadavg_end", "commit", "command", "threads"):
             record[key] = old.get(key, record[key])
     record["cells_run_now"] = ran
+    out.mkdir(parents=True, exist_ok=True)
     (out / "verdict.json").write_text(json.dumps(record, indent=2))
-    figures = sweep_heatmaps(spec, cells, out)
-    (out / "reproduction.md").write_text(render_reproduction(record, verdict)
-                                         + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
-    console.print(f"[bold]{spec.name}[/]: {verdict.verdict} ({verdict.gap}); report {out / 'reproduction.md'}")
     return record
 
 

@@ -50,7 +50,7 @@ high = 0.02
 """
 
 #: the keys of the image reproductions' verdict.json record (benchmarks.reproduce.run.run_reproduction)
-RECORD_KEYS = {"name", "scale", "paper", "setting", "seeds", "cells", "command", "commit", "threads", "seconds",
+RECORD_KEYS = {"name", "kind", "scale", "paper", "setting", "seeds", "cells", "command", "commit", "threads", "seconds",
                "cell_seconds", "loadavg_start", "loadavg_end", "verdict", "gap", "claims", "cells_run_now"}
 
 
@@ -195,7 +195,7 @@ def test_run_on_synthetic_cells_gives_the_known_verdict_and_resumes(tmp_path, mo
     out = tmp_path / "out"
     rec = run_fm_reproduction(str(path), out=out, progress=False, threads=1)
     assert set(rec) == RECORD_KEYS
-    assert rec["verdict"] == "reproduced" and rec["cells"] == 12 and rec["cells_run_now"] == 12
+    assert rec["kind"] == "fm" and rec["verdict"] == "reproduced" and rec["cells"] == 12 and rec["cells_run_now"] == 12
     assert rec["seeds"] == [0, 1, 2] and rec["threads"] == 1 and rec["cell_seconds"] == pytest.approx(24.0)
     order, drop = rec["claims"]
     assert [r["status"] for r in order["rows"]] == ["holds, separated"] * 2
