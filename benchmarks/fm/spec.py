@@ -33,7 +33,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -50,6 +50,7 @@ from benchmarks.suite.spec import (
     _rule_params,
     load_toml,
     parse_grid,
+    parse_scales,
 )
 from defenses.fm.registry import FM_DEFENSES
 from defenses.robust.registry import get as get_rule
@@ -245,25 +246,6 @@ def _validate_defense(d: ComponentSpec, where: str, setting: FMSetting) -> None:
             )
 
 
-def _parse_scales(raw: Any, base: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``[scale.NAME]``: setting overrides for another scale, each checked on the setting it gives.
-
-    The device is checked only when the scale is chosen (:func:`fm_variant`): a file may name
-    CUDA for a GPU machine and still be read on a laptop.
-    """
-    if not isinstance(raw, dict):
-        raise SuiteError("scale", f"must be a table of [scale.NAME] tables, got {raw!r}")
-    out = {}
-    for name, over in raw.items():
-        if name == "small":
-            raise SuiteError("scale.small", "the small scale is the [setting] itself; name other scales only")
-        if not isinstance(over, dict):
-            raise SuiteError(f"scale.{name}", f"must be a table of setting overrides, got {over!r}")
-        _parse_setting({**base, **{k: v for k, v in over.items() if k != "device"}}, where=f"scale.{name}")
-        out[name] = dict(over)
-    return out
-
-
 def parse_fm_suite(text: str, *, source: str = "<string>") -> FMSuiteSpec:
     """Parse and validate an FM suite; raises :class:`SuiteError` naming the offending key.
 
@@ -282,7 +264,7 @@ def parse_fm_suite(text: str, *, source: str = "<string>") -> FMSuiteSpec:
         _validate_attack(a, f"attacks[{i}]")
     for i, d in enumerate(defenses):
         _validate_defense(d, f"defenses[{i}]", setting)
-    scales = _parse_scales(raw.get("scale", {}), raw.get("setting", {}))
+    scales = parse_scales(raw.get("scale", {}), raw.get("setting", {}), lambda s, w: _parse_setting(s, where=w))
     for scale, over in scales.items():  # a scale's setting must suit every defense (reinit-top's r)
         scaled = _parse_setting({**raw.get("setting", {}), **{k: v for k, v in over.items() if k != "device"}},
                                 where=f"scale.{scale}")

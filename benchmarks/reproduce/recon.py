@@ -77,7 +77,7 @@ from rich.console import Console
 from benchmarks.reproduce.paper import RECON_METRICS, Paper, parse_paper
 from benchmarks.reproduce.verdict import Verdict, evaluate, fmt_interval
 from benchmarks.suite.schema import SuiteError
-from benchmarks.suite.spec import load_toml
+from benchmarks.suite.spec import load_toml, parse_scales
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -246,19 +246,11 @@ def parse_recon_reproduction(text: str, *, source: str = "<string>") -> ReconSpe
     base = raw.get("setting", {})
     setting = _parse_setting(base, "setting")
     attacks = _parse_attacks(raw.get("attacks"), setting)
-    scales_raw = raw.get("scale", {})
-    if not isinstance(scales_raw, dict):
-        raise SuiteError("scale", f"must be a table of [scale.NAME] tables, got {scales_raw!r}")
-    scales: dict[str, dict[str, Any]] = {}
-    for sname, over in scales_raw.items():
-        if sname == "small":
-            raise SuiteError("scale.small", "the small scale is the [setting] itself; name other scales only")
-        if not isinstance(over, dict):
-            raise SuiteError(f"scale.{sname}", f"must be a table of setting overrides, got {over!r}")
-        scaled = _parse_setting({**base, **over}, f"scale.{sname}")
-        if scaled.modality != setting.modality:
-            raise SuiteError(f"scale.{sname}.dataset", f"must stay {setting.modality} data like [setting]")
-        scales[sname] = dict(over)
+    def check(scaled: dict[str, Any], where: str) -> None:
+        if _parse_setting(scaled, where).modality != setting.modality:
+            raise SuiteError(f"{where}.dataset", f"must stay {setting.modality} data like [setting]")
+
+    scales = parse_scales(raw.get("scale", {}), base, check, deferred=())
     if "paper" not in raw:
         raise SuiteError("paper", "a reconstruction reproduction needs a [paper] table")
     paper = parse_paper(raw["paper"], coordinates={"attack": [a.label for a in attacks]}, metrics=RECON_METRICS)

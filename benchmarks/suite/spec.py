@@ -56,7 +56,7 @@ import inspect
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ __all__ = [
     "load_suite",
     "load_toml",
     "parse_grid",
+    "parse_scales",
     "parse_suite",
     "variants",
 ]
@@ -428,7 +429,7 @@ def parse_suite(text: str, *, source: str = "<string>") -> SuiteSpec:
     for i, d in enumerate(defenses):
         _validate_defense(d, f"defenses[{i}]", setting)
     sweep = _parse_sweep(raw.get("sweep", {}), raw.get("setting", {}))
-    scales = _parse_scales(raw.get("scale", {}), raw.get("setting", {}))
+    scales = parse_scales(raw.get("scale", {}), raw.get("setting", {}), lambda s, w: _parse_setting(s, where=w))
     spec = SuiteSpec(
         name=name,
         description=str(raw.get("description", "")),
@@ -485,8 +486,23 @@ def _parse_sweep(raw: Any, base: Mapping[str, Any]) -> tuple[tuple[str, tuple[An
     return tuple(out)
 
 
-def _parse_scales(raw: Any, base: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``[scale.NAME]``: setting overrides for another scale (``paper``: the paper's setting, for a GPU)."""
+def parse_scales(raw: Any, base: Mapping[str, Any], check: Callable[[dict[str, Any], str], object], *,
+                 deferred: tuple[str, ...] = ("device",)) -> dict[str, dict[str, Any]]:
+    """``[scale.NAME]``: setting overrides for another scale (``paper``: the paper's setting, for a GPU).
+
+    ``check(setting, where)`` validates the setting each scale gives (it raises :class:`SuiteError`);
+    the ``deferred`` keys are checked only when the scale is chosen: a file may name CUDA for a GPU
+    machine and still be read on a laptop. Used by image, FM and reconstruction files alike.
+
+    Examples
+    --------
+    >>> parse_scales({"paper": {"rounds": 500, "device": "cuda"}}, {"rounds": 5}, lambda s, w: None)
+    {'paper': {'rounds': 500, 'device': 'cuda'}}
+    >>> parse_scales({"small": {}}, {}, lambda s, w: None)
+    Traceback (most recent call last):
+    ...
+    benchmarks.suite.schema.SuiteError: scale.small: the small scale is the [setting] itself; name other scales only
+    """
     if not isinstance(raw, dict):
         raise SuiteError("scale", f"must be a table of [scale.NAME] tables, got {raw!r}")
     out = {}
@@ -495,8 +511,7 @@ def _parse_scales(raw: Any, base: Mapping[str, Any]) -> dict[str, dict[str, Any]
             raise SuiteError("scale.small", "the small scale is the [setting] itself; name other scales only")
         if not isinstance(over, dict):
             raise SuiteError(f"scale.{name}", f"must be a table of setting overrides, got {over!r}")
-        # the device is checked when the scale is chosen: a file may name CUDA for a GPU machine
-        _parse_setting({**base, **{k: v for k, v in over.items() if k != "device"}}, where=f"scale.{name}")
+        check({**base, **{k: v for k, v in over.items() if k not in deferred}}, f"scale.{name}")
         out[name] = dict(over)
     return out
 
