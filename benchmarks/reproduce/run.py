@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -197,10 +199,17 @@ def run_reproduction(
     progress: bool = True,
     command: str | None = None,
     threads: int | None = None,
+    suite_runner: Callable[..., list[dict[str, Any]]] = run_suite,
 ) -> dict[str, Any]:
-    """Run (or resume) one reproduction of any kind and write its verdict; returns the ``verdict.json`` record."""
+    """Run (or resume) one reproduction of any kind and write its verdict; returns the ``verdict.json`` record.
+
+    ``suite_runner`` runs an image reproduction's suites (``run_suite``'s signature): e.g.
+    :func:`benchmarks.suite.ray_runner.run_suite_ray` with its options bound, to run the cells on Ray.
+    """
     path = _path(name)
     kind = reproduction_kind(path)
+    if kind in ("recon", "fm") and suite_runner is not run_suite:
+        raise SuiteError("--ray", f"runs image reproductions; {path.stem!r} is a {kind} reproduction: run it without")
     if kind in ("recon", "fm"):
         if kind == "recon":
             from benchmarks.reproduce.recon import run_recon_reproduction as runner
@@ -226,7 +235,7 @@ def run_reproduction(
         store = ResultStore(where)
         ran += sum(not store.done(c.cell_id) for c in sub.cells())
         console.print(f"[bold]{spec.name}[/] {coords or ''}: {len(sub.cells())} cells in {where}")
-        results = run_suite(sub, out=where, progress=progress, console=console)
+        results = suite_runner(sub, out=where, progress=progress, console=console)
         render_report(where)
         cells += _flat(results, coords)
     seconds = time.perf_counter() - t0
@@ -393,7 +402,9 @@ def write_docs(records: list[dict[str, Any]], path: str | Path) -> Path:
             + (f". Setting differences: {p['differences']}" if p.get("differences") else "") + " |")
     lines += ["", "## Running them", "",
               "- `flsec reproduce NAME --threads 1` runs one reproduction at its small scale (resumable); "
-              "`flsec reproduce all` runs every one; `--seeds 0,1,2,3,4` overrides the seeds.",
+              "`flsec reproduce all` runs every one; `--seeds 0,1,2,3,4` overrides the seeds; "
+              "`--ray [ADDRESS]` runs an image reproduction's cells as Ray tasks (on a new local Ray, or a "
+              "cluster), with the same results.",
               "- `--scale paper` applies the file's `[scale.paper]` table: the paper's model and cohort sizes, "
               "on CUDA (a GPU machine); it is refused before any work where CUDA is missing. Not run yet.",
               "- Each run writes `runs/reproduce/NAME-SCALE/reproduction.md` (the *paper vs flsec* section, "
@@ -419,6 +430,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default=None, metavar="S,S,...", help="override the seeds (default: the file's, >= 3)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="results directory (default runs/reproduce/NAME-SCALE)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run image reproductions' cells as Ray tasks (the ray extra): on a new local Ray without "
+                   "ADDRESS, else on the cluster at ADDRESS (as flsec suite run --ray; one CPU per cell); same "
+                   "results directory and results as without")
     p.add_argument("--docs", type=Path, default=None, metavar="PATH",
                    help="also (re)write this reproductions table (docs/reproductions.md) from every verdict.json "
                    "under runs/reproduce and the runs done now")
@@ -435,13 +450,23 @@ def _main(args: argparse.Namespace) -> int:
         raise SuiteError("--out", "give no --out with all: each reproduction writes runs/reproduce/NAME-SCALE")
     for n in names:  # validate every file (of every kind), scale and seed list before any work
         check_reproduction(n, scale=args.scale, seeds=seeds)
-    apply_threads(args.threads)
+    runner: Callable[..., list[dict[str, Any]]] = run_suite
+    if args.ray is not None:
+        kinds = {n: reproduction_kind(n) for n in names}
+        if args.name != "all" and kinds[args.name] != "image":
+            raise SuiteError("--ray", f"runs image reproductions; {args.name!r} is a {kinds[args.name]} reproduction: "
+                             "run it without")
+        from benchmarks.suite.ray_runner import run_suite_ray
+
+        runner = functools.partial(run_suite_ray, address=args.ray or None, threads=args.threads)
+    apply_threads(args.threads)  # this process's cells: all of them, or with --ray the recon and FM ones
     console = Console(stderr=True)
     records = []
     for n in names:
         cmd = "flsec reproduce " + " ".join(shlex.quote(a) for a in [n, *sys.argv[3:]]) if len(sys.argv) > 2 else None
+        image = args.ray is None or reproduction_kind(n) == "image"  # with all --ray: the others in this process
         records.append(run_reproduction(n, scale=args.scale, seeds=seeds, out=args.out, console=console,
-                                        command=cmd, threads=args.threads))
+                                        command=cmd, threads=args.threads, suite_runner=runner if image else run_suite))
     if args.docs is not None:
         found = {(r["name"], r["scale"]): r for r in
                  (json.loads(p.read_text()) for p in sorted(Path("runs/reproduce").glob("*/verdict.json")))}

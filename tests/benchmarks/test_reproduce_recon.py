@@ -170,3 +170,15 @@ def test_text_cell_scores_the_decoded_sentence(tmp_path):
     assert 1 <= len(victim["truth"].split()) <= 4  # 6 tokens with [CLS] and [SEP]: at most 4 word pieces
     assert 0.0 <= rec["rouge1"] <= 1.0 and rec["psnr"] is None and rec["label_accuracy"] in (0.0, 1.0)
     assert run_recon_cell(setting, attack, 0, tmp_path) == rec  # finished: loaded, not rerun
+
+
+def test_ray_is_refused_for_recon_and_fm_reproductions_before_work(tmp_path, capsys):
+    from benchmarks.cli import main as cli_main
+
+    assert cli_main(["reproduce", "dlg", "--ray", "--out", str(tmp_path / "o")]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "--ray: runs image reproductions; 'dlg' is a recon reproduction: run it without" in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SuiteError, match="'repro-fm-backdoor' is a fm reproduction"):
+        run_reproduction("fm-backdoor", out=tmp_path / "fm", progress=False, suite_runner=lambda *a, **k: [])
+    assert not (tmp_path / "fm").exists()

@@ -1,5 +1,6 @@
 """Suites on Ray (a local 2-CPU Ray started and stopped here): the sequential results, resume, faults."""
 
+import functools
 import json
 import logging
 import os
@@ -159,3 +160,39 @@ def test_resume_after_the_driver_is_killed(cluster, sequential, tmp_path, caplog
     assert "2 cells, 1 to run on Ray" in caplog.text  # resumed: only the missing cell ran
     assert {n: (out / "cells" / n).stat().st_mtime_ns for n in done} == done  # the finished cell is untouched
     assert _canonical(results) == _canonical(sequential)
+
+
+TINY_REPRO = SUITE.replace('name = "tiny-ray"', 'name = "tiny-ray-repro"').replace(
+    "rounds = 2", "rounds = 2\nseeds = [0, 1, 2]") + """
+[paper]
+source = "a tiny check"
+figure = "none"
+[[paper.claims]]
+kind = "ordering"
+metric = "accuracy"
+higher = { attack = "none" }
+lower = { attack = "ipm" }
+"""
+
+
+def test_reproduction_on_ray_equals_the_sequential_run(cluster, tmp_path):
+    """`flsec reproduce --ray`: the image reproduction's cells as Ray tasks give the same cells and verdict."""
+    from benchmarks.reproduce.run import run_reproduction
+
+    path = tmp_path / "repro-tiny.toml"
+    path.write_text(TINY_REPRO)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = run_reproduction(path, out=tmp_path / "seq", progress=False, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    on_ray = run_reproduction(path, out=tmp_path / "ray", progress=False, threads=1,
+                              suite_runner=functools.partial(run_suite_ray, timeout_s=300))
+    assert on_ray["cells"] == seq["cells"] == 6 and on_ray["cells_run_now"] == 6
+    assert on_ray["claims"] == seq["claims"] and on_ray["verdict"] == seq["verdict"]
+    cells = sorted(p.name for p in (tmp_path / "seq" / "cells").iterdir())
+    assert cells == sorted(p.name for p in (tmp_path / "ray" / "cells").iterdir())
+    for name in cells:
+        a, b = (json.loads((tmp_path / d / "cells" / name).read_text()) for d in ("seq", "ray"))
+        assert _canonical([a]) == _canonical([b])
