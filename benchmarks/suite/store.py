@@ -18,12 +18,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from benchmarks.suite.spec import SuiteError
 
 __all__ = ["CELL_KEYS", "ResultStore"]
 
 #: Keys every cell file has (image and FM suites); a file without them is damaged.
 CELL_KEYS = frozenset({"cell_id", "attack", "defense", "seed", "setting", "rounds", "summary", "versions"})
+
+
+def _without_paper(source: str) -> Any:
+    """What a suite's cells depend on: its parsed TOML without the ``[paper]`` table (the text itself if not TOML)."""
+    try:
+        raw = tomllib.loads(source)
+    except tomllib.TOMLDecodeError:
+        return source
+    raw.pop("paper", None)
+    return raw
 
 
 class ResultStore:
@@ -34,9 +46,13 @@ class ResultStore:
         self.cells_dir = self.root / "cells"
 
     def check_owner(self, suite_source: str) -> None:
-        """Raise :class:`SuiteError` if the directory holds another suite's results; creates nothing."""
+        """Raise :class:`SuiteError` if the directory holds another suite's results; creates nothing.
+
+        A file that differs only in its ``[paper]`` table (a reproduction's claims and prose, which
+        no cell depends on) still owns the directory: editing a claim re-scores the finished cells.
+        """
         marker = self.root / "suite.toml"
-        if marker.exists() and marker.read_text() != suite_source:
+        if marker.exists() and _without_paper(marker.read_text()) != _without_paper(suite_source):
             raise SuiteError(
                 str(self.root),
                 "holds results of a different suite file; use another output directory or delete it",

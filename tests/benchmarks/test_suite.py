@@ -200,6 +200,21 @@ def test_results_dir_of_another_suite_is_refused(tmp_path):
         run_suite(parse_suite(_suite(GRID)), out=tmp_path, progress=False)
 
 
+def test_results_dir_survives_an_edit_of_the_paper_table_only(tmp_path):
+    """A reproduction's claims and prose are not what its cells depend on: editing them re-scores, not reruns."""
+    from benchmarks.suite.store import ResultStore
+
+    base = '[setting]\nrounds = 3\n[[attacks]]\nname = "none"\n[paper]\nsource = "A"\n'
+    store = ResultStore(tmp_path)
+    store.claim(base)
+    store.check_owner(base.replace('source = "A"', 'source = "A, Table 2"\nvalues = { x = 0.5 }'))
+    store.check_owner(base.replace('[paper]\nsource = "A"\n', ""))
+    with pytest.raises(SuiteError, match="different suite file"):
+        store.check_owner(base.replace("rounds = 3", "rounds = 4"))
+    with pytest.raises(SuiteError, match="different suite file"):
+        store.check_owner("not = [toml")
+
+
 def test_cli_suite_errors_before_work(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[setting]\nalpha = -1\n[[attacks]]\nname='none'\n[[defenses]]\nname='mean'\n")
