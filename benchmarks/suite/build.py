@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from attacks import AttackEnv, AttackPlan, AttackSchedule, ThreatModel, build_attack
+from attacks import AttackEnv, AttackPlan, AttackSchedule, ThreatModel, attack_parameters, build_attack
 from benchmarks.suite.defense import build_defense, build_pipeline, instantiate_rule
 from benchmarks.suite.schema import Cell, ComponentSpec, Setting, SuiteError
 from fl_core import (
@@ -30,6 +31,7 @@ from fl_core.root_update import RootDatasetUpdate
 __all__ = [
     "CellRun",
     "attack_env",
+    "attack_params",
     "build_cell",
     "build_defense",
     "instantiate_rule",
@@ -61,6 +63,26 @@ def preflight_attacks(attacks: Sequence[ComponentSpec], setting: Setting, train:
             build_attack(a.name, threat=threat, env=env, aggregator=WeightedMean(), **a.params)
         except (FlsecError, TypeError) as exc:
             raise SuiteError(f"attacks[{i}]", f"attack {a.label!r} cannot be built: {exc}") from None
+
+
+def attack_params(cell: Cell) -> dict[str, Any]:
+    """The cell's attack parameters; an attack with its own ``seed`` (A3FL's trigger search, the edge-case
+    split, Mimic's direction) takes the cell's seed unless the suite fixes one, so seeds resample it too.
+
+    Examples
+    --------
+    >>> from benchmarks.suite.schema import Cell, ComponentSpec
+    >>> mean = ComponentSpec("mean", "mean")
+    >>> attack_params(Cell(ComponentSpec("mimic", "mimic", {"warmup": 2}), mean, 3))
+    {'warmup': 2, 'seed': 3}
+    >>> (attack_params(Cell(ComponentSpec("mimic", "mimic", {"seed": 7}), mean, 3)),
+    ...  attack_params(Cell(ComponentSpec("ipm", "ipm"), mean, 3)))
+    ({'seed': 7}, {})
+    """
+    params = dict(cell.attack.params)
+    if "seed" in attack_parameters(cell.attack.name):
+        params.setdefault("seed", cell.seed)
+    return params
 
 
 def local_config(setting: Setting) -> LocalTrainingConfig:
@@ -143,7 +165,7 @@ def build_cell(cell: Cell, setting: Setting, split: DataSplit) -> CellRun:
 
     base = pipeline()
     env = attack_env(train)
-    plan = build_attack(cell.attack.name, threat=threat, env=env, aggregator=base.aggregator, **cell.attack.params)
+    plan = build_attack(cell.attack.name, threat=threat, env=env, aggregator=base.aggregator, **attack_params(cell))
     # the clients' data: an edge-case attack's low-density region is held out of every client (Wang et al. 2020)
     clients_train = train
     if plan.exclude_train is not None:
