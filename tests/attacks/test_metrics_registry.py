@@ -148,7 +148,7 @@ def test_sign_flip_majority_breaks_fedavg_but_not_without_attack():
 
 
 def test_centralised_backdoor_can_carry_dbas_whole_global_trigger():
-    """Xie et al. 2020 compare DBA with a centralised attacker holding DBA's global trigger: same pixels, same target."""
+    """Xie et al. 2020 compare DBA with a centralised attacker holding its global trigger: same pixels and target."""
     threat = ThreatModel(malicious=frozenset({0, 1, 2, 3}))
     dba = build_attack("dba", threat=threat, env=ENV, target=2, parts=4)
     central = build_attack("backdoor", threat=threat, env=ENV, target=2, trigger="dba", parts=4)
