@@ -51,12 +51,11 @@ from benchmarks.suite.spec import (
     load_toml,
     parse_grid,
     parse_scales,
+    scale_overrides,
 )
 from defenses.fm.registry import FM_DEFENSES
 from defenses.robust.registry import get as get_rule
 from fl_core import FlsecError
-from fl_core.checks import is_int
-from fl_core.device import resolve_device
 from fl_core.foundation import FINE_TUNE_MODES
 
 __all__ = [
@@ -303,23 +302,7 @@ def fm_variant(spec: FMSuiteSpec, *, scale: str | None = None, seeds: Sequence[i
     >>> v.setting.rounds, v.setting.seeds, [c.cell_id for c in v.cells()][0]
     (50, (3, 4, 5), 'none__median__seed3')
     """
-    over: dict[str, Any] = {}
-    if scale not in (None, "small"):
-        if scale not in spec.scales:
-            raise SuiteError("--scale", f"unknown scale {scale!r}; valid: small, {', '.join(spec.scales) or '(none)'}")
-        over = dict(spec.scales[scale])
-        if "device" in over:
-            try:
-                resolve_device(over["device"])
-            except FlsecError as exc:
-                raise SuiteError(f"scale.{scale}.device", str(exc)) from None
-        if "seeds" in over:
-            over["seeds"] = tuple(over["seeds"])
-    if seeds is not None:
-        seeds = list(seeds)
-        if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise SuiteError("--seeds", f"must be distinct non-negative integers, got {seeds}")
-        over["seeds"] = tuple(seeds)
+    over = scale_overrides(spec.scales, scale, seeds)
     if not over:
         return spec
     setting = replace(spec.setting, **over)

@@ -77,7 +77,7 @@ from rich.console import Console
 from benchmarks.reproduce.paper import RECON_METRICS, Paper, parse_paper
 from benchmarks.reproduce.verdict import Verdict, evaluate, fmt_interval
 from benchmarks.suite.schema import SuiteError
-from benchmarks.suite.spec import load_toml, parse_scales
+from benchmarks.suite.spec import load_toml, parse_scales, scale_overrides
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -276,20 +276,8 @@ def recon_variant(spec: ReconSpec, *, scale: str | None = None, seeds: Sequence[
     SuiteError
         For an unknown scale or a bad seed list.
     """
-    setting = spec.setting
-    if scale not in (None, "small"):
-        if scale not in spec.scales:
-            raise SuiteError("--scale", f"unknown scale {scale!r}; valid: small, {', '.join(spec.scales) or '(none)'}")
-        over = dict(spec.scales[scale])
-        if "seeds" in over:
-            over["seeds"] = tuple(over["seeds"])
-        setting = replace(setting, **over)
-    if seeds is not None:
-        seeds = list(seeds)
-        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) \
-                or len(set(seeds)) != len(seeds):
-            raise SuiteError("--seeds", f"must be distinct non-negative integers, got {seeds}")
-        setting = replace(setting, seeds=tuple(seeds))
+    over = scale_overrides(spec.scales, scale, seeds)
+    setting = replace(spec.setting, **over) if over else spec.setting
     return replace(spec, setting=setting)
 
 

@@ -88,6 +88,7 @@ __all__ = [
     "parse_grid",
     "parse_scales",
     "parse_suite",
+    "scale_overrides",
     "variants",
 ]
 
@@ -516,6 +517,42 @@ def parse_scales(raw: Any, base: Mapping[str, Any], check: Callable[[dict[str, A
     return out
 
 
+def scale_overrides(scales: Mapping[str, Mapping[str, Any]], scale: str | None,
+                    seeds: Sequence[int] | None) -> dict[str, Any]:
+    """The setting overrides of ``scale`` (``small`` or None: none) and of ``seeds``, checked before any work.
+
+    Shared by image, FM and reconstruction files: the scale must be one of ``scales``, its ``device``
+    available here, and ``seeds`` (which win over the scale's) distinct non-negative integers.
+
+    Examples
+    --------
+    >>> scale_overrides({"paper": {"rounds": 50, "seeds": [0, 1]}}, "paper", [4, 5, 6])
+    {'rounds': 50, 'seeds': (4, 5, 6)}
+    >>> scale_overrides({}, "paper", None)
+    Traceback (most recent call last):
+    ...
+    benchmarks.suite.schema.SuiteError: --scale: unknown scale 'paper'; valid: small, (none)
+    """
+    over: dict[str, Any] = {}
+    if scale not in (None, "small"):
+        if scale not in scales:
+            raise SuiteError("--scale", f"unknown scale {scale!r}; valid: small, {', '.join(scales) or '(none)'}")
+        over = dict(scales[scale])
+        if "device" in over:
+            try:
+                resolve_device(over["device"])
+            except FlsecError as exc:
+                raise SuiteError(f"scale.{scale}.device", str(exc)) from None
+    if "seeds" in over:
+        over["seeds"] = tuple(over["seeds"])
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise SuiteError("--seeds", f"must be distinct non-negative integers, got {seeds}")
+        over["seeds"] = tuple(seeds)
+    return over
+
+
 def variants(
     spec: SuiteSpec, *, scale: str | None = None, seeds: Sequence[int] | None = None
 ) -> list[tuple[dict[str, Any], SuiteSpec]]:
@@ -532,29 +569,12 @@ def variants(
     """
     import itertools
 
-    over: dict[str, Any] = {}
-    if scale not in (None, "small"):
-        if scale not in spec.scales:
-            raise SuiteError("--scale", f"unknown scale {scale!r}; valid: small, {', '.join(spec.scales) or '(none)'}")
-        over = dict(spec.scales[scale])
-        if "device" in over:
-            try:
-                resolve_device(over["device"])
-            except FlsecError as exc:
-                raise SuiteError(f"scale.{scale}.device", str(exc)) from None
-    if seeds is not None:
-        seeds = list(seeds)
-        if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise SuiteError("--seeds", f"must be distinct non-negative integers, got {seeds}")
+    over = scale_overrides(spec.scales, scale, seeds)
     keys = [k for k, _ in spec.sweep]
     out = []
     for combo in itertools.product(*[v for _, v in spec.sweep]) if spec.sweep else [()]:
         coords = dict(zip(keys, combo, strict=True))
         values = {**over, **coords}
-        if "seeds" in values:
-            values["seeds"] = tuple(values["seeds"])
-        if seeds is not None:
-            values["seeds"] = tuple(seeds)
         setting = replace(spec.setting, **values) if values else spec.setting
         tag = ", ".join(f"{k}={v!r}" for k, v in coords.items())
         source = spec.source
