@@ -172,7 +172,7 @@ def run_fm_reproduction(
     SuiteError
         Before any work, if the file, the scale, its device or the seeds are invalid.
     """
-    from benchmarks.reproduce.run import _cell_seconds, _commit, _flat, render_reproduction, write_record
+    from benchmarks.reproduce.record import _cell_seconds, _commit, _flat, render_reproduction, write_record
     from benchmarks.threads import apply_threads
 
     spec, paper = load_fm_reproduction(name)

@@ -395,7 +395,7 @@ def run_recon_reproduction(
     ``name`` is the file (the dispatch in :func:`benchmarks.reproduce.run.run_reproduction` resolves
     built-in names); the record has the fields of the image reproductions' records.
     """
-    from benchmarks.reproduce.run import _commit, render_reproduction, write_record
+    from benchmarks.reproduce.record import _commit, render_reproduction, write_record
 
     spec, paper = load_recon_reproduction(name)
     sub = recon_variant(spec, scale=scale, seeds=seeds)
