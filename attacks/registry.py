@@ -477,8 +477,8 @@ def _optimal_ipm(
 @_register(
     "edge-case",
     kind="backdoor",
-    description="edge-case backdoor: tail inputs of a source class labelled the target, optional PGD "
-    "(Wang et al. 2020)",
+    description="edge-case backdoor: tail inputs of a source class (or, edge_source='digits', another "
+    "collection's handwritten digits) labelled the target, optional PGD (Wang et al. 2020)",
 )
 def _edge_case(
     *,
@@ -494,6 +494,7 @@ def _edge_case(
     gamma: float | None = None,
     dataset: str | None = None,
     data_path: str | None = None,
+    edge_source: str = "tail",
     seed: int = 0,
 ) -> AttackPlan:
     from attacks.edge_case import EdgeCaseMix, dataset_for_shape, load_edge_case_set
@@ -509,7 +510,7 @@ def _edge_case(
         raise ConfigError(f"gamma (the model-replacement boost) must be a positive finite number, got {gamma}")
     edge = load_edge_case_set(
         dataset if dataset is not None else dataset_for_shape(env.image_shape), data_path=data_path, source=source,
-        target=target, tail_fraction=tail_fraction, test_share=test_share, seed=seed,
+        target=target, tail_fraction=tail_fraction, test_share=test_share, seed=seed, edge_source=edge_source,
     )
     if tuple(edge.train_x.shape[1:]) != tuple(env.image_shape):
         raise ConfigError(f"edge-case inputs of shape {tuple(edge.train_x.shape[1:])} do not fit the federation's "
@@ -527,7 +528,7 @@ def _edge_case(
         hooks[c] = mix
     backdoor = Backdoor(trigger=None, target=target, inputs=edge.test_x)
     plan = AttackPlan(name="edge-case", threat=threat, client_hooks=hooks, backdoor=backdoor,
-                      exclude_train=edge.holdout)
+                      exclude_train=edge.holdout if edge_source == "tail" else None)
     if gamma is not None:
         transform = ByzantineTransform(attack=Scaling(gamma=gamma), threat=threat, aggregator=aggregator)
         plan = dataclasses.replace(plan, update_transform=transform)

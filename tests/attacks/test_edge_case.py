@@ -85,6 +85,38 @@ def test_digits_edge_cases_come_from_the_test_split_and_no_client_holds_one():
     assert plan.exclude_train is not None and plan.exclude_train(split.train).tolist() == drop.tolist()
 
 
+def test_cross_domain_digits_are_the_source_digits_in_mnist_layout_and_nothing_is_held_out():
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    edge = load_edge_case_set("fashion-mnist", source=7, target=1, tail_fraction=0.1, test_share=0.3, seed=3,
+                              edge_source="digits")
+    sevens = np.flatnonzero(bunch.target == 7)
+    assert edge.tail.tolist() == sevens.tolist()
+    assert sorted([*edge.train_idx, *edge.test_idx]) == sevens.tolist() and not set(edge.train_idx) & set(edge.test_idx)
+    assert len(edge.test_idx) == round(0.3 * len(sevens)) and edge.train_x.shape == (len(edge.train_idx), 1, 28, 28)
+    black = -0.2860 / 0.3530  # Fashion-MNIST's standardised 0
+    x = torch.cat([edge.train_x, edge.test_x])
+    margin = torch.cat([x[..., :4, :].flatten(), x[..., 24:, :].flatten(), x[..., :4].flatten(), x[..., 24:].flatten()])
+    assert float((margin - black).abs().max()) < 1e-6  # the 4-pixel MNIST margin is background
+    assert float(x.max()) == pytest.approx((1 - 0.2860) / 0.3530, abs=0.05)  # full ink reaches white
+    # the test part is the digit bunch.images[i], resized: its 8x8 average pooling of the 20x20 box tracks it
+    box = (edge.test_x[:, 0, 4:24, 4:24] * 0.3530 + 0.2860)
+    pooled = torch.nn.functional.interpolate(box[:, None], size=(8, 8), mode="area")[:, 0]
+    ref = torch.from_numpy(bunch.images[edge.test_idx] / 16.0).float()
+    assert float(torch.corrcoef(torch.stack([pooled.flatten(), ref.flatten()]))[0, 1]) > 0.95
+    other = load_edge_case_set("fashion-mnist", source=7, target=1, tail_fraction=0.1, test_share=0.3, seed=4,
+                               edge_source="digits")
+    assert other.test_idx.tolist() != edge.test_idx.tolist()  # the split follows the seed
+    fmnist = AttackEnv(num_classes=10, image_shape=(1, 28, 28))
+    plan = build_attack("edge-case", threat=THREAT, env=fmnist, edge_source="digits")
+    assert plan.exclude_train is None and plan.backdoor.inputs.shape[1:] == (1, 28, 28)
+    with pytest.raises(ConfigError, match=r"edge_source must be one of \('tail', 'digits'\), got 'ardis'"):
+        build_attack("edge-case", threat=THREAT, env=fmnist, edge_source="ardis")
+    with pytest.raises(ConfigError, match=r"federation's dataset is 'digits'"):
+        build_attack("edge-case", threat=THREAT, env=DIGITS, edge_source="digits")
+
+
 def test_mixing_ratio_replaces_that_share_of_each_batch_with_target_labelled_edge_cases():
     edge_x = torch.arange(1.0, 6.0).reshape(5, 1, 1, 1).expand(5, 1, 2, 2).clone()  # inputs 1..5, clean ones are 0
     hook = EdgeCaseMix(edge_x=edge_x, target=1, edge_fraction=0.4)
