@@ -17,6 +17,9 @@ same process:
   directions) over ``8 n d`` (one cohort of ring words); the larger online server
   time over SecAgg+'s server time (:class:`~secure_agg.aggregator.SecAggPlusAggregator`,
   one round per ``(n, d)``, weighted mean, no dropout);
+* with ``--floors``, the floor of the online server time (:mod:`benchmarks.bench_twoserver_floor`: one
+  opening's local work plus S1's share of the rule's product, measured once per ``(n, d)``) and its ratio
+  to the plaintext rule: a goal below ``floor/plain`` cannot be met by tuning this design;
 * the peak resident memory of the process during the rule's rounds, and its growth over the
   resident size when the rounds started, in cohorts (``mem/cohort``; a lower bound when an
   earlier, larger configuration left freed memory in the allocator, so read it at large sizes).
@@ -59,11 +62,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.bench_twoserver_floor import floor_seconds, measure_floors
 from benchmarks.cli_args import comma_ints, comma_names
 from benchmarks.threads import apply_threads
 from defenses.robust import FLAME, NNM, CenteredClipping, Compose, FLTrust, Krum, MultiKrum, NormBound
 from fl_core.aggregation import Aggregator
 from fl_core.errors import ConfigError
+from fl_core.geometry import Needs
 from fl_core.rng import numpy_generator, torch_generator
 from secure_agg.aggregator import SecAggPlusAggregator
 from secure_agg.twoserver import TwoServerParams, TwoServerRound
@@ -326,6 +331,7 @@ def run_twoserver_bench(
     secagg_max: float = 1e8,
     mem_fraction: float = 0.8,
     mem_cohorts: float = MEM_COHORTS,
+    floors: bool = False,
 ) -> dict[str, Any]:
     """Measure the two-server protocol for every ``(n, d)`` and rule.
 
@@ -349,6 +355,9 @@ def run_twoserver_bench(
     mem_cohorts : float
         Projected peak of one round in cohorts of ring words (default :data:`MEM_COHORTS`,
         measured on the protocol as of this module; lower it when the protocol holds less).
+    floors : bool
+        Also measure each ``(n, d)``'s floor (:func:`~benchmarks.bench_twoserver_floor.measure_floors`)
+        and give every row ``floor_s`` and ``floor_over_plain``.
 
     Returns
     -------
@@ -395,6 +404,7 @@ def run_twoserver_bench(
             else:
                 sa = {"n": n, "d": d, "status": f"skipped: n*d={n * d:.0e} > --secagg-max {secagg_max:.0e}"}
             secagg_rows.append(sa)
+            floor = measure_floors(n, d, seed=seed) if floors else None
             for name in names:
                 logger.info("two-server bench: n=%d d=%d %s", n, d, name)
                 plain = _best_plain(RULES[name](f, g0, torch_generator(seed, n, d, 1)), updates, plain_repeats)
@@ -403,6 +413,11 @@ def run_twoserver_bench(
                                        "frac_bits": TwoServerParams.from_bound(d=d, bound=bound).frac_bits,
                                        "plain_s": plain, **prot}
                 row["online_over_plain"] = row["online_max_s"] / plain
+                if floor is not None:
+                    gram = RULES[name](f, g0, torch_generator(seed, n, d, 1)).geometry_needs() >= Needs.GRAM
+                    row.update({f"floor_{k}": v for k, v in floor.items()})
+                    row["floor_s"] = floor_seconds(floor, gram=gram)
+                    row["floor_over_plain"] = row["floor_s"] / plain
                 row["upload_over_f32"] = row["client_upload_B"] / (4 * d)
                 row["peer_over_cohort"] = row["peer_B_total"] / cohort_B
                 row["peer_dir_over_cohort"] = max(row["peer_B_s0_to_s1"], row["peer_B_s1_to_s0"]) / cohort_B
@@ -450,16 +465,17 @@ def _tables(report: dict[str, Any]) -> list[Table]:
     ratio = Table(title="two-server protocol: ratios (goals at n=100, d=1e6: time <= 20x plaintext for krum, "
                         "multi_krum, flame, <= 5x for the others; upload <= 2.05x float32; "
                         "server-to-server <= 4 cohorts)", title_justify="left")
-    for label in ("n", "d", "rule", "acc", "online/plain", "goal", "online/SecAgg+", "upload/f32",
+    for label in ("n", "d", "rule", "acc", "online/plain", "goal", "floor/plain", "online/SecAgg+", "upload/f32",
                   "s2s/cohort", "1 dir/cohort", "mem/cohort", "verdict"):
         ratio.add_column(label, justify="left" if label in ("rule", "verdict") else "right")
     for r in report["rows"]:
         if r["status"] != "ok":
-            ratio.add_row(str(r["n"]), f"{r['d']:.0e}", r["rule"], *[""] * 8, _verdict_text(r))
+            ratio.add_row(str(r["n"]), f"{r['d']:.0e}", r["rule"], *[""] * 9, _verdict_text(r))
             continue
         goal = GOALS["online_over_plain"].get(r["rule"])
         ratio.add_row(str(r["n"]), f"{r['d']:.0e}", r["rule"], str(r["accepted"]), f"{r['online_over_plain']:.1f}",
-                      _fmt(goal, ".0f"), _fmt(r["online_over_secagg"], ".1f"), f"{r['upload_over_f32']:.4f}",
+                      _fmt(goal, ".0f"), _fmt(r.get("floor_over_plain"), ".1f"), _fmt(r["online_over_secagg"], ".1f"),
+                      f"{r['upload_over_f32']:.4f}",
                       f"{r['peer_over_cohort']:.3f}", f"{r['peer_dir_over_cohort']:.3f}",
                       f"{r['peak_extra_over_cohort']:.1f}", _verdict_text(r))
     absolute = Table(title="two-server protocol: absolute figures (s: seconds, best of --repeats; B: bytes)",
@@ -531,6 +547,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch and NumPy BLAS threads (default: their own choice; 1 is steadier on a shared box)")
+    p.add_argument("--floors", action="store_true",
+                   help="also measure the floor of the online server time (one opening plus S1's product) per n, d")
     p.add_argument("--out", type=Path, default=Path("runs/bench_twoserver"))
     p.set_defaults(func=main)
     return p
@@ -563,6 +581,7 @@ def main(args: argparse.Namespace) -> int:
             secagg_max=args.secagg_max,
             mem_fraction=args.mem_fraction,
             mem_cohorts=args.mem_cohorts,
+            floors=args.floors,
         )
     report["environment"]["threads_option"] = args.threads
     console = Console(width=max(215, Console().width))

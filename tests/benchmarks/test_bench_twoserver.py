@@ -81,3 +81,15 @@ def test_cli_registers_two_server(tmp_path) -> None:
     data = json.loads((tmp_path / "bench_twoserver.json").read_text())
     assert data["rows"][0]["rule"] == "fltrust" and data["rows"][0]["status"] == "ok"
     assert (tmp_path / "bench_twoserver.csv").stat().st_size > 0
+
+
+def test_floors_are_one_opening_plus_the_rules_own_product() -> None:
+    report = run_twoserver_bench(ns=[6], ds=[3000], rules=["krum", "norm_bound"], secagg_max=0, floors=True)
+    rows = {r["rule"]: r for r in report["rows"]}
+    for name, product in (("krum", "floor_gram_s"), ("norm_bound", "floor_row_sums_s")):
+        r = rows[name]
+        assert r["floor_s"] == r["floor_opening_s"] + r[product] and r["floor_s"] > 0
+        assert r["floor_over_plain"] == r["floor_s"] / r["plain_s"]
+    # the same (n, d) is measured once: both rows carry the same parts
+    assert rows["krum"]["floor_opening_s"] == rows["norm_bound"]["floor_opening_s"]
+    assert "floor_s" not in run_twoserver_bench(ns=[6], ds=[300], rules=["krum"], secagg_max=0)["rows"][0]
