@@ -125,7 +125,8 @@ class TAG:
     iterations : int
         Adam steps.
     lr : float
-        Adam step size.
+        Adam step size of the dummy label logits; the dummy embeddings take ``lr`` times the
+        standard deviation of the embedding table.
     alpha : float
         Weight of the L1 term of the gradient distance.
     restrict_to_recovered : bool
@@ -176,7 +177,9 @@ class TAG:
         scale = float(table.std())
         z = (torch.randn(1, length, table.shape[1], generator=generator) * scale).requires_grad_(True)
         y = torch.randn(1, view.num_classes, generator=generator).requires_grad_(True)
-        opt = torch.optim.Adam([z, y], lr=self.lr * scale)
+        # Adam's step is about lr per coordinate: the embeddings move on the table's scale, the label
+        # logits on their own O(1) scale (one shared lr * scale left the labels where they started).
+        opt = torch.optim.Adam([{"params": [z], "lr": self.lr * scale}, {"params": [y], "lr": self.lr}])
         for p in params:
             p.requires_grad_(True)
 

@@ -29,6 +29,34 @@ def test_token_set_from_embedding_gradient(minilm):
     assert token_scores(rec, truth).f1 >= 0.9
 
 
+class _BagOfEmbeddings(torch.nn.Module):
+    """A tiny text classifier with MiniLM's calling convention (``input_ids`` or ``inputs_embeds``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.emb = torch.nn.Embedding(40, 16)
+        self.hidden = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 4)
+        with torch.no_grad():  # a word-embedding table of MiniLM's spread (std about 0.04), O(1) layers
+            for name, p in self.named_parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (0.04 if name.startswith("emb") else 0.5))
+
+    def forward(self, input_ids=None, inputs_embeds=None):
+        e = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.head(torch.tanh(self.hidden(e)).mean(dim=1))
+
+
+@pytest.mark.parametrize("label", [0, 2, 3])
+def test_tag_recovers_the_label_of_a_toy_sentence(label):
+    model = _BagOfEmbeddings()
+    ids = torch.tensor([[3, 17, 8, 25, 11]])
+    view = observe_text_gradient(model, ids, torch.tensor([label]))
+    rec = TAG(iterations=150, restrict_to_recovered=True).reconstruct(view, generator=torch.Generator().manual_seed(0))
+    assert rec.labels.tolist() == [label]
+    assert set(rec.x[0].tolist()) <= {3, 17, 8, 25, 11}
+
+
 @pytest.mark.slow
 def test_tag_rouge1_on_a_short_sentence(minilm):
     model, tok = minilm
