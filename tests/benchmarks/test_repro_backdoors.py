@@ -6,7 +6,6 @@ builds both attacks on Fashion-MNIST; the PGD ball of the edge-case attacker is 
 defense clips to (the paper's attacker knows it), so the clip never binds on it.
 """
 
-import math
 
 import pytest
 import torch
@@ -36,16 +35,18 @@ def test_claims_order_the_attack_above_the_fixed_trigger_under_each_targeted_def
     assert spec.paper.differences and spec.paper.figure  # the setting gap is stated, not hidden
 
 
-def test_edge_case_suite_builds_its_tail_and_its_pgd_ball_is_the_clip_bound():
+def test_edge_case_suite_scores_held_out_digit_sevens_and_its_pgd_ball_is_the_clip_bound():
     spec = load_reproduction("edge-case")
     attacks = {a.label: a for a in spec.attacks}
     bound = {d.label: d for d in spec.defenses}["norm_bound"].params["M"]
     pgd = attacks["edge-case-pgd"].params
     assert pgd["pgd_eps"] == bound
+    assert pgd["edge_source"] == attacks["edge-case"].params["edge_source"] == "digits"  # both variants, one edge set
     plan = build_attack("edge-case", threat=ThreatModel(malicious=frozenset({0})), env=FASHION, **pgd)
     edge = plan.backdoor.inputs
-    tail = math.ceil(pgd.get("tail_fraction", 0.1) * 1000)  # Fashion-MNIST's test split holds 1000 of each class
-    assert len(edge) == round(pgd.get("test_share", 0.3) * tail)
+    sevens = 179  # scikit-learn's digits hold 179 sevens
+    assert edge.shape[1:] == (1, 28, 28) and len(edge) == round(pgd.get("test_share", 0.3) * sevens)
+    assert plan.exclude_train is None  # no Fashion-MNIST input lies in the edge region
     assert plan.backdoor.target == pgd["target"] != pgd["source"]
 
 
