@@ -15,7 +15,7 @@ from attacks.hooks import AnomalyEvasion, NeurotoxinMask
 from attacks.inf import Inf
 from attacks.metrics import Backdoor, DetectionRates, attack_success_rate, detection_rates
 from attacks.mimic import Mimic
-from attacks.model_poisoning import ALIE, IPM, ConstrainedScaling, GaussianNoise, Scaling, SignFlip
+from attacks.model_poisoning import ALIE, IPM, ConstrainedScaling, FangGaussian, GaussianNoise, Scaling, SignFlip
 from attacks.optimal import OptimalALIE, OptimalIPM
 from attacks.optimized import FangKrum, FangTrimmedMean, MinMax, MinSum
 from attacks.registry import (
@@ -46,6 +46,7 @@ __all__ = [
     "DetectionRates",
     "EdgeCaseMix",
     "EdgeCaseSet",
+    "FangGaussian",
     "FangKrum",
     "FangTrimmedMean",
     "GaussianNoise",

@@ -4,6 +4,9 @@ Each class crafts the ``(f, d)`` malicious rows from an :class:`~attacks.byzanti
 
 * :class:`SignFlip` — send ``-scale * own`` (Damaskinos et al. 2018; Allen-Zhu et al. 2021).
 * :class:`GaussianNoise` — send ``N(mu, sigma^2 I)`` (Blanchard et al., NeurIPS 2017).
+* :class:`FangGaussian` — Fang et al.'s Gaussian baseline (USENIX Security 2020, Sec. 5): each
+  attacker draws every coordinate from the Gaussian with that coordinate's mean and variance
+  over the benign reference rows.
 * :class:`Scaling` — model replacement: boost the (backdoored) own update by
   ``gamma = n / eta`` so it survives averaging (Bagdasaryan et al., AISTATS 2020, Eq. 3).
 * :class:`ConstrainedScaling` — constrain-and-scale's scaling step: boost by ``gamma``
@@ -30,7 +33,7 @@ from scipy.stats import norm
 from attacks.byzantine import AttackView, ModelPoisoning
 from fl_core.errors import ConfigError
 
-__all__ = ["ALIE", "IPM", "ConstrainedScaling", "GaussianNoise", "Scaling", "SignFlip"]
+__all__ = ["ALIE", "IPM", "ConstrainedScaling", "FangGaussian", "GaussianNoise", "Scaling", "SignFlip"]
 
 
 def _positive(name: str, value: float) -> None:
@@ -59,6 +62,35 @@ class GaussianNoise(ModelPoisoning):
     def craft(self, view: AttackView) -> torch.Tensor:
         noise = torch.randn(view.own.shape, generator=view.ctx.generator, dtype=torch.float32)
         return (self.mean + self.sigma * noise).to(view.own.device)
+
+
+class FangGaussian(ModelPoisoning):
+    """Fang et al.'s Gaussian attack: row ``k`` is ``mu + sigma * z_k``, ``z_k ~ N(0, I)`` independent per attacker.
+
+    ``mu`` and ``sigma`` are the coordinate-wise mean and (population) standard deviation of
+    the benign reference rows, so a coordinate on which they agree is sent exactly.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fl_core.aggregation import RoundContext
+    >>> from attacks.byzantine import AttackView
+    >>> B = torch.tensor([[1.0, 3.0], [1.0, 5.0]])
+    >>> ctx = RoundContext(0, (0, 1, 2), torch.ones(3), torch.zeros(2), torch.Generator().manual_seed(0))
+    >>> m = FangGaussian().craft(AttackView(B[:1], B, 3, 1, ctx, None))
+    >>> m.shape, float(m[0, 0])  # the first coordinate has no spread among the benign rows
+    (torch.Size([1, 2]), 1.0)
+    """
+
+    def craft(self, view: AttackView) -> torch.Tensor:
+        if view.benign.shape[0] < 2:
+            raise ConfigError(
+                f"FangGaussian needs at least 2 benign reference updates for a variance, got {view.benign.shape[0]}"
+            )
+        mu = view.benign.mean(dim=0)
+        sigma = view.benign.std(dim=0, unbiased=False)
+        z = torch.randn((view.f, mu.numel()), generator=view.ctx.generator, dtype=torch.float32).to(mu.device)
+        return mu + sigma * z.to(mu.dtype)
 
 
 class Scaling(ModelPoisoning):

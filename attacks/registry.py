@@ -32,7 +32,7 @@ from attacks.byzantine import ByzantineTransform, ModelPoisoning
 from attacks.data_poisoning import LabelFlip, PixelBackdoor, TextBackdoor
 from attacks.hooks import AnomalyEvasion, NeurotoxinMask
 from attacks.metrics import Backdoor
-from attacks.model_poisoning import ALIE, IPM, ConstrainedScaling, GaussianNoise, Scaling, SignFlip
+from attacks.model_poisoning import ALIE, IPM, ConstrainedScaling, FangGaussian, GaussianNoise, Scaling, SignFlip
 from attacks.optimized import FangKrum, FangTrimmedMean, MinMax, MinSum
 from attacks.threat import ThreatModel
 from attacks.triggers import PixelTrigger, TextTrigger
@@ -368,6 +368,15 @@ def _sign_flip(*, threat: ThreatModel, env: AttackEnv, aggregator: Aggregator | 
 @_register("gaussian", kind="model", description="send N(0, sigma^2 I) noise (Blanchard et al. 2017)")
 def _gaussian(*, threat: ThreatModel, env: AttackEnv, aggregator: Aggregator | None, sigma: float = 1.0) -> AttackPlan:
     return _model_plan("gaussian", GaussianNoise(sigma=sigma), threat, aggregator)
+
+
+@_register(
+    "fang-gaussian",
+    kind="model",
+    description="each coordinate from the benign rows' Gaussian (mean, variance); Fang et al. 2020's baseline",
+)
+def _fang_gaussian(*, threat: ThreatModel, env: AttackEnv, aggregator: Aggregator | None) -> AttackPlan:
+    return _model_plan("fang-gaussian", FangGaussian(), threat, aggregator)
 
 
 @_register("alie", kind="model", description="A Little Is Enough: mu - z sigma, z from n and f (Baruch et al. 2019)")

@@ -11,6 +11,7 @@ from attacks import (
     AttackView,
     ByzantineTransform,
     ConstrainedScaling,
+    FangGaussian,
     FangKrum,
     FangTrimmedMean,
     GaussianNoise,
@@ -44,6 +45,23 @@ def test_sign_flip_scaling_and_constrained():
     c = ConstrainedScaling(norm_bound=10.0).craft(v)  # 3 * ||(3,4)|| = 15 > 10
     assert math.isclose(float(c.norm()), 10.0, rel_tol=1e-6)
     assert torch.allclose(c / c.norm(), own / own.norm())
+
+
+def test_fang_gaussian_follows_each_coordinates_benign_mean_and_spread():
+    benign = torch.tensor([[1.0, 10.0, -2.0], [3.0, 10.0, 2.0], [2.0, 10.0, 0.0]])  # means 2, 10, 0
+    sd = benign.std(dim=0, unbiased=False)  # sqrt(2/3), 0, sqrt(8/3)
+    g = FangGaussian().craft(_view(benign, f=20000))
+    assert g.shape == (20000, 3) and bool((g[:, 1] == 10.0).all())  # no benign spread: sent exactly
+    # 20,000 independent draws per coordinate: standard error of the mean sd / 141, of the std sd / 200
+    for j in (0, 2):
+        assert abs(float(g[:, j].mean()) - float(benign[:, j].mean())) < 5 * float(sd[j]) / 141
+        assert abs(float(g[:, j].std()) - float(sd[j])) < 5 * float(sd[j]) / 200
+    assert float(torch.corrcoef(g[:, [0, 2]].T)[0, 1]) ** 2 < 25 / 20000  # coordinates drawn independently
+    same = FangGaussian().craft(_view(benign, f=4, seed=7))
+    assert torch.equal(same, FangGaussian().craft(_view(benign, f=4, seed=7)))  # the round's generator, no global RNG
+    assert not torch.equal(same[0], same[1])  # each attacker its own draw
+    with pytest.raises(ConfigError, match="at least 2 benign reference updates for a variance, got 1"):
+        FangGaussian().craft(_view(benign[:1], f=1))
 
 
 def test_gaussian_noise_statistics():
