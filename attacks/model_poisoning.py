@@ -87,10 +87,11 @@ class FangGaussian(ModelPoisoning):
             raise ConfigError(
                 f"FangGaussian needs at least 2 benign reference updates for a variance, got {view.benign.shape[0]}"
             )
-        mu = view.benign.mean(dim=0)
-        sigma = view.benign.std(dim=0, unbiased=False)
+        rows = view.benign.double()  # float32 squares of a 1e38 row would overflow the variance
+        mu, sigma = rows.mean(dim=0), rows.std(dim=0, unbiased=False)
         z = torch.randn((view.f, mu.numel()), generator=view.ctx.generator, dtype=torch.float32).to(mu.device)
-        return mu + sigma * z.to(mu.dtype)
+        big = torch.finfo(view.benign.dtype).max
+        return (mu + sigma * z.double()).clamp(-big, big).to(view.benign.dtype)
 
 
 class Scaling(ModelPoisoning):

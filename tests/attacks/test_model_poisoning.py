@@ -60,6 +60,8 @@ def test_fang_gaussian_follows_each_coordinates_benign_mean_and_spread():
     same = FangGaussian().craft(_view(benign, f=4, seed=7))
     assert torch.equal(same, FangGaussian().craft(_view(benign, f=4, seed=7)))  # the round's generator, no global RNG
     assert not torch.equal(same[0], same[1])  # each attacker its own draw
+    huge = FangGaussian().craft(_view(torch.tensor([[1e38, 0.0], [-1e38, 0.0]]), f=50))
+    assert bool(torch.isfinite(huge).all()) and huge.dtype == torch.float32  # a 1e38 row: finite rows, no NaN
     with pytest.raises(ConfigError, match="at least 2 benign reference updates for a variance, got 1"):
         FangGaussian().craft(_view(benign[:1], f=1))
 
